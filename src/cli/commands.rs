@@ -1,0 +1,403 @@
+//! One function per subcommand: validate, call the library, print.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use serde_json::json;
+
+use decodex::checkpoint;
+use decodex::data::{self, PrepareOptions};
+use decodex::decode::{self, GenerateOptions, Sampling};
+use decodex::tokenizer::{Tokenizer, TokenizerKind};
+use decodex::train::{self, Event, TrainOptions};
+
+use super::{BenchCmd, Command, DataCmd, GenerateArgs, Kind, TokenizerCmd, TrainArgs};
+
+pub fn dispatch(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Quickstart(a) => quickstart(a),
+        Command::Tokenizer(t) => tokenizer(t),
+        Command::Data(d) => data_cmd(d),
+        Command::Train(a) => train_cmd(&a).map(|_| ()),
+        Command::Generate(a) => generate_cmd(&a),
+        Command::Export(a) => export(&a.model, &a.format, &a.out, a.json),
+        Command::Plot(a) => {
+            let logs = decodex::plot::read_metrics(&a.metrics)?;
+            decodex::plot::plot_losses(&logs, &a.title, &a.out)?;
+            emit(
+                a.json,
+                json!({"plot": a.out, "points": logs.len()}),
+                &format!("wrote {}", a.out.display()),
+            )
+        }
+        Command::Bench(BenchCmd::Train {
+            config,
+            iters,
+            warmup,
+            json,
+        }) => {
+            if iters == 0 {
+                bail!("--iters must be at least 1");
+            }
+            let r = decodex::train::bench::bench_train(&config, iters, warmup)?;
+            let human = format!(
+                "{} backend, {} threads: {:.0} tokens/s (median step {:.1} ms over {} steps), peak RSS {:.0} MiB",
+                r.backend, r.threads, r.tokens_per_sec, r.step_ms_median, r.iters, r.peak_rss_mb
+            );
+            emit(json, serde_json::to_value(&r)?, &human)
+        }
+        Command::Logits(a) => logits(&a.model, &a.text, &a.out, a.json),
+    }
+}
+
+/// Prints `value` as one JSON line, or `human`.
+fn emit(json: bool, value: serde_json::Value, human: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(out, "{human}")?;
+    }
+    Ok(())
+}
+
+fn kind(k: Kind) -> TokenizerKind {
+    match k {
+        Kind::Char => TokenizerKind::Char,
+        Kind::Bpe => TokenizerKind::Bpe,
+    }
+}
+
+fn quickstart(a: super::QuickstartArgs) -> Result<()> {
+    let out = a.out.clone();
+    let resume = a.resume && out.join(checkpoint::STATE_FILE).exists();
+    let t = TrainArgs {
+        config: a.config,
+        out: a.out,
+        max_iters: a.max_iters,
+        resume,
+        json: a.json,
+    };
+    train_cmd(&t)?;
+    let g = GenerateArgs {
+        model: out,
+        prompt: String::new(),
+        max_new_tokens: 500,
+        greedy: false,
+        temperature: 0.8,
+        top_k: Some(200),
+        top_p: None,
+        seed: 1337,
+        stop: vec![],
+        no_cache: false,
+        json: a.json,
+    };
+    if !a.json {
+        println!("\n--- sample (temperature 0.8, top-k 200) ---");
+    }
+    generate_cmd(&g)
+}
+
+fn tokenizer(t: TokenizerCmd) -> Result<()> {
+    match t {
+        TokenizerCmd::Train {
+            input,
+            kind: k,
+            vocab_size,
+            out,
+            json,
+        } => {
+            if k == Kind::Bpe && vocab_size.is_none() {
+                bail!("--vocab-size is required with --kind bpe");
+            }
+            let text = data::read_corpus(&input)?;
+            let tok = match k {
+                Kind::Char => Tokenizer::train_char(&text)?,
+                Kind::Bpe => Tokenizer::train_bpe(&[text.as_str()], vocab_size.unwrap())?,
+            };
+            tok.save(&out)?;
+            emit(
+                json,
+                json!({"tokenizer": out, "kind": tok.kind(), "vocab_size": tok.vocab_size()}),
+                &format!(
+                    "wrote {} ({:?}, {} tokens)",
+                    out.display(),
+                    tok.kind(),
+                    tok.vocab_size()
+                ),
+            )
+        }
+        TokenizerCmd::Encode {
+            tokenizer,
+            text,
+            json,
+        } => {
+            let tok = Tokenizer::from_file(&tokenizer)?;
+            let ids = tok.encode(&text)?;
+            let human = ids
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" ");
+            emit(json, json!({"ids": ids, "tokens": ids.len()}), &human)
+        }
+    }
+}
+
+fn data_cmd(d: DataCmd) -> Result<()> {
+    let DataCmd::Prepare {
+        input,
+        tokenizer,
+        vocab_size,
+        val_input,
+        val_fraction,
+        out,
+        json,
+    } = d;
+    if tokenizer == Kind::Bpe && vocab_size.is_none() {
+        bail!("--vocab-size is required with --tokenizer bpe");
+    }
+    let r = data::prepare(&PrepareOptions {
+        input,
+        val_input,
+        tokenizer: kind(tokenizer),
+        vocab_size,
+        val_fraction,
+        out,
+    })?;
+    emit(
+        json,
+        json!({"out": r.out, "train_tokens": r.train_tokens, "val_tokens": r.val_tokens, "vocab_size": r.vocab_size, "seconds": r.seconds}),
+        &format!(
+            "wrote {}: {} train tokens, {} val tokens, vocabulary {} ({:.1} s)",
+            r.out.display(),
+            r.train_tokens,
+            r.val_tokens,
+            r.vocab_size,
+            r.seconds
+        ),
+    )
+}
+
+fn train_cmd(a: &TrainArgs) -> Result<train::TrainSummary> {
+    if a.max_iters == Some(0) {
+        bail!("--max-iters must be at least 1");
+    }
+    let _ = ctrlc::set_handler(|| {
+        train::trainer::STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let opts = TrainOptions {
+        config: a.config.clone(),
+        out: a.out.clone(),
+        max_iters: a.max_iters,
+        resume: a.resume,
+    };
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut write_err: Option<std::io::Error> = None;
+    let json = a.json;
+    let summary = train::train(&opts, |ev| match ev {
+        Event::Start {
+            start,
+            end,
+            params,
+            backend,
+            data_dir,
+        } => {
+            if json {
+                let line = json!({"event": "start", "start_step": start, "end_step": end, "params": params, "backend": backend, "data": data_dir});
+                if let Err(e) = writeln!(std::io::stdout(), "{line}") {
+                    write_err.get_or_insert(e);
+                }
+            } else {
+                eprintln!(
+                    "training {:.2}M parameters ({backend} backend), steps {}..{end}, data in {}",
+                    *params as f64 / 1e6,
+                    start + 1,
+                    data_dir.display()
+                );
+                let pb = indicatif::ProgressBar::new(*end as u64);
+                pb.set_position(*start as u64);
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                    )
+                    .expect("valid template"),
+                );
+                bar = Some(pb);
+            }
+        }
+        Event::Step(log) => {
+            if json {
+                if let Err(e) =
+                    writeln!(std::io::stdout(), "{}", serde_json::to_string(log).unwrap())
+                {
+                    write_err.get_or_insert(e);
+                }
+            } else if let Some(pb) = &bar {
+                pb.set_position(log.step as u64);
+                pb.set_message(format!(
+                    "loss {:.4}, {:.0} tok/s, lr {:.2e}",
+                    log.train_loss, log.tokens_per_sec, log.lr
+                ));
+                if let Some(v) = log.val_loss {
+                    pb.println(format!(
+                        "step {:>6}: train loss {:.4}, val loss {:.4}",
+                        log.step, log.train_loss, v
+                    ));
+                }
+            }
+        }
+        Event::Checkpoint { .. } => {}
+    })?;
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    let human = format!(
+        "step {}: val loss {}, checkpoint in {} ({:.0} s){}",
+        summary.step,
+        summary
+            .final_val_loss
+            .map_or("-".into(), |v| format!("{v:.4}")),
+        summary.out.display(),
+        summary.elapsed_s,
+        if summary.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        }
+    );
+    if json {
+        emit(true, json!({"event": "done", "summary": summary}), "")?;
+    } else {
+        eprintln!("{human}");
+    }
+    Ok(summary)
+}
+
+fn generate_cmd(a: &GenerateArgs) -> Result<()> {
+    if a.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    let sampling = if a.greedy {
+        Sampling::Greedy
+    } else {
+        Sampling::Sample {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        }
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampling,
+        stop: a.stop.clone(),
+        use_cache: !a.no_cache,
+    };
+    opts.validate()?; // before loading the model
+    let loaded = checkpoint::load_model(&a.model)?;
+    let device = Device::Cpu;
+    let model = loaded.gpt(&device)?;
+    let t0 = Instant::now();
+    let mut out = std::io::stdout().lock();
+    if !a.json {
+        write!(out, "{}", a.prompt)?;
+    }
+    let mut write_err = None;
+    let g = decode::generate(
+        &model,
+        &loaded.tokenizer,
+        &a.prompt,
+        &opts,
+        &device,
+        |piece| {
+            if !a.json {
+                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+                    write_err.get_or_insert(e);
+                }
+            }
+        },
+    )?;
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        let v = json!({"text": g.text, "tokens": g.tokens, "prompt_tokens": g.prompt_tokens, "new_tokens": g.tokens.len(), "stopped_by": g.stopped_by, "tokens_per_sec": g.tokens.len() as f64 / secs});
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn export(model: &Path, format: &str, out: &Path, json: bool) -> Result<()> {
+    if format != "hf" {
+        bail!("--format {format:?} is not supported; use \"hf\"");
+    }
+    let loaded = checkpoint::load_model(model)?;
+    if out.join(checkpoint::MODEL_FILE).exists()
+        && out.canonicalize().ok() == model.canonicalize().ok()
+    {
+        bail!(
+            "{}: --out is the model directory itself; choose another folder",
+            out.display()
+        );
+    }
+    checkpoint::save_model(
+        out,
+        &loaded.cfg,
+        &loaded.params,
+        loaded.tokenizer.eos_id(),
+        None,
+        true,
+    )?;
+    loaded
+        .tokenizer
+        .save(&out.join(checkpoint::TOKENIZER_FILE))?;
+    emit(
+        json,
+        json!({"out": out, "format": "hf"}),
+        &format!(
+            "exported {} to {} (Hugging Face GPT-2 layout)",
+            model.display(),
+            out.display()
+        ),
+    )
+}
+
+fn logits(model: &Path, text: &str, out: &Path, json: bool) -> Result<()> {
+    let loaded = checkpoint::load_model(model)?;
+    let device = Device::Cpu;
+    let gpt = loaded.gpt(&device)?;
+    let mut ids = loaded.tokenizer.encode(text)?;
+    ids.truncate(loaded.cfg.block_size);
+    if ids.is_empty() {
+        bail!("--text encodes to no tokens");
+    }
+    let x = candle_core::Tensor::from_slice(&ids, (1, ids.len()), &device)?;
+    let l = gpt.forward(&x, None, None)?;
+    let (_, t, v) = l.dims3()?;
+    let flat = l.flatten_all()?.to_vec1::<f32>()?;
+    let ids_f: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
+    checkpoint::save_tensors(
+        out,
+        &[
+            ("input_ids".into(), vec![1, t], &ids_f[..]),
+            ("logits".into(), vec![1, t, v], &flat[..]),
+        ],
+        Default::default(),
+    )
+    .with_context(|| format!("writing {}", out.display()))?;
+    emit(
+        json,
+        json!({"out": out, "tokens": t}),
+        &format!("wrote logits of {t} tokens to {}", out.display()),
+    )
+}

@@ -1,0 +1,278 @@
+//! Command-line parsing and dispatch. Each subcommand validates its flags, calls one library
+//! function and prints its result, human-readable or as JSON lines with `--json`. Any error is
+//! one line with its cause chain on stderr and exit code 2; a closed pipe is success.
+
+mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "decodex",
+    version,
+    about = "Build, train and decode transformer language models"
+)]
+pub struct Cli {
+    /// Worker threads for every kernel (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Prepare Tiny Shakespeare, train the character-level preset, and print a sample.
+    Quickstart(QuickstartArgs),
+    /// Train or apply tokenizers.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCmd),
+    /// Encode corpora into token files.
+    #[command(subcommand)]
+    Data(DataCmd),
+    /// Train a model from a TOML config.
+    Train(TrainArgs),
+    /// Generate text from a model directory.
+    Generate(GenerateArgs),
+    /// Export a model directory for other tools.
+    Export(ExportArgs),
+    /// Draw train/val loss curves from a metrics.jsonl file.
+    Plot(PlotArgs),
+    /// Measure speed.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Write a model's logits for a text to a safetensors file (for parity checks).
+    Logits(LogitsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct QuickstartArgs {
+    /// Where the run's checkpoint and metrics go.
+    #[arg(long, default_value = "runs/shakespeare-char")]
+    pub out: PathBuf,
+    /// The preset to train.
+    #[arg(long, default_value = "configs/shakespeare-char.toml")]
+    pub config: PathBuf,
+    /// Stop after this step (the schedule is unchanged).
+    #[arg(long)]
+    pub max_iters: Option<usize>,
+    /// Continue the run in --out if it holds a checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// One JSON object per line instead of a progress bar.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenizerCmd {
+    /// Train a tokenizer on a text file and save it as tokenizer.json.
+    Train {
+        /// Text corpus (.txt or .txt.gz).
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, value_enum)]
+        kind: Kind,
+        /// Vocabulary size (bpe only).
+        #[arg(long)]
+        vocab_size: Option<usize>,
+        /// Output tokenizer.json.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Encode text with a tokenizer.json and print the ids.
+    Encode {
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        text: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum Kind {
+    Char,
+    Bpe,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCmd {
+    /// Encode a corpus into train.bin/val.bin plus tokenizer.json and meta.json.
+    Prepare {
+        /// Text corpus (.txt or .txt.gz).
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, value_enum)]
+        tokenizer: Kind,
+        /// Vocabulary size (required for bpe).
+        #[arg(long)]
+        vocab_size: Option<usize>,
+        /// A separate validation text (default: the last --val-fraction of the input).
+        #[arg(long)]
+        val_input: Option<PathBuf>,
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// TOML config (see configs/).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Output directory for checkpoint and metrics.
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Stop after step N without changing the learning-rate schedule.
+    #[arg(long)]
+    pub max_iters: Option<usize>,
+    /// Continue from the checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// One JSON object per logged step instead of a progress bar.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model directory (model.safetensors, config.json, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    #[arg(long, default_value_t = 200)]
+    pub max_new_tokens: usize,
+    /// Always take the most likely token.
+    #[arg(long)]
+    pub greedy: bool,
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Stop when this string is generated (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Recompute the whole window each step instead of using the KV cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// `hf`: a directory that transformers loads as GPT2LMHeadModel.
+    #[arg(long, default_value = "hf")]
+    pub format: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// metrics.jsonl written by `decodex train`.
+    pub metrics: PathBuf,
+    /// Output .png or .svg.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "decodex training")]
+    pub title: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Median training tokens/s of full optimizer steps, and peak memory.
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub text: String,
+    /// Output safetensors with `input_ids` (1, T) and `logits` (1, T, V).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses arguments, runs the command and returns the exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return 2;
+        }
+    }
+    let threads = cli.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    // candle reads RAYON_NUM_THREADS for its own kernels; the fast path uses rayon's global pool.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("DECODEX_LOG"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    match commands::dispatch(cli.command) {
+        Ok(()) => 0,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return 0;
+            }
+            let mut msg = format!("error: {e}");
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(&format!(": {c}"));
+                }
+            }
+            eprintln!("{msg}");
+            2
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,5 @@
+//! Model architectures, one file each.
+
+pub mod gpt;
+
+pub use gpt::Gpt;

@@ -1,0 +1,259 @@
+//! The training configuration, read from TOML. Unknown keys are errors, so a typo never silently
+//! falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::GptConfig;
+use crate::error::{Error, Result};
+use crate::tokenizer::TokenizerKind;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub data: DataConfig,
+    pub model: GptConfig,
+    pub train: OptimConfig,
+}
+
+/// Where the corpus is and how to tokenize it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Text corpus (.txt or .txt.gz), relative to the data folder (`DECODEX_DATA`, default
+    /// `../shared/data` where that exists) unless absolute.
+    pub corpus: PathBuf,
+    /// Optional separate validation text; without it the last `val_fraction` of the corpus is used.
+    #[serde(default)]
+    pub val_corpus: Option<PathBuf>,
+    pub tokenizer: TokenizerKind,
+    /// BPE vocabulary size (ignored for `char`).
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+}
+
+fn default_val_fraction() -> f64 {
+    0.1
+}
+
+/// Optimisation and schedule. Defaults are nanoGPT's `train.py` defaults where they apply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    pub batch_size: usize,
+    /// Micro-batches accumulated per optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    pub max_iters: usize,
+    pub learning_rate: f64,
+    pub min_lr: f64,
+    #[serde(default)]
+    pub warmup_iters: usize,
+    /// Cosine decay ends here (default: max_iters).
+    #[serde(default)]
+    pub lr_decay_iters: Option<usize>,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value (0 = off).
+    #[serde(default)]
+    pub grad_clip: f64,
+    pub eval_interval: usize,
+    pub eval_iters: usize,
+    #[serde(default = "one")]
+    pub log_interval: usize,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// "auto" (fast CPU path when possible), "fast" or "candle" (the autograd reference path).
+    #[serde(default = "default_backend")]
+    pub backend: String,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.95
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_seed() -> u64 {
+    1337
+}
+fn default_backend() -> String {
+    "auto".into()
+}
+
+impl TrainConfig {
+    /// Reads and validates a TOML config; errors name the file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: TrainConfig = toml::from_str(&text).map_err(|e| Error::BadConfig {
+            path: path.to_path_buf(),
+            msg: e.message().to_string() + &span_hint(&text, e.span()),
+        })?;
+        cfg.validate_static().map_err(|e| Error::BadConfig {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks everything that does not need the data (vocab_size may still be 0 here).
+    pub fn validate_static(&self) -> Result<()> {
+        let m = &self.model;
+        if m.n_head == 0 || !m.n_embd.is_multiple_of(m.n_head) {
+            return Err(Error::HeadsDoNotDivide {
+                n_embd: m.n_embd,
+                n_head: m.n_head,
+            });
+        }
+        let t = &self.train;
+        let bad = |msg: String| Err(Error::Invalid(msg));
+        if t.batch_size == 0 || t.grad_accum == 0 {
+            return bad("batch_size and grad_accum must be positive".into());
+        }
+        if t.eval_interval == 0 || t.eval_iters == 0 || t.log_interval == 0 {
+            return bad("eval_interval, eval_iters and log_interval must be positive".into());
+        }
+        if t.learning_rate.is_nan() || t.learning_rate <= 0.0 || t.min_lr < 0.0 {
+            return bad(format!(
+                "learning_rate ({}) must be positive and min_lr ({}) non-negative",
+                t.learning_rate, t.min_lr
+            ));
+        }
+        if !["auto", "fast", "candle"].contains(&t.backend.as_str()) {
+            return bad(format!(
+                "backend {:?} must be \"auto\", \"fast\" or \"candle\"",
+                t.backend
+            ));
+        }
+        if self.data.tokenizer == TokenizerKind::Bpe && self.data.vocab_size.is_none() {
+            return bad("data.vocab_size is required with tokenizer = \"bpe\"".into());
+        }
+        if !(0.0..1.0).contains(&self.data.val_fraction) {
+            return bad(format!(
+                "data.val_fraction ({}) must be in [0, 1)",
+                self.data.val_fraction
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn lr_decay_iters(&self) -> usize {
+        self.train.lr_decay_iters.unwrap_or(self.train.max_iters)
+    }
+
+    /// Learning rate for optimizer update `it` (0-based): linear warm-up, then cosine decay to
+    /// `min_lr` at `lr_decay_iters`, then constant (nanoGPT's `get_lr`).
+    pub fn lr_at(&self, it: usize) -> f64 {
+        let t = &self.train;
+        let decay = self.lr_decay_iters();
+        if it < t.warmup_iters {
+            return t.learning_rate * (it + 1) as f64 / (t.warmup_iters + 1) as f64;
+        }
+        if it > decay {
+            return t.min_lr;
+        }
+        let ratio = (it - t.warmup_iters) as f64 / (decay - t.warmup_iters).max(1) as f64;
+        let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+        t.min_lr + coeff * (t.learning_rate - t.min_lr)
+    }
+}
+
+fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(s) => {
+            let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+/// The data folder: `DECODEX_DATA` if set, else `../shared/data` if it exists, else `data`.
+pub fn data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("DECODEX_DATA") {
+        return PathBuf::from(d);
+    }
+    let shared = PathBuf::from("../shared/data");
+    if shared.exists() {
+        return shared;
+    }
+    PathBuf::from("data")
+}
+
+/// Resolves a corpus path: absolute or existing relative to the working directory as given,
+/// otherwise relative to the data folder.
+pub fn resolve_data_path(p: &Path) -> PathBuf {
+    if p.is_absolute() || p.exists() {
+        p.to_path_buf()
+    } else {
+        data_dir().join(p)
+    }
+}
+
+/// The cache folder for prepared token files: `DECODEX_CACHE`, else `$HOME/.cache/decodex`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("DECODEX_CACHE") {
+        return PathBuf::from(d);
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache").join("decodex"),
+        None => PathBuf::from(".cache").join("decodex"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAR: &str = r#"
+[data]
+corpus = "lm/tinyshakespeare/input.txt"
+tokenizer = "char"
+[model]
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 64
+[train]
+batch_size = 12
+max_iters = 2000
+learning_rate = 1e-3
+min_lr = 1e-4
+warmup_iters = 100
+eval_interval = 250
+eval_iters = 20
+"#;
+
+    #[test]
+    fn schedule_warms_up_then_decays() {
+        let cfg: TrainConfig = toml::from_str(CHAR).unwrap();
+        assert!((cfg.lr_at(0) - 1e-3 / 101.0).abs() < 1e-12);
+        assert!((cfg.lr_at(100) - 1e-3).abs() < 1e-12);
+        assert!((cfg.lr_at(2000) - 1e-4).abs() < 1e-12);
+        assert!(cfg.lr_at(1000) < 1e-3 && cfg.lr_at(1000) > 1e-4);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let text = CHAR.replace("batch_size = 12", "batch_size = 12\nbatchsize = 3");
+        let err = toml::from_str::<TrainConfig>(&text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batchsize"), "{err}");
+    }
+}

@@ -1,0 +1,993 @@
+//! The fast CPU training path for GPT-2: a hand-written forward and backward over preallocated
+//! f32 buffers, in the manner of llm.c's `train_gpt2.c`. No autograd and no allocation in the
+//! steady state (gemm's packing buffers aside); matmuls go through `gemm`, element-wise kernels
+//! and attention run on rayon's global pool (size it with `RAYON_NUM_THREADS` or
+//! `rayon::ThreadPoolBuilder`, or call from inside `ThreadPool::install`).
+//!
+//! It computes exactly the function of `models::gpt` and Hugging Face's `GPT2LMHeadModel`
+//! (without dropout): x = wte[idx] + wpe[pos]; per block x += attn(ln_1(x)), x += mlp(ln_2(x));
+//! logits = ln_f(x) @ wteᵀ; loss = mean cross-entropy. Parameters live in one flat buffer in the
+//! order and layout of `GptConfig::param_shapes()` (Conv1D weights as (in, out)), so a
+//! checkpoint's named tensors copy in without any transpose.
+
+mod kernels;
+#[cfg(test)]
+mod reference;
+mod simd;
+
+use std::ops::Range;
+
+use crate::config::GptConfig;
+use crate::error::{Error, Result};
+
+use kernels::{AttShape, Op};
+
+/// Where each parameter tensor of one block sits in the flat buffer; biases are `None` when
+/// `cfg.bias` is off.
+struct BlockParams {
+    ln_1_w: Range<usize>,
+    ln_1_b: Option<Range<usize>>,
+    attn_w: Range<usize>,
+    attn_b: Option<Range<usize>>,
+    attn_proj_w: Range<usize>,
+    attn_proj_b: Option<Range<usize>>,
+    ln_2_w: Range<usize>,
+    ln_2_b: Option<Range<usize>>,
+    fc_w: Range<usize>,
+    fc_b: Option<Range<usize>>,
+    fc_proj_w: Range<usize>,
+    fc_proj_b: Option<Range<usize>>,
+}
+
+/// The parameter ranges of the whole model.
+struct ParamLayout {
+    wte: Range<usize>,
+    wpe: Range<usize>,
+    blocks: Vec<BlockParams>,
+    ln_f_w: Range<usize>,
+    ln_f_b: Option<Range<usize>>,
+}
+
+impl ParamLayout {
+    fn new(offsets: &[(String, Vec<usize>, usize)]) -> Self {
+        let find = |name: &str| {
+            offsets
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, shape, off)| *off..*off + shape.iter().product::<usize>())
+        };
+        let get =
+            |name: &str| find(name).unwrap_or_else(|| panic!("param_shapes() lists no {name}"));
+        let n_layer = offsets
+            .iter()
+            .filter(|(n, _, _)| n.ends_with(".ln_1.weight"))
+            .count();
+        let blocks = (0..n_layer)
+            .map(|l| {
+                let p = |s: &str| format!("transformer.h.{l}.{s}");
+                BlockParams {
+                    ln_1_w: get(&p("ln_1.weight")),
+                    ln_1_b: find(&p("ln_1.bias")),
+                    attn_w: get(&p("attn.c_attn.weight")),
+                    attn_b: find(&p("attn.c_attn.bias")),
+                    attn_proj_w: get(&p("attn.c_proj.weight")),
+                    attn_proj_b: find(&p("attn.c_proj.bias")),
+                    ln_2_w: get(&p("ln_2.weight")),
+                    ln_2_b: find(&p("ln_2.bias")),
+                    fc_w: get(&p("mlp.c_fc.weight")),
+                    fc_b: find(&p("mlp.c_fc.bias")),
+                    fc_proj_w: get(&p("mlp.c_proj.weight")),
+                    fc_proj_b: find(&p("mlp.c_proj.bias")),
+                }
+            })
+            .collect();
+        Self {
+            wte: get("transformer.wte.weight"),
+            wpe: get("transformer.wpe.weight"),
+            blocks,
+            ln_f_w: get("transformer.ln_f.weight"),
+            ln_f_b: find("transformer.ln_f.bias"),
+        }
+    }
+}
+
+/// `&buf[r]` for an optional range (a bias that may be absent).
+fn opt<'a>(buf: &'a [f32], r: &Option<Range<usize>>) -> Option<&'a [f32]> {
+    r.as_ref().map(|r| &buf[r.clone()])
+}
+
+/// The activations the backward needs, for the largest (B, T). N = B·T rows; per-block buffers
+/// hold L slots of the current N rows each.
+struct Activations {
+    /// The residual stream at its 2L + 1 points: slot 0 = embeddings, slot 2l + 1 = after block
+    /// l's attention, slot 2l + 2 = after its MLP. (2L + 1, N, C)
+    residual: Vec<f32>,
+    ln_1: Vec<f32>,      // (L, N, C)
+    ln_1_mean: Vec<f32>, // (L, N)
+    ln_1_rstd: Vec<f32>, // (L, N)
+    qkv: Vec<f32>,       // (L, N, 3C)
+    att: Vec<f32>,       // (L, B, nh, T, T) softmax probabilities
+    atty: Vec<f32>,      // (L, N, C) attention output before c_proj
+    ln_2: Vec<f32>,      // (L, N, C)
+    ln_2_mean: Vec<f32>, // (L, N)
+    ln_2_rstd: Vec<f32>, // (L, N)
+    fch: Vec<f32>,       // (L, N, 4C) c_fc output before the GELU
+    fch_gelu: Vec<f32>,  // (L, N, 4C)
+    ln_f: Vec<f32>,      // (N, C)
+    ln_f_mean: Vec<f32>, // (N)
+    ln_f_rstd: Vec<f32>, // (N)
+    logits: Vec<f32>,    // (N, V)
+    lse: Vec<f32>,       // (N) log-sum-exp of each logits row
+}
+
+/// Gradients of activations, reused from block to block.
+struct Workspace {
+    dresidual: Vec<f32>, // (N, C) gradient of the residual stream at the current point
+    dln: Vec<f32>,       // (N, C) gradient of a LayerNorm output
+    datty: Vec<f32>,     // (N, C)
+    dqkv: Vec<f32>,      // (N, 3C)
+    datt: Vec<f32>,      // (B, nh, T, T)
+    dfch: Vec<f32>,      // (N, 4C)
+    dlogits: Vec<f32>,   // (N, V)
+}
+
+/// GPT-2 with a hand-written forward and backward; see the module documentation.
+pub struct FastGpt {
+    pub cfg: GptConfig,
+    /// All parameters, flat, in `GptConfig::param_shapes()` order.
+    pub params: Vec<f32>,
+    /// Gradients, laid out like `params`; `backward` adds to them.
+    pub grads: Vec<f32>,
+    offsets: Vec<(String, Vec<usize>, usize)>,
+    layout: ParamLayout,
+    max_batch: usize,
+    max_t: usize,
+    acts: Activations,
+    work: Workspace,
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+    /// (B, T) of the last forward; `None` before the first.
+    last: Option<(usize, usize)>,
+}
+
+impl FastGpt {
+    /// A model with zeroed parameters and buffers for batches up to (max_batch, max_t).
+    /// Fails on an invalid config, on dropout (not supported here) or when max_t > block_size.
+    pub fn new(cfg: GptConfig, max_batch: usize, max_t: usize) -> Result<Self> {
+        cfg.validate()?;
+        if cfg.dropout > 0.0 {
+            return Err(Error::Invalid(format!(
+                "the fast CPU path does not support dropout ({}); set dropout = 0 or use the candle backend",
+                cfg.dropout
+            )));
+        }
+        if max_batch == 0 || max_t == 0 || max_t > cfg.block_size {
+            return Err(Error::Invalid(format!(
+                "fast path buffers for batch {max_batch} x {max_t} tokens: both must be positive and \
+                 the length at most block_size ({})",
+                cfg.block_size
+            )));
+        }
+        let mut offsets = Vec::new();
+        let mut n = 0;
+        for (name, shape) in cfg.param_shapes() {
+            let len: usize = shape.iter().product();
+            offsets.push((name, shape, n));
+            n += len;
+        }
+        let layout = ParamLayout::new(&offsets);
+        let (l, c, v, nh) = (cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.n_head);
+        let rows = max_batch * max_t;
+        let att = max_batch * nh * max_t * max_t;
+        let z = |len: usize| vec![0f32; len];
+        let acts = Activations {
+            residual: z((2 * l + 1) * rows * c),
+            ln_1: z(l * rows * c),
+            ln_1_mean: z(l * rows),
+            ln_1_rstd: z(l * rows),
+            qkv: z(l * rows * 3 * c),
+            att: z(l * att),
+            atty: z(l * rows * c),
+            ln_2: z(l * rows * c),
+            ln_2_mean: z(l * rows),
+            ln_2_rstd: z(l * rows),
+            fch: z(l * rows * 4 * c),
+            fch_gelu: z(l * rows * 4 * c),
+            ln_f: z(rows * c),
+            ln_f_mean: z(rows),
+            ln_f_rstd: z(rows),
+            logits: z(rows * v),
+            lse: z(rows),
+        };
+        let work = Workspace {
+            dresidual: z(rows * c),
+            dln: z(rows * c),
+            datty: z(rows * c),
+            dqkv: z(rows * 3 * c),
+            datt: z(att),
+            dfch: z(rows * 4 * c),
+            dlogits: z(rows * v),
+        };
+        Ok(Self {
+            cfg,
+            params: z(n),
+            grads: z(n),
+            offsets,
+            layout,
+            max_batch,
+            max_t,
+            acts,
+            work,
+            inputs: vec![0; rows],
+            targets: vec![0; rows],
+            last: None,
+        })
+    }
+
+    /// (name, shape, offset into `params`) of every parameter tensor, in `param_shapes()` order.
+    pub fn offsets(&self) -> &[(String, Vec<usize>, usize)] {
+        &self.offsets
+    }
+
+    fn range(&self, name: &str) -> Option<Range<usize>> {
+        self.offsets
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, shape, off)| *off..*off + shape.iter().product::<usize>())
+    }
+
+    /// The parameter tensor `name` (a Hugging Face name), flattened row-major.
+    pub fn param(&self, name: &str) -> Option<&[f32]> {
+        self.range(name).map(|r| &self.params[r])
+    }
+
+    pub fn param_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        self.range(name).map(|r| &mut self.params[r])
+    }
+
+    /// The gradient of the parameter tensor `name`.
+    pub fn grad(&self, name: &str) -> Option<&[f32]> {
+        self.range(name).map(|r| &self.grads[r])
+    }
+
+    /// Copies `data` into the parameter tensor `name`, checking that it exists and the length
+    /// matches its shape.
+    pub fn set_param(&mut self, name: &str, data: &[f32]) -> Result<()> {
+        let (shape, r) = match self.offsets.iter().find(|(n, _, _)| n == name) {
+            Some((_, shape, off)) => (shape.clone(), *off..*off + shape.iter().product::<usize>()),
+            None => {
+                return Err(Error::Invalid(format!(
+                    "the model has no parameter named {name:?}"
+                )))
+            }
+        };
+        if data.len() != r.len() {
+            return Err(Error::Invalid(format!(
+                "parameter {name} has shape {shape:?} ({} values), got {} values",
+                r.len(),
+                data.len()
+            )));
+        }
+        self.params[r].copy_from_slice(data);
+        Ok(())
+    }
+
+    /// The largest batch and sequence length the buffers hold.
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.max_batch, self.max_t)
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.grads.fill(0.0);
+    }
+
+    /// Logits of the last forward, (B, T, V) row-major.
+    pub fn logits(&self) -> &[f32] {
+        let (b, t) = self.last.unwrap_or((0, 0));
+        &self.acts.logits[..b * t * self.cfg.vocab_size]
+    }
+
+    /// Forward on a (B, T) batch of token ids with their next-token targets (both row-major, B·T
+    /// long); returns the mean cross-entropy loss and keeps the activations for `backward`.
+    ///
+    /// # Panics
+    /// If B or T exceed the capacity given to `new`, the slices are not B·T long, or an id is
+    /// outside the vocabulary.
+    pub fn forward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> f32 {
+        let (c, v, nh) = (self.cfg.n_embd, self.cfg.vocab_size, self.cfg.n_head);
+        assert!(
+            (1..=self.max_batch).contains(&b) && (1..=self.max_t).contains(&t),
+            "batch {b} x {t} exceeds the fast path's buffers ({} x {})",
+            self.max_batch,
+            self.max_t
+        );
+        assert!(
+            inputs.len() == b * t && targets.len() == b * t,
+            "inputs and targets must hold B*T = {} ids",
+            b * t
+        );
+        if let Some(&bad) = inputs.iter().chain(targets).find(|&&id| id as usize >= v) {
+            panic!("token id {bad} is outside the vocabulary (vocab_size {v})");
+        }
+        let n = b * t;
+        self.inputs[..n].copy_from_slice(inputs);
+        self.targets[..n].copy_from_slice(targets);
+        self.last = Some((b, t));
+
+        let eps = self.cfg.layer_norm_epsilon as f32;
+        let exact_gelu = self.cfg.activation == "gelu";
+        let shape = AttShape { b, t, c, nh };
+        let (p, a, lay) = (&self.params, &mut self.acts, &self.layout);
+        let (nc, natt) = (n * c, b * nh * t * t);
+
+        kernels::encoder_forward(
+            &mut a.residual[..nc],
+            inputs,
+            &p[lay.wte.clone()],
+            &p[lay.wpe.clone()],
+            t,
+            c,
+        );
+        for (l, bp) in lay.blocks.iter().enumerate() {
+            let ln_1 = &mut a.ln_1[l * nc..(l + 1) * nc];
+            let qkv = &mut a.qkv[l * 3 * nc..(l + 1) * 3 * nc];
+            let atty = &mut a.atty[l * nc..(l + 1) * nc];
+            let ln_2 = &mut a.ln_2[l * nc..(l + 1) * nc];
+            let fch = &mut a.fch[l * 4 * nc..(l + 1) * 4 * nc];
+            let fch_gelu = &mut a.fch_gelu[l * 4 * nc..(l + 1) * 4 * nc];
+            let (mean_1, rstd_1) = (
+                &mut a.ln_1_mean[l * n..(l + 1) * n],
+                &mut a.ln_1_rstd[l * n..(l + 1) * n],
+            );
+            let (mean_2, rstd_2) = (
+                &mut a.ln_2_mean[l * n..(l + 1) * n],
+                &mut a.ln_2_rstd[l * n..(l + 1) * n],
+            );
+
+            // Attention: x (N, C) -> res (N, C) = x + c_proj(attn(ln_1(x)))
+            let (x, res) = residual_pair(&mut a.residual, 2 * l, nc);
+            kernels::layernorm_forward(
+                ln_1,
+                mean_1,
+                rstd_1,
+                x,
+                &p[bp.ln_1_w.clone()],
+                opt(p, &bp.ln_1_b),
+                eps,
+            );
+            // (N, C) @ (C, 3C) -> (N, 3C) = [q | k | v]
+            kernels::linear_forward(
+                qkv,
+                ln_1,
+                &p[bp.attn_w.clone()],
+                opt(p, &bp.attn_b),
+                c,
+                3 * c,
+            );
+            kernels::attention_forward(atty, &mut a.att[l * natt..(l + 1) * natt], qkv, shape);
+            kernels::residual_with_bias(res, x, opt(p, &bp.attn_proj_b), c);
+            kernels::matmul(
+                n,
+                c,
+                c,
+                res,
+                true,
+                Op::N(atty),
+                Op::N(&p[bp.attn_proj_w.clone()]),
+                1.0,
+            );
+
+            // MLP: x (N, C) -> res (N, C) = x + c_proj(gelu(c_fc(ln_2(x))))
+            let (x, res) = residual_pair(&mut a.residual, 2 * l + 1, nc);
+            kernels::layernorm_forward(
+                ln_2,
+                mean_2,
+                rstd_2,
+                x,
+                &p[bp.ln_2_w.clone()],
+                opt(p, &bp.ln_2_b),
+                eps,
+            );
+            // (N, C) @ (C, 4C) -> (N, 4C); the bias is added with the GELU
+            kernels::matmul(
+                n,
+                4 * c,
+                c,
+                fch,
+                false,
+                Op::N(ln_2),
+                Op::N(&p[bp.fc_w.clone()]),
+                1.0,
+            );
+            kernels::bias_gelu_forward(fch, fch_gelu, opt(p, &bp.fc_b), 4 * c, exact_gelu);
+            kernels::residual_with_bias(res, x, opt(p, &bp.fc_proj_b), c);
+            kernels::matmul(
+                n,
+                c,
+                4 * c,
+                res,
+                true,
+                Op::N(fch_gelu),
+                Op::N(&p[bp.fc_proj_w.clone()]),
+                1.0,
+            );
+        }
+        let l = lay.blocks.len();
+        let x = &a.residual[2 * l * nc..(2 * l + 1) * nc];
+        let ln_f = &mut a.ln_f[..nc];
+        let (mean, rstd) = (&mut a.ln_f_mean[..n], &mut a.ln_f_rstd[..n]);
+        kernels::layernorm_forward(
+            ln_f,
+            mean,
+            rstd,
+            x,
+            &p[lay.ln_f_w.clone()],
+            opt(p, &lay.ln_f_b),
+            eps,
+        );
+        // Tied head: (N, C) @ wteᵀ (C, V) -> (N, V)
+        let logits = &mut a.logits[..n * v];
+        kernels::matmul(
+            n,
+            v,
+            c,
+            logits,
+            false,
+            Op::N(ln_f),
+            Op::T(&p[lay.wte.clone()]),
+            1.0,
+        );
+        kernels::cross_entropy_forward(logits, &mut a.lse[..n], targets, v)
+    }
+
+    /// Backward of the last forward: adds the gradients of `scale` · loss to `grads` (use
+    /// 1/grad_accum_steps to average micro-batches). Activations are kept, so calling it twice
+    /// adds twice.
+    ///
+    /// # Panics
+    /// If no forward ran before.
+    pub fn backward(&mut self, scale: f32) {
+        let (b, t) = self.last.expect("backward called before forward");
+        let (c, v, nh) = (self.cfg.n_embd, self.cfg.vocab_size, self.cfg.n_head);
+        let n = b * t;
+        let (nc, natt) = (n * c, b * nh * t * t);
+        let shape = AttShape { b, t, c, nh };
+        let exact_gelu = self.cfg.activation == "gelu";
+        let (p, g, a, w, lay) = (
+            &self.params,
+            &mut self.grads,
+            &self.acts,
+            &mut self.work,
+            &self.layout,
+        );
+        let targets = &self.targets[..n];
+        let dres = &mut w.dresidual[..nc];
+        let dln = &mut w.dln[..nc];
+
+        // Loss and head. The loss is the mean over N rows, hence scale / N.
+        let dlogits = &mut w.dlogits[..n * v];
+        kernels::cross_entropy_backward(
+            dlogits,
+            &a.logits[..n * v],
+            &a.lse[..n],
+            targets,
+            v,
+            scale / n as f32,
+        );
+        let ln_f = &a.ln_f[..nc];
+        kernels::matmul(
+            n,
+            c,
+            v,
+            dln,
+            false,
+            Op::N(dlogits),
+            Op::N(&p[lay.wte.clone()]),
+            1.0,
+        );
+        kernels::matmul(
+            v,
+            c,
+            n,
+            &mut g[lay.wte.clone()],
+            true,
+            Op::T(dlogits),
+            Op::N(ln_f),
+            1.0,
+        );
+        let l_top = lay.blocks.len();
+        let (dw, db) = grad_pair(g, &lay.ln_f_w, &lay.ln_f_b);
+        let x = &a.residual[2 * l_top * nc..(2 * l_top + 1) * nc];
+        let (mean, rstd) = (&a.ln_f_mean[..n], &a.ln_f_rstd[..n]);
+        kernels::layernorm_backward(
+            dres,
+            dw,
+            db,
+            dln,
+            x,
+            mean,
+            rstd,
+            &p[lay.ln_f_w.clone()],
+            false,
+        );
+
+        for (l, bp) in lay.blocks.iter().enumerate().rev() {
+            let ln_1 = &a.ln_1[l * nc..(l + 1) * nc];
+            let qkv = &a.qkv[l * 3 * nc..(l + 1) * 3 * nc];
+            let att = &a.att[l * natt..(l + 1) * natt];
+            let atty = &a.atty[l * nc..(l + 1) * nc];
+            let ln_2 = &a.ln_2[l * nc..(l + 1) * nc];
+            let fch = &a.fch[l * 4 * nc..(l + 1) * 4 * nc];
+            let fch_gelu = &a.fch_gelu[l * 4 * nc..(l + 1) * 4 * nc];
+            let (mean_1, rstd_1) = (
+                &a.ln_1_mean[l * n..(l + 1) * n],
+                &a.ln_1_rstd[l * n..(l + 1) * n],
+            );
+            let (mean_2, rstd_2) = (
+                &a.ln_2_mean[l * n..(l + 1) * n],
+                &a.ln_2_rstd[l * n..(l + 1) * n],
+            );
+            let x_attn = &a.residual[2 * l * nc..(2 * l + 1) * nc];
+            let x_mlp = &a.residual[(2 * l + 1) * nc..(2 * l + 2) * nc];
+            let dfch = &mut w.dfch[..4 * nc];
+            let datty = &mut w.datty[..nc];
+            let dqkv = &mut w.dqkv[..3 * nc];
+
+            // MLP; dres holds the gradient of the block's output.
+            let (dw, db) = grad_pair(g, &bp.fc_proj_w, &bp.fc_proj_b);
+            kernels::linear_backward(
+                dfch,
+                dw,
+                db,
+                dres,
+                fch_gelu,
+                &p[bp.fc_proj_w.clone()],
+                4 * c,
+                c,
+            );
+            kernels::gelu_backward(dfch, fch, exact_gelu);
+            let (dw, db) = grad_pair(g, &bp.fc_w, &bp.fc_b);
+            kernels::linear_backward(dln, dw, db, dfch, ln_2, &p[bp.fc_w.clone()], c, 4 * c);
+            let (dw, db) = grad_pair(g, &bp.ln_2_w, &bp.ln_2_b);
+            kernels::layernorm_backward(
+                dres,
+                dw,
+                db,
+                dln,
+                x_mlp,
+                mean_2,
+                rstd_2,
+                &p[bp.ln_2_w.clone()],
+                true,
+            );
+
+            // Attention; dres now holds the gradient of the attention's residual output.
+            let (dw, db) = grad_pair(g, &bp.attn_proj_w, &bp.attn_proj_b);
+            kernels::linear_backward(datty, dw, db, dres, atty, &p[bp.attn_proj_w.clone()], c, c);
+            kernels::attention_backward(dqkv, &mut w.datt[..natt], datty, qkv, att, shape);
+            let (dw, db) = grad_pair(g, &bp.attn_w, &bp.attn_b);
+            kernels::linear_backward(dln, dw, db, dqkv, ln_1, &p[bp.attn_w.clone()], c, 3 * c);
+            let (dw, db) = grad_pair(g, &bp.ln_1_w, &bp.ln_1_b);
+            kernels::layernorm_backward(
+                dres,
+                dw,
+                db,
+                dln,
+                x_attn,
+                mean_1,
+                rstd_1,
+                &p[bp.ln_1_w.clone()],
+                true,
+            );
+        }
+
+        // Embeddings: wte receives both the head's and the embedding's gradient (tied).
+        let (dwte, dwpe) = split_pair(g, &lay.wte, &lay.wpe);
+        kernels::encoder_backward(dwte, &mut dwpe[..t * c], dres, &self.inputs[..n], t, c);
+    }
+}
+
+/// (slot i, slot i + 1) of the residual buffer, slots of `len` values.
+fn residual_pair(buf: &mut [f32], i: usize, len: usize) -> (&[f32], &mut [f32]) {
+    let (lo, hi) = buf.split_at_mut((i + 1) * len);
+    (&lo[i * len..], &mut hi[..len])
+}
+
+/// Two disjoint parameter ranges of `g`, mutably.
+fn split_pair<'a>(
+    g: &'a mut [f32],
+    a: &Range<usize>,
+    b: &Range<usize>,
+) -> (&'a mut [f32], &'a mut [f32]) {
+    if a.start < b.start {
+        assert!(a.end <= b.start);
+        let (lo, hi) = g.split_at_mut(b.start);
+        (&mut lo[a.clone()], &mut hi[..b.len()])
+    } else {
+        let (y, x) = split_pair(g, b, a);
+        (x, y)
+    }
+}
+
+/// The gradients of a weight and its optional bias.
+fn grad_pair<'a>(
+    g: &'a mut [f32],
+    w: &Range<usize>,
+    b: &Option<Range<usize>>,
+) -> (&'a mut [f32], Option<&'a mut [f32]>) {
+    match b {
+        Some(b) => {
+            let (w, b) = split_pair(g, w, b);
+            (w, Some(b))
+        }
+        None => (&mut g[w.clone()], None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn tiny(bias: bool, activation: &str) -> GptConfig {
+        GptConfig {
+            vocab_size: 11,
+            block_size: 8,
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 16,
+            dropout: 0.0,
+            bias,
+            activation: activation.into(),
+            layer_norm_epsilon: 1e-5,
+        }
+    }
+
+    /// Random parameters large enough that attention, GELU and LayerNorm are far from linear:
+    /// weights and biases ~ U(−0.3, 0.3), embeddings ~ U(−0.5, 0.5), LayerNorm gains 1 ± 0.3.
+    fn randomize(m: &mut FastGpt, seed: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for (name, shape, off) in m.offsets.clone() {
+            let len: usize = shape.iter().product();
+            let (center, half) = match name.as_str() {
+                n if n.contains("wte") || n.contains("wpe") => (0.0, 0.5),
+                n if n.contains("ln_") && n.ends_with("weight") => (1.0, 0.3),
+                _ => (0.0, 0.3),
+            };
+            for p in &mut m.params[off..off + len] {
+                *p = center + rng.gen_range(-half..half);
+            }
+        }
+    }
+
+    fn batch(v: usize, n: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut ids = || {
+            (0..n)
+                .map(|_| rng.gen_range(0..v as u32))
+                .collect::<Vec<_>>()
+        };
+        (ids(), ids())
+    }
+
+    fn to_f64(x: &[f32]) -> Vec<f64> {
+        x.iter().map(|&v| v as f64).collect()
+    }
+
+    /// Loss and logits against the f64 reference, then, for a sample of entries of every named
+    /// tensor, the analytic gradient against central differences of the f64 reference. Prints
+    /// llm.c-style `TENSOR OK` lines. Before the checked (b, t) batch, a full-capacity batch
+    /// runs so that stale buffer contents would show.
+    fn check_against_reference(cfg: &GptConfig, b: usize, t: usize, samples: usize) {
+        let (cap_b, cap_t) = (b + 1, cfg.block_size);
+        let mut m = FastGpt::new(cfg.clone(), cap_b, cap_t).unwrap();
+        randomize(&mut m, 7);
+        let (x, y) = batch(cfg.vocab_size, cap_b * cap_t, 1);
+        m.forward(&x, &y, cap_b, cap_t);
+        m.backward(1.0);
+        m.zero_grad();
+
+        let (x, y) = batch(cfg.vocab_size, b * t, 2);
+        let loss = m.forward(&x, &y, b, t);
+        m.backward(1.0);
+        let params = to_f64(&m.params);
+        let (ref_loss, ref_logits) = reference::forward(cfg, &params, &x, &y, b, t);
+        assert!(
+            (loss as f64 - ref_loss).abs() < 1e-5 * ref_loss.abs(),
+            "loss {loss} vs f64 {ref_loss}"
+        );
+        let logit_diff = m
+            .logits()
+            .iter()
+            .zip(&ref_logits)
+            .map(|(&a, &r)| (a as f64 - r).abs())
+            .fold(0.0, f64::max);
+        assert_eq!(m.logits().len(), ref_logits.len());
+        println!("TENSOR OK logits maxdiff {logit_diff:.2e}; loss {loss} vs f64 {ref_loss}");
+        assert!(
+            logit_diff < 1e-4,
+            "logits differ from the f64 reference by {logit_diff}"
+        );
+
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let h = 1e-5;
+        for (name, shape, off) in m.offsets() {
+            let len: usize = shape.iter().product();
+            let mut idx: Vec<usize> = (0..samples).map(|_| rng.gen_range(0..len)).collect();
+            idx.extend([0, len - 1]);
+            let (mut max_err, mut max_g) = (0f64, 0f64);
+            for i in idx {
+                let mut p = params.clone();
+                p[off + i] += h;
+                let up = reference::forward(cfg, &p, &x, &y, b, t).0;
+                p[off + i] -= 2.0 * h;
+                let down = reference::forward(cfg, &p, &x, &y, b, t).0;
+                let fd = (up - down) / (2.0 * h);
+                let g = m.grads[off + i] as f64;
+                let err = (g - fd).abs();
+                assert!(
+                    err <= 1e-3 * fd.abs() + 1e-6,
+                    "{name}[{i}]: analytic {g:e} vs central difference {fd:e} (cfg {cfg:?})"
+                );
+                max_err = max_err.max(err);
+                max_g = max_g.max(fd.abs());
+            }
+            println!("TENSOR OK {name} maxdiff {max_err:.2e} (max |grad| {max_g:.2e})");
+        }
+    }
+
+    #[test]
+    fn gradients_match_f64_central_differences() {
+        for bias in [true, false] {
+            for act in ["gelu_new", "gelu"] {
+                check_against_reference(&tiny(bias, act), 2, 5, 8);
+            }
+        }
+    }
+
+    /// T = 130 spans three attention row blocks (64 + 64 + 2), with heads of size 8.
+    #[test]
+    fn gradients_match_across_attention_blocks() {
+        let cfg = GptConfig {
+            block_size: 130,
+            n_layer: 1,
+            ..tiny(true, "gelu_new")
+        };
+        check_against_reference(&cfg, 1, 130, 3);
+    }
+
+    #[test]
+    fn logits_match_f64_reference() {
+        for bias in [true, false] {
+            for act in ["gelu_new", "gelu"] {
+                let cfg = GptConfig {
+                    n_head: 4,
+                    ..tiny(bias, act)
+                };
+                let (b, t) = (3, 8);
+                let mut m = FastGpt::new(cfg.clone(), b, t).unwrap();
+                randomize(&mut m, 11);
+                let (x, y) = batch(cfg.vocab_size, b * t, 12);
+                m.forward(&x, &y, b, t);
+                let (_, want) = reference::forward(&cfg, &to_f64(&m.params), &x, &y, b, t);
+                let diff = m
+                    .logits()
+                    .iter()
+                    .zip(&want)
+                    .map(|(&a, &r)| (a as f64 - r).abs())
+                    .fold(0.0, f64::max);
+                assert!(diff < 1e-4, "bias {bias}, {act}: logits differ by {diff}");
+            }
+        }
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn backward_accumulates_scaled_gradients() {
+        let cfg = tiny(true, "gelu_new");
+        let (b, t) = (2, 8);
+        let mut m = FastGpt::new(cfg.clone(), b, t).unwrap();
+        randomize(&mut m, 5);
+        let (x1, y1) = batch(cfg.vocab_size, b * t, 6);
+        let (x2, y2) = batch(cfg.vocab_size, b * t, 7);
+
+        m.forward(&x1, &y1, b, t);
+        m.backward(1.0);
+        let once = m.grads.clone();
+        m.zero_grad();
+        m.backward(0.5);
+        m.backward(0.5);
+        let scale = once.iter().fold(0f32, |a, g| a.max(g.abs()));
+        assert!(
+            max_abs_diff(&once, &m.grads) <= 1e-6 * scale,
+            "two half steps differ from one whole"
+        );
+
+        // Two micro-batches with scale 1/2 each give the average of their gradients.
+        m.zero_grad();
+        m.forward(&x2, &y2, b, t);
+        m.backward(1.0);
+        let second = m.grads.clone();
+        m.zero_grad();
+        m.forward(&x1, &y1, b, t);
+        m.backward(0.5);
+        m.forward(&x2, &y2, b, t);
+        m.backward(0.5);
+        let mean: Vec<f32> = once
+            .iter()
+            .zip(&second)
+            .map(|(a, b)| 0.5 * (a + b))
+            .collect();
+        assert!(
+            max_abs_diff(&mean, &m.grads) <= 1e-6 * scale,
+            "accumulated micro-batches differ from their mean"
+        );
+        assert!(m.grads.iter().all(|g| g.is_finite()));
+    }
+
+    #[test]
+    fn every_tensor_receives_a_gradient() {
+        let cfg = tiny(true, "gelu");
+        let mut m = FastGpt::new(cfg.clone(), 2, 8).unwrap();
+        randomize(&mut m, 9);
+        let (x, y) = batch(cfg.vocab_size, 16, 10);
+        m.forward(&x, &y, 2, 8);
+        m.backward(1.0);
+        for (name, _, _) in m.offsets() {
+            let g = m.grad(name).unwrap();
+            assert!(g.iter().any(|&v| v != 0.0), "{name} received no gradient");
+        }
+    }
+
+    #[test]
+    fn named_parameters_follow_param_shapes() {
+        let cfg = tiny(true, "gelu_new");
+        let mut m = FastGpt::new(cfg.clone(), 1, 4).unwrap();
+        let names: Vec<_> = m
+            .offsets()
+            .iter()
+            .map(|(n, s, _)| (n.clone(), s.clone()))
+            .collect();
+        assert_eq!(names, cfg.param_shapes());
+        assert_eq!(m.params.len(), cfg.num_params());
+        let w: Vec<f32> = (0..16 * 48).map(|i| i as f32).collect();
+        m.set_param("transformer.h.1.attn.c_attn.weight", &w)
+            .unwrap();
+        assert_eq!(
+            m.param("transformer.h.1.attn.c_attn.weight").unwrap(),
+            &w[..]
+        );
+        assert!(m
+            .set_param("transformer.h.1.attn.c_attn.weight", &w[1..])
+            .is_err());
+        assert!(m.set_param("lm_head.weight", &w).is_err());
+        m.param_mut("transformer.ln_f.bias").unwrap()[3] = 2.0;
+        assert_eq!(m.param("transformer.ln_f.bias").unwrap()[3], 2.0);
+    }
+
+    #[test]
+    fn new_rejects_dropout_and_oversized_buffers() {
+        let err = FastGpt::new(
+            GptConfig {
+                dropout: 0.1,
+                ..tiny(true, "gelu_new")
+            },
+            1,
+            8,
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("dropout"), "{err}");
+        assert!(FastGpt::new(tiny(true, "gelu_new"), 1, 9).is_err());
+        assert!(FastGpt::new(tiny(true, "gelu_new"), 0, 8).is_err());
+    }
+
+    /// Busy CPU time of the whole machine and of this process, in clock ticks (Linux; zeros
+    /// elsewhere), to tell how much other processes competed with a timing.
+    fn cpu_ticks() -> (u64, u64) {
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let f: Vec<u64> = s
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq: busy = all but idle and iowait
+                Some(f.iter().sum::<u64>() - f.get(3)? - f.get(4)?)
+            })
+            .unwrap_or(0);
+        let me = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                let f: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        (machine, me)
+    }
+
+    /// Milliseconds per forward + backward (median and minimum of `iters`) on random data;
+    /// also prints how many cores other processes kept busy meanwhile.
+    fn time_fwd_bwd(cfg: GptConfig, b: usize, t: usize, iters: usize) -> f64 {
+        let mut m = FastGpt::new(cfg.clone(), b, t).unwrap();
+        randomize(&mut m, 1);
+        m.params.iter_mut().for_each(|p| *p *= 0.1);
+        let (x, y) = batch(cfg.vocab_size, b * t, 2);
+        for _ in 0..5 {
+            m.forward(&x, &y, b, t);
+            m.backward(1.0);
+        }
+        let (start, ticks) = (std::time::Instant::now(), cpu_ticks());
+        let mut ms: Vec<f64> = (0..iters)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                m.forward(&x, &y, b, t);
+                m.backward(1.0);
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        let (wall, end) = (start.elapsed().as_secs_f64(), cpu_ticks());
+        let others = ((end.0 - ticks.0) as f64 - (end.1 - ticks.1) as f64) / 100.0 / wall;
+        let cpu_ms = (end.1 - ticks.1) as f64 * 10.0 / iters as f64;
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "{} layers, C {}, {} heads, V {}, B {b}, T {t}, {} threads: fwd+bwd median {:.2} ms, min {:.2} ms \
+             (CPU time {cpu_ms:.1} ms per step; other processes busy on {others:.2} cores)",
+            cfg.n_layer,
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.vocab_size,
+            rayon::current_num_threads(),
+            ms[iters / 2],
+            ms[0]
+        );
+        ms[iters / 2]
+    }
+
+    /// nanoGPT's CPU preset (shakespeare_char on a laptop). Run with
+    /// `RAYON_NUM_THREADS=2 cargo test --release --lib bench_char_preset -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_char_preset() {
+        let cfg = GptConfig {
+            vocab_size: 65,
+            block_size: 64,
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            dropout: 0.0,
+            bias: true,
+            activation: "gelu_new".into(),
+            layer_norm_epsilon: 1e-5,
+        };
+        time_fwd_bwd(cfg, 12, 64, 50);
+    }
+
+    /// nanoGPT's shakespeare_char GPU preset shape, smaller batch.
+    #[test]
+    #[ignore]
+    fn bench_char_6x384() {
+        let cfg = GptConfig {
+            vocab_size: 65,
+            block_size: 256,
+            n_layer: 6,
+            n_head: 6,
+            n_embd: 384,
+            dropout: 0.0,
+            bias: true,
+            activation: "gelu_new".into(),
+            layer_norm_epsilon: 1e-5,
+        };
+        time_fwd_bwd(cfg, 8, 256, 10);
+    }
+}

@@ -1,0 +1,473 @@
+//! The training loop: data preparation on first use, AdamW with warm-up and cosine decay,
+//! gradient accumulation and clipping, periodic evaluation, JSON-lines metrics, and checkpoints
+//! that resume bit for bit.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
+use crate::config::GptConfig;
+use crate::data::{self, Batcher, Meta, PrepareOptions, TokenFile};
+use crate::error::{write_atomic, Error, Result};
+use crate::tokenizer::Tokenizer;
+use crate::train::backend::{Backend, CandleBackend, FastBackend};
+use crate::train::config::{cache_dir, resolve_data_path, TrainConfig};
+use crate::train::optim::{clip_grad_norm, decay_ranges, AdamW};
+
+/// Set by a Ctrl-C handler; the loop checkpoints and stops at the end of the current step.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub config: PathBuf,
+    pub out: PathBuf,
+    /// Stop after this step without changing the schedule the config defines.
+    pub max_iters: Option<usize>,
+    pub resume: bool,
+}
+
+/// One logged step. `val_loss` is present on evaluation steps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub train_loss: f32,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_sec: f64,
+    pub elapsed_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f32>,
+}
+
+/// What the loop reports as it runs.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Data and model are ready; steps `start+1..=end` follow.
+    Start {
+        start: usize,
+        end: usize,
+        params: usize,
+        backend: &'static str,
+        data_dir: PathBuf,
+    },
+    Step(StepLog),
+    Checkpoint {
+        step: usize,
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub step: usize,
+    pub final_train_loss: Option<f32>,
+    pub final_val_loss: Option<f32>,
+    pub out: PathBuf,
+    pub elapsed_s: f64,
+    pub interrupted: bool,
+}
+
+/// Everything a checkpoint needs besides weights and optimizer moments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub step: usize,
+    pub adam_step: u64,
+    pub data_rng: (u64, u128),
+    pub dropout_rng: (u64, u128),
+    pub config: TrainConfig,
+    pub last_val_loss: Option<f32>,
+}
+
+/// Prepares (or reuses) the token files for `cfg.data` in the cache and returns their folder.
+pub fn prepared_data(cfg: &TrainConfig) -> Result<PathBuf> {
+    use sha2::Digest;
+    let corpus = resolve_data_path(&cfg.data.corpus);
+    let val = cfg.data.val_corpus.as_deref().map(resolve_data_path);
+    // Key the cache on the corpus contents and the tokenization settings.
+    let mut h = sha2::Sha256::new();
+    for p in std::iter::once(&corpus).chain(val.iter()) {
+        let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+        h.update(&bytes);
+        h.update([0u8]);
+    }
+    h.update(
+        format!(
+            "{:?}|{:?}|{}",
+            cfg.data.tokenizer, cfg.data.vocab_size, cfg.data.val_fraction
+        )
+        .as_bytes(),
+    );
+    let key = h
+        .finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let stem = corpus
+        .file_name()
+        .map(|s| s.to_string_lossy().replace('.', "_"))
+        .unwrap_or_default();
+    let dir = cache_dir().join("data").join(format!("{stem}-{key}"));
+    if Meta::load(&dir).is_ok() {
+        return Ok(dir);
+    }
+    data::prepare(&PrepareOptions {
+        input: corpus,
+        val_input: val,
+        tokenizer: cfg.data.tokenizer,
+        vocab_size: cfg.data.vocab_size,
+        val_fraction: cfg.data.val_fraction,
+        out: dir.clone(),
+    })?;
+    Ok(dir)
+}
+
+/// The model config completed with the data's vocabulary, and checked against it.
+pub fn model_config(cfg: &TrainConfig, meta: &Meta, tok_path: &Path) -> Result<GptConfig> {
+    let mut m = cfg.model.clone();
+    if m.vocab_size == 0 {
+        m.vocab_size = meta.vocab_size;
+    } else if m.vocab_size < meta.vocab_size {
+        return Err(Error::VocabMismatch {
+            path: tok_path.to_path_buf(),
+            tokenizer: meta.vocab_size,
+            model: m.vocab_size,
+        });
+    }
+    m.validate()?;
+    Ok(m)
+}
+
+pub fn make_backend(cfg: &TrainConfig, m: &GptConfig, params: &[f32]) -> Result<Box<dyn Backend>> {
+    let use_fast = match cfg.train.backend.as_str() {
+        "fast" => {
+            if m.dropout > 0.0 {
+                return Err(Error::Invalid(
+                    "backend = \"fast\" does not support dropout > 0; use \"candle\" or \"auto\""
+                        .into(),
+                ));
+            }
+            true
+        }
+        "candle" => false,
+        _ => m.dropout == 0.0,
+    };
+    if use_fast {
+        Ok(Box::new(FastBackend::new(m, params, cfg.train.batch_size)?))
+    } else {
+        Ok(Box::new(CandleBackend::new(
+            m,
+            params,
+            &candle_core::Device::Cpu,
+            cfg.train.seed ^ 0x5eed,
+        )?))
+    }
+}
+
+/// Runs (or resumes) a training run. `on_event` sees every step; metrics are appended to
+/// `OUT/metrics.jsonl`, and a checkpoint is written on evaluation steps and whenever the run
+/// stops (at `max_iters`, at the end, or on Ctrl-C).
+pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<TrainSummary> {
+    let t0 = Instant::now();
+    let state_path = opts.out.join(STATE_FILE);
+    let (cfg, resume_state) = if opts.resume {
+        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        let state: TrainerState =
+            serde_json::from_str(&text).map_err(|e| Error::CorruptCheckpoint {
+                path: state_path.clone(),
+                msg: e.to_string(),
+            })?;
+        let cfg = TrainConfig::load(&opts.config)?;
+        if cfg != state.config {
+            return Err(Error::BadConfig {
+                path: opts.config.clone(),
+                msg: format!(
+                    "differs from the config of the checkpoint in {}; resume with the same config",
+                    opts.out.display()
+                ),
+            });
+        }
+        (cfg, Some(state))
+    } else {
+        if state_path.exists() {
+            return Err(Error::Invalid(format!(
+                "{} already holds a training checkpoint; pass --resume to continue it or choose another --out",
+                opts.out.display()
+            )));
+        }
+        (TrainConfig::load(&opts.config)?, None)
+    };
+
+    let data_dir = prepared_data(&cfg)?;
+    let meta = Meta::load(&data_dir)?;
+    let tok_path = data_dir.join(TOKENIZER_FILE);
+    let tokenizer = Tokenizer::from_file(&tok_path)?;
+    let m = model_config(&cfg, &meta, &tok_path)?;
+    let (b, t, accum) = (cfg.train.batch_size, m.block_size, cfg.train.grad_accum);
+
+    let train_file = TokenFile::open(&data_dir.join("train.bin"), &meta.dtype)?;
+    let mut batcher = Batcher::new(train_file, b, t, cfg.train.seed)?;
+    let val_path = data_dir.join("val.bin");
+    // Fail early if the validation split is too short.
+    Batcher::new(TokenFile::open(&val_path, &meta.dtype)?, b, t, 0)?;
+
+    let n = m.num_params();
+    let mut opt = AdamW::new(
+        n,
+        cfg.train.beta1,
+        cfg.train.beta2,
+        cfg.train.eps,
+        cfg.train.weight_decay,
+        decay_ranges(&m),
+    );
+    let (start, params, mut last_val) = match &resume_state {
+        Some(state) => {
+            let model_path = opts.out.join(checkpoint::MODEL_FILE);
+            let loaded = checkpoint::load_tensors(&model_path)?;
+            check_step(&loaded.metadata, state.step, &model_path)?;
+            let params = checkpoint::flat_params(&m, &loaded, &model_path)?;
+            let opt_path = opts.out.join(OPTIMIZER_FILE);
+            let o = checkpoint::load_tensors(&opt_path)?;
+            check_step(&o.metadata, state.step, &opt_path)?;
+            let get = |k: &str| -> Result<Vec<f32>> {
+                match o.tensors.get(k) {
+                    Some((_, d)) if d.len() == n => Ok(d.clone()),
+                    _ => Err(Error::CorruptCheckpoint {
+                        path: opt_path.clone(),
+                        msg: format!("tensor {k} is missing or has the wrong size"),
+                    }),
+                }
+            };
+            opt.m = get("m")?;
+            opt.v = get("v")?;
+            opt.step = state.adam_step;
+            batcher.set_rng_state(state.data_rng.0, state.data_rng.1);
+            (state.step, params, state.last_val_loss)
+        }
+        None => (0, crate::models::gpt::init_params(&m, cfg.train.seed), None),
+    };
+    let mut backend = make_backend(&cfg, &m, &params)?;
+    if let Some(state) = &resume_state {
+        backend.set_rng_state(state.dropout_rng.0, state.dropout_rng.1);
+    }
+    let end = opts
+        .max_iters
+        .map_or(cfg.train.max_iters, |x| x.min(cfg.train.max_iters));
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let metrics_path = opts.out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    on_event(&Event::Start {
+        start,
+        end,
+        params: n,
+        backend: backend.name(),
+        data_dir: data_dir.clone(),
+    });
+
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let mut step = start;
+    let mut last_train = None;
+    let mut interrupted = false;
+    let save = |step: usize,
+                backend: &dyn Backend,
+                opt: &AdamW,
+                batcher: &Batcher,
+                last_val: Option<f32>|
+     -> Result<()> {
+        save_checkpoint(
+            &opts.out, &cfg, &m, &tokenizer, step, backend, opt, batcher, last_val,
+        )
+    };
+    while step < end {
+        let ts = Instant::now();
+        backend.zero_grad();
+        let mut loss = 0.0f32;
+        for _ in 0..accum {
+            batcher.next_batch(&mut x, &mut y);
+            loss += backend.forward_backward(&x, &y, b, t, 1.0 / accum as f32)? / accum as f32;
+        }
+        if step == start {
+            check_gradients(&m, backend.params_and_grads().1)?;
+        }
+        if !loss.is_finite() {
+            return Err(Error::Invalid(format!(
+                "the loss became {loss} at step {}; lower the learning rate",
+                step + 1
+            )));
+        }
+        let lr = cfg.lr_at(step);
+        let (p, g) = backend.params_and_grads();
+        let grad_norm = clip_grad_norm(g, cfg.train.grad_clip);
+        opt.update(p, g, lr);
+        backend.params_updated()?;
+        step += 1;
+        last_train = Some(loss);
+        let dt = ts.elapsed().as_secs_f64();
+        let is_eval = step % cfg.train.eval_interval == 0 || step == end;
+        let val_loss = if is_eval {
+            let v = evaluate(
+                backend.as_mut(),
+                &val_path,
+                &meta.dtype,
+                b,
+                t,
+                cfg.train.eval_iters,
+                cfg.train.seed,
+            )?;
+            last_val = Some(v);
+            Some(v)
+        } else {
+            None
+        };
+        let log = StepLog {
+            step,
+            train_loss: loss,
+            lr,
+            grad_norm,
+            tokens_per_sec: (b * t * accum) as f64 / dt,
+            elapsed_s: t0.elapsed().as_secs_f64(),
+            val_loss,
+        };
+        if is_eval || step % cfg.train.log_interval == 0 {
+            let line = serde_json::to_string(&log).expect("log serializes");
+            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        }
+        on_event(&Event::Step(log));
+        let stop = STOP.load(Ordering::SeqCst);
+        if is_eval || stop {
+            save(step, backend.as_ref(), &opt, &batcher, last_val)?;
+            on_event(&Event::Checkpoint {
+                step,
+                dir: opts.out.clone(),
+            });
+        }
+        if stop {
+            interrupted = true;
+            break;
+        }
+    }
+    if step == start && resume_state.is_none() {
+        save(step, backend.as_ref(), &opt, &batcher, last_val)?;
+    }
+    Ok(TrainSummary {
+        step,
+        final_train_loss: last_train,
+        final_val_loss: last_val,
+        out: opts.out.clone(),
+        elapsed_s: t0.elapsed().as_secs_f64(),
+        interrupted,
+    })
+}
+
+fn check_step(meta: &HashMap<String, String>, step: usize, path: &Path) -> Result<()> {
+    match meta.get("step").and_then(|s| s.parse::<usize>().ok()) {
+        Some(s) if s == step => Ok(()),
+        other => Err(Error::CorruptCheckpoint {
+            path: path.to_path_buf(),
+            msg: format!("it holds step {other:?} but trainer_state.json says step {step}"),
+        }),
+    }
+}
+
+/// On the first step, every parameter tensor must have received a finite, non-zero gradient.
+fn check_gradients(m: &GptConfig, grads: &[f32]) -> Result<()> {
+    let mut off = 0;
+    for (name, shape) in m.param_shapes() {
+        let n: usize = shape.iter().product();
+        let g = &grads[off..off + n];
+        if g.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "parameter {name} received a non-finite gradient on the first step"
+            )));
+        }
+        if g.iter().all(|&v| v == 0.0) {
+            return Err(Error::Invalid(format!(
+                "parameter {name} received no gradient on the first step"
+            )));
+        }
+        off += n;
+    }
+    Ok(())
+}
+
+/// Mean val loss over `iters` batches drawn with a fixed seed, so every evaluation sees the same
+/// batches and training's data order is untouched.
+pub fn evaluate(
+    backend: &mut dyn Backend,
+    val: &Path,
+    dtype: &str,
+    b: usize,
+    t: usize,
+    iters: usize,
+    seed: u64,
+) -> Result<f32> {
+    let mut batcher = Batcher::new(
+        TokenFile::open(val, dtype)?,
+        b,
+        t,
+        seed.wrapping_add(0xe7a1),
+    )?;
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let mut total = 0.0f64;
+    for _ in 0..iters {
+        batcher.next_batch(&mut x, &mut y);
+        total += backend.eval_loss(&x, &y, b, t)? as f64;
+    }
+    Ok((total / iters as f64) as f32)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint(
+    out: &Path,
+    cfg: &TrainConfig,
+    m: &GptConfig,
+    tokenizer: &Tokenizer,
+    step: usize,
+    backend: &dyn Backend,
+    opt: &AdamW,
+    batcher: &Batcher,
+    last_val: Option<f32>,
+) -> Result<()> {
+    checkpoint::save_model(
+        out,
+        m,
+        backend.params(),
+        tokenizer.eos_id(),
+        Some(step as u64),
+        false,
+    )?;
+    tokenizer.save(&out.join(TOKENIZER_FILE))?;
+    let meta = HashMap::from([("step".to_string(), step.to_string())]);
+    let n = opt.m.len();
+    checkpoint::save_tensors(
+        &out.join(OPTIMIZER_FILE),
+        &[
+            ("m".into(), vec![n], &opt.m[..]),
+            ("v".into(), vec![n], &opt.v[..]),
+        ],
+        meta,
+    )?;
+    let state = TrainerState {
+        step,
+        adam_step: opt.step,
+        data_rng: batcher.rng_state(),
+        dropout_rng: backend.rng_state(),
+        config: cfg.clone(),
+        last_val_loss: last_val,
+    };
+    write_atomic(
+        &out.join(STATE_FILE),
+        serde_json::to_string_pretty(&state)
+            .expect("state serializes")
+            .as_bytes(),
+    )
+}

@@ -1,0 +1,234 @@
+//! Bad input gets one clear line on stderr naming the problem and the file, exit code 2, and
+//! nothing is overwritten.
+
+mod common;
+
+use common::{assert_clear_error, decodex, tiny_config};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn missing_corpus() {
+    let d = tmp();
+    let out_dir = d.path().join("out");
+    let missing = d.path().join("nope.txt");
+    let out = decodex(&[
+        "data",
+        "prepare",
+        "--input",
+        missing.to_str().unwrap(),
+        "--tokenizer",
+        "char",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_clear_error(&out, &["nope.txt"]);
+    assert!(!out_dir.exists());
+}
+
+#[test]
+fn empty_corpus() {
+    let d = tmp();
+    let corpus = d.path().join("empty.txt");
+    std::fs::write(&corpus, "").unwrap();
+    let out_dir = d.path().join("out");
+    let out = decodex(&[
+        "data",
+        "prepare",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--tokenizer",
+        "char",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_clear_error(&out, &["empty.txt", "empty"]);
+    assert!(!out_dir.join("train.bin").exists());
+}
+
+#[test]
+fn non_utf8_corpus() {
+    let d = tmp();
+    let corpus = d.path().join("latin1.txt");
+    std::fs::write(&corpus, b"caf\xe9 au lait\n".repeat(100)).unwrap();
+    let out_dir = d.path().join("out");
+    let out = decodex(&[
+        "data",
+        "prepare",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--tokenizer",
+        "char",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_clear_error(&out, &["latin1.txt", "UTF-8"]);
+    assert!(!out_dir.join("train.bin").exists());
+}
+
+#[test]
+fn heads_do_not_divide_embedding() {
+    let d = tmp();
+    let corpus = d.path().join("c.txt");
+    std::fs::write(&corpus, common::small_corpus()).unwrap();
+    let cfg = d.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        tiny_config(&corpus, "", "").replace("n_head = 2", "n_head = 3"),
+    )
+    .unwrap();
+    let out = decodex(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        d.path().join("run").to_str().unwrap(),
+    ]);
+    assert_clear_error(&out, &["bad.toml", "n_embd (32)", "n_head (3)"]);
+}
+
+#[test]
+fn unknown_config_key() {
+    let d = tmp();
+    let corpus = d.path().join("c.txt");
+    std::fs::write(&corpus, common::small_corpus()).unwrap();
+    let cfg = d.path().join("typo.toml");
+    std::fs::write(&cfg, tiny_config(&corpus, "", "learning_rat = 1.0")).unwrap();
+    let out = decodex(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        d.path().join("run").to_str().unwrap(),
+    ]);
+    assert_clear_error(&out, &["typo.toml", "learning_rat"]);
+}
+
+/// Trains a 2-step model into `dir/run` and returns its path.
+fn trained_model(d: &std::path::Path) -> std::path::PathBuf {
+    let corpus = d.join("c.txt");
+    std::fs::write(&corpus, common::small_corpus()).unwrap();
+    let cfg = d.join("ok.toml");
+    std::fs::write(&cfg, tiny_config(&corpus, "", "")).unwrap();
+    let run = d.join("run");
+    let out = decodex(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--max-iters",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run
+}
+
+#[test]
+fn truncated_or_corrupt_checkpoint() {
+    let d = tmp();
+    let run = trained_model(d.path());
+    let model = run.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let out = decodex(&[
+        "generate",
+        "--model",
+        run.to_str().unwrap(),
+        "--prompt",
+        "ROMEO:",
+    ]);
+    assert_clear_error(&out, &["model.safetensors", "truncated or corrupt"]);
+    std::fs::write(&model, b"this is not a safetensors file at all").unwrap();
+    let out = decodex(&[
+        "generate",
+        "--model",
+        run.to_str().unwrap(),
+        "--prompt",
+        "ROMEO:",
+    ]);
+    assert_clear_error(&out, &["model.safetensors", "truncated or corrupt"]);
+    // Resuming from it fails the same way and leaves the files as they were.
+    let before = std::fs::read(run.join("optimizer.safetensors")).unwrap();
+    let out = decodex(&[
+        "train",
+        "--config",
+        d.path().join("ok.toml").to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert_clear_error(&out, &["model.safetensors"]);
+    assert_eq!(
+        before,
+        std::fs::read(run.join("optimizer.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn tokenizer_model_vocab_mismatch() {
+    let d = tmp();
+    let run = trained_model(d.path());
+    // A tokenizer with more tokens than the model's embedding has rows.
+    let other = d.path().join("other.txt");
+    let text: String = (0..3000)
+        .map(|i| char::from_u32(0x4e00 + i).unwrap())
+        .collect();
+    std::fs::write(&other, text).unwrap();
+    let tok = run.join("tokenizer.json");
+    let out = decodex(&[
+        "tokenizer",
+        "train",
+        "--input",
+        other.to_str().unwrap(),
+        "--kind",
+        "char",
+        "--out",
+        tok.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = decodex(&[
+        "generate",
+        "--model",
+        run.to_str().unwrap(),
+        "--prompt",
+        "a",
+    ]);
+    assert_clear_error(&out, &["tokenizer.json", "does not match"]);
+}
+
+#[test]
+fn train_refuses_to_overwrite_a_checkpoint() {
+    let d = tmp();
+    let run = trained_model(d.path());
+    let before = std::fs::read(run.join("model.safetensors")).unwrap();
+    let out = decodex(&[
+        "train",
+        "--config",
+        d.path().join("ok.toml").to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_clear_error(&out, &["--resume"]);
+    assert_eq!(
+        before,
+        std::fs::read(run.join("model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn invalid_sampling_flags_fail_before_loading() {
+    let out = decodex(&["generate", "--model", "/nonexistent", "--temperature", "0"]);
+    assert_clear_error(&out, &["temperature"]);
+}

@@ -1,0 +1,86 @@
+//! Helpers shared by the behaviour tests: a temporary cache, tiny configs, running the binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Points the prepared-data cache at a folder owned by this test binary.
+pub fn init_cache() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("decodex-test-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::env::set_var("DECODEX_CACHE", &dir);
+        dir
+    })
+    .clone()
+}
+
+/// A small English-like corpus (Tiny Shakespeare's first 100 kB when the data folder is there,
+/// otherwise generated text).
+pub fn small_corpus() -> String {
+    let p = decodex::train::config::resolve_data_path(Path::new("lm/tinyshakespeare/input.txt"));
+    match std::fs::read_to_string(&p) {
+        Ok(s) => s.chars().take(100_000).collect(),
+        Err(_) => (0..4000)
+            .map(|i| format!("line {i}: the quick brown fox jumps over the lazy dog.\n"))
+            .collect(),
+    }
+}
+
+/// A tiny char-level config over `corpus` (absolute path).
+pub fn tiny_config(corpus: &Path, extra_model: &str, extra_train: &str) -> String {
+    format!(
+        r#"[data]
+corpus = {corpus:?}
+tokenizer = "char"
+
+[model]
+n_layer = 2
+n_head = 2
+n_embd = 32
+block_size = 16
+{extra_model}
+
+[train]
+batch_size = 4
+max_iters = 40
+learning_rate = 3e-3
+min_lr = 3e-4
+warmup_iters = 5
+beta1 = 0.9
+beta2 = 0.99
+weight_decay = 0.1
+grad_clip = 1.0
+eval_interval = 10
+eval_iters = 2
+seed = 42
+{extra_train}
+"#
+    )
+}
+
+pub fn decodex(args: &[&str]) -> Output {
+    let cache = init_cache();
+    Command::new(env!("CARGO_BIN_EXE_decodex"))
+        .args(args)
+        .env("DECODEX_CACHE", cache)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("the decodex binary runs")
+}
+
+/// Asserts exit code 2 and exactly one line on stderr containing every `needles`.
+pub fn assert_clear_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line on stderr, got: {stderr}"
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
+    }
+}
