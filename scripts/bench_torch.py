@@ -8,7 +8,7 @@ nanoGPT `train.py`'s (gradient accumulation 1): zero_grad, forward, loss, backwa
 clip_grad_norm_(1.0), optimizer.step() with torch.optim.AdamW (PyTorch's defaults: not fused).
 
 Batches are nanoGPT's: B random windows of T+1 tokens from Tiny Shakespeare as character ids
-($DECODEX_DATA/lm/tinyshakespeare/input.txt, default DECODEX_DATA=/work/shared/data), vocabulary =
+($DECODEX_DATA/lm/tinyshakespeare/input.txt, default DECODEX_DATA=../shared/data), vocabulary =
 the file's characters; random tokens when the file is missing or `--data random`.
 
 The shape comes from a decodex TOML config (`[model]` n_layer, n_head, n_embd, block_size, dropout,
@@ -172,7 +172,7 @@ def resolve_config(args):
 
 def load_tokens(kind, vocab_size):
     """(token ids as a 1-D int64 tensor, vocab size, description)."""
-    root = os.environ.get("DECODEX_DATA", "/work/shared/data")
+    root = os.environ.get("DECODEX_DATA", "../shared/data")
     path = os.path.join(root, "lm", "tinyshakespeare", "input.txt")
     if kind != "random" and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
@@ -265,6 +265,7 @@ def main():
         "impl": "pytorch",
         "tokens_per_sec": statistics.median(B * T / s for s in step_s),
         "step_ms_median": statistics.median(step_s) * 1000.0,
+        "step_ms_min": min(step_s) * 1000.0,  # the least disturbed step, for noisy machines
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "threads": args.threads,
         "dtype": args.dtype,

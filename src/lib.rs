@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod decode;
 pub mod error;
+pub mod eval;
 pub mod models;
 pub mod nn;
 pub mod plot;

@@ -50,6 +50,27 @@ pub fn dispatch(cmd: Command) -> Result<()> {
             emit(json, serde_json::to_value(&r)?, &human)
         }
         Command::Logits(a) => logits(&a.model, &a.text, &a.out, a.json),
+        Command::Eval(a) => {
+            if a.batch_size == 0 {
+                bail!("--batch-size must be at least 1");
+            }
+            let loaded = checkpoint::load_model(&a.model)?;
+            let text = data::read_corpus(&a.text_file)?;
+            let gpt = loaded.gpt(&Device::Cpu)?;
+            let r = decodex::eval::perplexity(
+                &gpt,
+                &loaded.tokenizer,
+                &text,
+                &a.text_file,
+                a.batch_size,
+                &Device::Cpu,
+            )?;
+            let human = format!(
+                "{}: {} tokens, loss {:.4} nats/token, perplexity {:.2}, {:.4} bits/byte",
+                r.file, r.tokens, r.loss, r.perplexity, r.bits_per_byte
+            );
+            emit(a.json, serde_json::to_value(&r)?, &human)
+        }
     }
 }
 

@@ -45,6 +45,22 @@ pub enum Command {
     Bench(BenchCmd),
     /// Write a model's logits for a text to a safetensors file (for parity checks).
     Logits(LogitsArgs),
+    /// Perplexity of a model on a text file (per token and in bits per byte).
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text file (.txt or .txt.gz) to score, e.g. ../shared/data/lm/gutenberg/valid.txt.
+    #[arg(long)]
+    pub text_file: PathBuf,
+    /// Windows scored per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

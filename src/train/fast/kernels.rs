@@ -1,7 +1,7 @@
 //! The layers of the fast path, each forward beside its backward, over flat row-major f32
-//! buffers. Rows are the B*T token positions; row-wise kernels split rows across rayon's pool,
-//! reductions over rows (bias and LayerNorm parameter gradients) split columns instead so that
-//! no thread-local partial sums (and no allocation) are needed.
+//! buffers. Rows are the N = B·T token positions. Row-wise kernels split rows across rayon's
+//! pool; reductions over rows (bias and LayerNorm parameter gradients) split columns instead, so
+//! that no thread-local partial sums, and no allocation, are needed.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -23,11 +23,23 @@ fn col_strip(cols: usize) -> usize {
     per_thread.div_ceil(16).max(1) * 16
 }
 
-/// gemm's parallelism for the big matmuls: rayon's current pool when it has more than 1 thread.
-fn parallelism() -> Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
+/// A raw pointer shared by rayon tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only where every task writes a part of the buffer no other task touches.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    /// A method (not field access) so that closures capture the whole `Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[inline(always)]
+fn add_assign(dst: &mut [f32], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += s;
     }
 }
 
@@ -44,275 +56,22 @@ pub enum Op<'a> {
 }
 
 impl Op<'_> {
-    /// (pointer, row stride, column stride) of an (rows, cols) operand.
-    fn strides(self, rows: usize, cols: usize) -> (*const f32, isize, isize) {
-        match self {
-            Op::N(s) => {
-                assert!(s.len() >= rows * cols, "matmul operand too small");
-                (s.as_ptr(), cols as isize, 1)
-            }
-            Op::T(s) => {
-                assert!(s.len() >= rows * cols, "matmul operand too small");
-                (s.as_ptr(), 1, rows as isize)
-            }
+    /// The operand as an (rows, cols) strided matrix, checking that the buffer holds it.
+    fn strided(self, rows: usize, cols: usize) -> Strided {
+        let (s, rs, cs) = match self {
+            Op::N(s) => (s, cols, 1),
+            Op::T(s) => (s, 1, rows),
+        };
+        assert!(s.len() >= rows * cols, "matmul operand too small");
+        Strided {
+            ptr: s.as_ptr(),
+            rs,
+            cs,
         }
     }
 }
 
-/// dst (m, n) = [dst +] scale · a (m, k) @ b (k, n), with gemm over rayon's pool. Transposed
-/// operands are read in place through their strides.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    a: Op,
-    b: Op,
-    scale: f32,
-) {
-    assert!(dst.len() >= m * n, "matmul destination too small");
-    let (ap, a_rs, a_cs) = a.strides(m, k);
-    let (bp, b_rs, b_cs) = b.strides(k, n);
-    let threads = rayon::current_num_threads();
-    let mode = std::env::var("DX_SPLIT").unwrap_or_default();
-    if threads > 1 && mode == "rows" {
-        let chunk = m.div_ceil(threads);
-        let (ap, bp) = (SyncPtr(ap as *mut f32), SyncPtr(bp as *mut f32));
-        dst[..m * n]
-            .par_chunks_mut(chunk * n)
-            .enumerate()
-            .for_each(|(i, d)| {
-                let rows = d.len() / n;
-                // SAFETY: as below, for rows i·chunk.. of a and of dst.
-                unsafe {
-                    let a = Strided {
-                        ptr: ap.get().add(i * chunk * a_rs as usize),
-                        rs: a_rs as usize,
-                        cs: a_cs as usize,
-                    };
-                    let b = Strided {
-                        ptr: bp.get(),
-                        rs: b_rs as usize,
-                        cs: b_cs as usize,
-                    };
-                    small_gemm(rows, n, k, d.as_mut_ptr(), n, accumulate, a, b, scale);
-                }
-            });
-        return;
-    }
-    // SAFETY: the asserts above keep every access of the (m, k), (k, n) and (m, n) matrices
-    // inside the slices; `dst` is borrowed mutably so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            ap,
-            a_cs,
-            a_rs,
-            bp,
-            b_cs,
-            b_rs,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            if mode == "none" {
-                Parallelism::None
-            } else {
-                parallelism()
-            },
-        )
-    }
-}
-
-/// out (N, OC) = inp (N, IC) @ w (IC, OC) + bias, w in GPT-2's Conv1D (in, out) layout.
-pub fn linear_forward(
-    out: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    ic: usize,
-    oc: usize,
-) {
-    let rows = inp.len() / ic;
-    if let Some(bias) = bias {
-        broadcast_rows(out, bias);
-    }
-    matmul(rows, oc, ic, out, bias.is_some(), Op::N(inp), Op::N(w), 1.0);
-}
-
-/// Backward of `linear_forward` given dout (N, OC): dinp (N, IC) = dout @ wᵀ (overwritten),
-/// dw += inpᵀ @ dout, dbias += Σ_rows dout.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_backward(
-    dinp: &mut [f32],
-    dw: &mut [f32],
-    dbias: Option<&mut [f32]>,
-    dout: &[f32],
-    inp: &[f32],
-    w: &[f32],
-    ic: usize,
-    oc: usize,
-) {
-    let rows = inp.len() / ic;
-    matmul(rows, ic, oc, dinp, false, Op::N(dout), Op::T(w), 1.0);
-    matmul(ic, oc, rows, dw, true, Op::T(inp), Op::N(dout), 1.0);
-    if let Some(dbias) = dbias {
-        col_sum(dbias, dout);
-    }
-}
-
-// ------------------------------------------------------------------------------------------------
-// Element-wise helpers
-
-/// Every row of `out` (N, C) set to `row` (C).
-pub fn broadcast_rows(out: &mut [f32], row: &[f32]) {
-    let c = row.len();
-    out.par_chunks_mut(c * rows_per_task(c)).for_each(|chunk| {
-        for r in chunk.chunks_exact_mut(c) {
-            r.copy_from_slice(row);
-        }
-    });
-}
-
-simd_fn! {
-    fn add_rows(out: &mut [f32], x: &[f32], bias: &[f32]) {
-        let c = bias.len();
-        for (o, xr) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-            for ((o, &x), &b) in o.iter_mut().zip(xr).zip(bias) {
-                *o = x + b;
-            }
-        }
-    }
-}
-
-/// out (N, C) = x (N, C) + bias (C) broadcast over rows (a copy of x without a bias): the
-/// residual stream before a projection accumulates onto it.
-pub fn residual_with_bias(out: &mut [f32], x: &[f32], bias: Option<&[f32]>, c: usize) {
-    match bias {
-        None => out.copy_from_slice(x),
-        Some(bias) => {
-            let chunk = c * rows_per_task(c);
-            out.par_chunks_mut(chunk)
-                .zip(x.par_chunks(chunk))
-                .for_each(|(o, x)| add_rows(o, x, bias));
-        }
-    }
-}
-
-simd_fn! {
-    fn col_sum_strip(dst: &mut [f32], src: &[f32], c0: usize, cols: usize) {
-        let w = dst.len();
-        for row in src.chunks_exact(cols) {
-            for (d, &s) in dst.iter_mut().zip(&row[c0..c0 + w]) {
-                *d += s;
-            }
-        }
-    }
-}
-
-/// dst (C) += Σ over the rows of src (N, C): the gradient of a bias.
-pub fn col_sum(dst: &mut [f32], src: &[f32]) {
-    let cols = dst.len();
-    let strip = col_strip(cols);
-    dst.par_chunks_mut(strip)
-        .enumerate()
-        .for_each(|(i, d)| col_sum_strip(d, src, i * strip, cols));
-}
-
-// ------------------------------------------------------------------------------------------------
-// Embeddings
-
-/// out (B, T, C) = wte[idx] + wpe[pos].
-pub fn encoder_forward(out: &mut [f32], idx: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize) {
-    let rows = rows_per_task(c);
-    out.par_chunks_mut(c * rows)
-        .enumerate()
-        .for_each(|(ci, chunk)| {
-            for (j, o) in chunk.chunks_exact_mut(c).enumerate() {
-                let r = ci * rows + j;
-                let (tok, pos) = (idx[r] as usize, r % t);
-                let (e, p) = (&wte[tok * c..(tok + 1) * c], &wpe[pos * c..(pos + 1) * c]);
-                for ((o, &e), &p) in o.iter_mut().zip(e).zip(p) {
-                    *o = e + p;
-                }
-            }
-        });
-}
-
-/// Backward of `encoder_forward`: dwte[idx[r]] += dout[r], dwpe[pos] += Σ_b dout[b, pos].
-pub fn encoder_backward(
-    dwte: &mut [f32],
-    dwpe: &mut [f32],
-    dout: &[f32],
-    idx: &[u32],
-    t: usize,
-    c: usize,
-) {
-    rayon::join(
-        || {
-            // Tokens repeat, so each task owns a range of vocabulary rows and scans all positions
-            // for the tokens in it: no two tasks write the same row.
-            let v = dwte.len() / c;
-            let vrows = v.div_ceil(4 * rayon::current_num_threads().max(1)).max(1);
-            dwte.par_chunks_mut(vrows * c)
-                .enumerate()
-                .for_each(|(ci, d)| {
-                    let lo = ci * vrows;
-                    for (r, &tok) in idx.iter().enumerate() {
-                        let tok = tok as usize;
-                        if (lo..lo + vrows).contains(&tok) {
-                            add_assign(
-                                &mut d[(tok - lo) * c..(tok - lo + 1) * c],
-                                &dout[r * c..(r + 1) * c],
-                            );
-                        }
-                    }
-                });
-        },
-        || {
-            let b = dout.len() / (t * c);
-            dwpe[..t * c]
-                .par_chunks_mut(c)
-                .enumerate()
-                .for_each(|(pos, d)| {
-                    for bi in 0..b {
-                        add_assign(d, &dout[(bi * t + pos) * c..(bi * t + pos + 1) * c]);
-                    }
-                });
-        },
-    );
-}
-
-#[inline(always)]
-fn add_assign(dst: &mut [f32], src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d += s;
-    }
-}
-
-/// A raw pointer shared by rayon tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only where every task writes a part of the buffer no other task touches.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
-    /// A method (not field access) so that closures capture the whole `Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// A strided matrix operand of the per-head matmuls: element (i, j) at ptr[i·rs + j·cs].
+/// A strided matrix operand: element (i, j) at ptr[i·rs + j·cs].
 #[derive(Clone, Copy)]
 struct Strided {
     ptr: *const f32,
@@ -320,35 +79,34 @@ struct Strided {
     cs: usize,
 }
 
-/// Row-major (rs, 1) operand.
+/// Row-major operand with row stride `rs`.
 fn rm(ptr: *const f32, rs: usize) -> Strided {
     Strided { ptr, rs, cs: 1 }
 }
 
-/// Transposed operand: the matrix whose transpose is row-major with row stride `rs`.
+/// The transpose of a row-major matrix with row stride `rs`.
 fn tr(ptr: *const f32, rs: usize) -> Strided {
     Strided { ptr, rs: 1, cs: rs }
 }
 
-/// dst (m, n), row stride `ld`, = [dst +] scale · a (m, k) @ b (k, n), single-threaded (the
-/// callers run one per rayon task).
+/// dst (m, n), row stride `ld`, = [dst +] scale · a (m, k) @ b (k, n).
 ///
 /// # Safety
-/// Every element of the three matrices must be inside one live allocation, and dst must not
-/// overlap a, b or memory another thread accesses.
+/// Every element of the three matrices must lie inside live allocations, and dst must not
+/// overlap a, b or memory another thread accesses meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn small_gemm(
-    m: usize,
-    n: usize,
-    k: usize,
+unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     ld: usize,
     accumulate: bool,
     a: Strided,
     b: Strided,
     scale: f32,
+    par: Parallelism,
 ) {
     let i = |x: usize| x as isize;
+    // gemm computes dst = alpha·dst + beta·a@b, reading dst only when asked to.
     gemm::gemm(
         m,
         n,
@@ -368,18 +126,220 @@ unsafe fn small_gemm(
         false,
         false,
         false,
-        Parallelism::None,
+        par,
     )
+}
+
+/// dst (m, n) = [dst +] scale · a (m, k) @ b (k, n), over rayon's pool (gemm splits the work
+/// when the pool has more than one thread). Transposed operands are read in place.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Op,
+    b: Op,
+    scale: f32,
+) {
+    assert!(dst.len() >= m * n, "matmul destination too small");
+    let (a, b) = (a.strided(m, k), b.strided(k, n));
+    let par = match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    };
+    let threads = rayon::current_num_threads();
+    if threads > 1 && std::env::var("DX_SPLIT").is_ok_and(|v| v == "rows") && m >= 2 * threads {
+        let chunk = m.div_ceil(threads);
+        let (ap, bp) = (SyncPtr(a.ptr as *mut f32), SyncPtr(b.ptr as *mut f32));
+        let (a_rs, a_cs) = (a.rs, a.cs);
+        dst[..m * n]
+            .par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(i, d)| unsafe {
+                let a = Strided {
+                    ptr: ap.get().add(i * chunk * a_rs),
+                    rs: a_rs,
+                    cs: a_cs,
+                };
+                let b = Strided { ptr: bp.get(), ..b };
+                gemm_raw(
+                    (d.len() / n, n, k),
+                    d.as_mut_ptr(),
+                    n,
+                    accumulate,
+                    a,
+                    b,
+                    scale,
+                    Parallelism::None,
+                );
+            });
+        return;
+    }
+    // SAFETY: `strided` checked that both operands hold their matrices and the assert above
+    // that dst holds (m, n); `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe { gemm_raw((m, n, k), dst.as_mut_ptr(), n, accumulate, a, b, scale, par) }
+}
+
+/// Backward of out (N, OC) = inp (N, IC) @ w (IC, OC) + bias, given dout: dinp = dout @ wᵀ
+/// (overwritten; then multiplied element-wise by `dinp_factor`, the derivative of an
+/// activation before this layer, when given), dw += inpᵀ @ dout and dbias += Σ_rows dout. The
+/// input and the parameter gradients are computed side by side.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(
+    dinp: &mut [f32],
+    dinp_factor: Option<&[f32]>,
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    (ic, oc): (usize, usize),
+) {
+    let n = inp.len() / ic;
+    rayon::join(
+        || {
+            matmul((n, ic, oc), dinp, false, Op::N(dout), Op::T(w), 1.0);
+            if let Some(f) = dinp_factor {
+                mul_assign(dinp, f);
+            }
+        },
+        || {
+            matmul((ic, oc, n), dw, true, Op::T(inp), Op::N(dout), 1.0);
+            if let Some(dbias) = dbias {
+                col_sum(dbias, dout);
+            }
+        },
+    );
+}
+
+simd_fn! {
+    fn col_sum_strip(dst: &mut [f32], src: &[f32], c0: usize, cols: usize) {
+        let w = dst.len();
+        for row in src.chunks_exact(cols) {
+            add_assign(dst, &row[c0..c0 + w]);
+        }
+    }
+}
+
+/// dst (C) += Σ over the rows of src (N, C): the gradient of a bias.
+pub fn col_sum(dst: &mut [f32], src: &[f32]) {
+    let cols = dst.len();
+    let strip = col_strip(cols);
+    dst.par_chunks_mut(strip)
+        .enumerate()
+        .for_each(|(i, d)| col_sum_strip(d, src, i * strip, cols));
+}
+
+simd_fn! {
+    fn mul_assign_chunk(d: &mut [f32], g: &[f32]) {
+        for (d, &g) in d.iter_mut().zip(g) {
+            *d *= g;
+        }
+    }
+}
+
+/// d *= g element-wise.
+pub fn mul_assign(d: &mut [f32], g: &[f32]) {
+    d.par_chunks_mut(TASK_ELEMS)
+        .zip(g.par_chunks(TASK_ELEMS))
+        .for_each(|(d, g)| mul_assign_chunk(d, g));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Embeddings
+
+/// out (B, T, C) = wte[idx] + wpe[pos].
+pub fn encoder_forward(out: &mut [f32], idx: &[u32], wte: &[f32], wpe: &[f32], t: usize) {
+    let c = out.len() / idx.len();
+    let rows = rows_per_task(c);
+    out.par_chunks_mut(c * rows)
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            for (j, o) in chunk.chunks_exact_mut(c).enumerate() {
+                let r = ci * rows + j;
+                let (tok, pos) = (idx[r] as usize, r % t);
+                let (e, p) = (&wte[tok * c..(tok + 1) * c], &wpe[pos * c..(pos + 1) * c]);
+                for ((o, &e), &p) in o.iter_mut().zip(e).zip(p) {
+                    *o = e + p;
+                }
+            }
+        });
+}
+
+/// Backward of `encoder_forward`: dwte[idx[r]] += dout[r], dwpe[pos] += Σ_b dout[b, pos].
+pub fn encoder_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], idx: &[u32], t: usize) {
+    let c = dout.len() / idx.len();
+    rayon::join(
+        || {
+            // Tokens repeat, so each task owns a range of vocabulary rows and scans all positions
+            // for the tokens in it: no two tasks write the same row.
+            let v = dwte.len() / c;
+            let vrows = v.div_ceil(4 * rayon::current_num_threads().max(1)).max(1);
+            dwte.par_chunks_mut(vrows * c)
+                .enumerate()
+                .for_each(|(ci, d)| {
+                    let lo = ci * vrows;
+                    for (r, &tok) in idx.iter().enumerate() {
+                        let tok = tok as usize;
+                        if (lo..lo + vrows).contains(&tok) {
+                            let (i, o) = ((tok - lo) * c, r * c);
+                            add_assign(&mut d[i..i + c], &dout[o..o + c]);
+                        }
+                    }
+                });
+        },
+        || {
+            let b = idx.len() / t;
+            dwpe[..t * c]
+                .par_chunks_mut(c)
+                .enumerate()
+                .for_each(|(pos, d)| {
+                    for bi in 0..b {
+                        let o = (bi * t + pos) * c;
+                        add_assign(d, &dout[o..o + c]);
+                    }
+                });
+        },
+    );
 }
 
 // ------------------------------------------------------------------------------------------------
 // LayerNorm
 
+/// A LayerNorm's parameters: gain, optional bias, epsilon.
+#[derive(Clone, Copy)]
+pub struct Norm<'a> {
+    pub w: &'a [f32],
+    pub b: Option<&'a [f32]>,
+    pub eps: f32,
+}
+
+/// What the forward of a LayerNorm saves: its output and each row's mean and 1/std.
+pub struct NormOut<'a> {
+    pub out: &'a mut [f32],
+    pub mean: &'a mut [f32],
+    pub rstd: &'a mut [f32],
+}
+
+/// The rest of a residual connection, completed before a LayerNorm reads the stream: the
+/// stream so far and the bias of the projection whose output (without bias) is being added.
+#[derive(Clone, Copy)]
+pub struct Skip<'a> {
+    pub x: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+}
+
 simd_fn! {
-    fn layernorm_rows(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32) {
-        let c = w.len();
-        let rows = out.chunks_exact_mut(c).zip(inp.chunks_exact(c)).zip(mean.iter_mut().zip(rstd.iter_mut()));
-        for ((o, x), (m, s)) in rows {
+    fn layernorm_rows(o: NormOut, inp: &mut [f32], skip: Option<Skip>, nm: Norm) {
+        let c = nm.w.len();
+        let rows = o.out.chunks_exact_mut(c).zip(inp.chunks_exact_mut(c));
+        for (r, ((out, x), (m, s))) in rows.zip(o.mean.iter_mut().zip(o.rstd.iter_mut())).enumerate() {
+            if let Some(skip) = skip {
+                add_assign(x, &skip.x[r * c..(r + 1) * c]);
+                if let Some(bias) = skip.bias {
+                    add_assign(x, bias);
+                }
+            }
             let mu = simd::sum(x) / c as f32;
             let mut acc = [0f32; 16];
             let chunks = x.chunks_exact(16);
@@ -390,15 +350,15 @@ simd_fn! {
                 }
             }
             var = (var + acc.iter().sum::<f32>()) / c as f32;
-            let rs = 1.0 / (var + eps).sqrt();
-            match b {
+            let rs = 1.0 / (var + nm.eps).sqrt();
+            match nm.b {
                 Some(b) => {
-                    for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                    for (((o, &x), &w), &b) in out.iter_mut().zip(x.iter()).zip(nm.w).zip(b) {
                         *o = (x - mu) * rs * w + b;
                     }
                 }
                 None => {
-                    for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                    for ((o, &x), &w) in out.iter_mut().zip(x.iter()).zip(nm.w) {
                         *o = (x - mu) * rs * w;
                     }
                 }
@@ -410,29 +370,38 @@ simd_fn! {
 }
 
 /// out (N, C) = (inp − mean) · rstd · w + b per row, biased variance; saves mean and rstd (N).
-pub fn layernorm_forward(
-    out: &mut [f32],
-    mean: &mut [f32],
-    rstd: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    eps: f32,
-) {
-    let c = w.len();
+/// With `skip`, first completes the residual stream in place: inp += skip.x + skip.bias.
+pub fn layernorm_forward(o: NormOut, inp: &mut [f32], skip: Option<Skip>, nm: Norm) {
+    let c = nm.w.len();
     let rows = rows_per_task(c);
-    out.par_chunks_mut(c * rows)
-        .zip(mean.par_chunks_mut(rows))
-        .zip(rstd.par_chunks_mut(rows))
-        .zip(inp.par_chunks(c * rows))
-        .for_each(|(((o, m), s), x)| layernorm_rows(o, m, s, x, w, b, eps));
+    o.out
+        .par_chunks_mut(c * rows)
+        .zip(o.mean.par_chunks_mut(rows))
+        .zip(o.rstd.par_chunks_mut(rows))
+        .zip(inp.par_chunks_mut(c * rows))
+        .enumerate()
+        .for_each(|(i, (((out, mean), rstd), x))| {
+            let skip = skip.map(|s| Skip {
+                x: &s.x[i * rows * c..],
+                ..s
+            });
+            layernorm_rows(NormOut { out, mean, rstd }, x, skip, nm)
+        });
+}
+
+/// What the backward of a LayerNorm reads: its input and the saved statistics.
+#[derive(Clone, Copy)]
+pub struct NormIn<'a> {
+    pub x: &'a [f32],
+    pub mean: &'a [f32],
+    pub rstd: &'a [f32],
 }
 
 simd_fn! {
-    fn layernorm_dinp_rows(dinp: &mut [f32], dout: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], w: &[f32], accumulate: bool) {
+    fn layernorm_dinp_rows(dinp: &mut [f32], dout: &[f32], s: NormIn, w: &[f32], accumulate: bool) {
         let c = w.len();
-        let rows = dinp.chunks_exact_mut(c).zip(dout.chunks_exact(c)).zip(inp.chunks_exact(c)).zip(mean.iter().zip(rstd));
-        for (((di, d), x), (&mu, &rs)) in rows {
+        let rows = dinp.chunks_exact_mut(c).zip(dout.chunks_exact(c)).zip(s.x.chunks_exact(c));
+        for (((di, d), x), (&mu, &rs)) in rows.zip(s.mean.iter().zip(s.rstd)) {
             // With x̂ = (x − μ)·rstd and g = dout·w: dx = rstd (g − mean(g) − x̂ mean(g x̂)).
             let mut acc_g = [0f32; 16];
             let mut acc_gx = [0f32; 16];
@@ -466,47 +435,49 @@ simd_fn! {
 }
 
 simd_fn! {
-    fn layernorm_param_strip(dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], c0: usize, c: usize) {
+    fn layernorm_param_strip(dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], s: NormIn, c0: usize, c: usize) {
         let w = dw.len();
         let mut db = db;
-        for ((d, x), (&mu, &rs)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(mean.iter().zip(rstd)) {
+        let rows = dout.chunks_exact(c).zip(s.x.chunks_exact(c));
+        for ((d, x), (&mu, &rs)) in rows.zip(s.mean.iter().zip(s.rstd)) {
             let (d, x) = (&d[c0..c0 + w], &x[c0..c0 + w]);
             for ((dw, &d), &x) in dw.iter_mut().zip(d).zip(x) {
                 *dw += d * (x - mu) * rs;
             }
             if let Some(db) = db.as_deref_mut() {
-                for (db, &d) in db.iter_mut().zip(d) {
-                    *db += d;
-                }
+                add_assign(db, d);
             }
         }
     }
 }
 
-/// Backward of `layernorm_forward`: dinp (N, C) = (or +=, with `accumulate`) the input
-/// gradient; dw += Σ dout·x̂, db += Σ dout.
+/// Backward of `layernorm_forward` (without its skip): dinp (N, C) = (or +=, with
+/// `accumulate`) the input gradient; dw += Σ dout·x̂, db += Σ dout.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     dinp: &mut [f32],
     dw: &mut [f32],
     db: Option<&mut [f32]>,
     dout: &[f32],
-    inp: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
+    s: NormIn,
     w: &[f32],
     accumulate: bool,
 ) {
     let c = w.len();
     let rows = rows_per_task(c);
-    let (row_pass, param_pass) = (
+    rayon::join(
         || {
             dinp.par_chunks_mut(c * rows)
                 .zip(dout.par_chunks(c * rows))
-                .zip(inp.par_chunks(c * rows))
-                .zip(mean.par_chunks(rows).zip(rstd.par_chunks(rows)))
-                .for_each(|(((di, d), x), (m, s))| {
-                    layernorm_dinp_rows(di, d, x, m, s, w, accumulate)
+                .enumerate()
+                .for_each(|(i, (di, d))| {
+                    let (r0, r1) = (i * rows, i * rows + d.len() / c);
+                    let s = NormIn {
+                        x: &s.x[r0 * c..r1 * c],
+                        mean: &s.mean[r0..r1],
+                        rstd: &s.rstd[r0..r1],
+                    };
+                    layernorm_dinp_rows(di, d, s, w, accumulate)
                 });
         },
         || {
@@ -517,74 +488,52 @@ pub fn layernorm_backward(
                     .zip(db.par_chunks_mut(strip))
                     .enumerate()
                     .for_each(|(i, (dw, db))| {
-                        layernorm_param_strip(dw, Some(db), dout, inp, mean, rstd, i * strip, c)
+                        layernorm_param_strip(dw, Some(db), dout, s, i * strip, c)
                     }),
-                None => dw.par_chunks_mut(strip).enumerate().for_each(|(i, dw)| {
-                    layernorm_param_strip(dw, None, dout, inp, mean, rstd, i * strip, c)
-                }),
+                None => dw
+                    .par_chunks_mut(strip)
+                    .enumerate()
+                    .for_each(|(i, dw)| layernorm_param_strip(dw, None, dout, s, i * strip, c)),
             }
         },
     );
-    rayon::join(row_pass, param_pass);
 }
 
 // ------------------------------------------------------------------------------------------------
 // GELU
 
 simd_fn! {
-    fn bias_gelu_rows(pre: &mut [f32], out: &mut [f32], bias: Option<&[f32]>, oc: usize, exact: bool) {
-        for (p, o) in pre.chunks_exact_mut(oc).zip(out.chunks_exact_mut(oc)) {
+    fn bias_gelu_rows(h: &mut [f32], out: &mut [f32], bias: Option<&[f32]>, oc: usize, exact: bool) {
+        for (h, o) in h.chunks_exact_mut(oc).zip(out.chunks_exact_mut(oc)) {
             if let Some(bias) = bias {
-                for (p, &b) in p.iter_mut().zip(bias) {
-                    *p += b;
-                }
+                add_assign(h, bias);
             }
             if exact {
-                for (o, &x) in o.iter_mut().zip(p.iter()) {
-                    *o = simd::gelu_erf(x);
+                for (o, h) in o.iter_mut().zip(h.iter_mut()) {
+                    (*o, *h) = simd::gelu_erf_and_grad(*h);
                 }
             } else {
-                for (o, &x) in o.iter_mut().zip(p.iter()) {
-                    *o = simd::gelu_tanh(x);
+                for (o, h) in o.iter_mut().zip(h.iter_mut()) {
+                    (*o, *h) = simd::gelu_tanh_and_grad(*h);
                 }
             }
         }
     }
 }
 
-/// pre (N, OC) += bias (in place, kept for the backward); out = gelu(pre).
+/// out (N, OC) = gelu(h + bias) for the c_fc output h, which is replaced by gelu′(h + bias):
+/// all the backward needs, so that it is a multiplication.
 pub fn bias_gelu_forward(
-    pre: &mut [f32],
+    h: &mut [f32],
     out: &mut [f32],
     bias: Option<&[f32]>,
     oc: usize,
     exact: bool,
 ) {
     let chunk = oc * rows_per_task(oc);
-    pre.par_chunks_mut(chunk)
+    h.par_chunks_mut(chunk)
         .zip(out.par_chunks_mut(chunk))
-        .for_each(|(p, o)| bias_gelu_rows(p, o, bias, oc, exact));
-}
-
-simd_fn! {
-    fn gelu_backward_chunk(d: &mut [f32], pre: &[f32], exact: bool) {
-        if exact {
-            for (d, &x) in d.iter_mut().zip(pre) {
-                *d *= simd::gelu_erf_grad(x);
-            }
-        } else {
-            for (d, &x) in d.iter_mut().zip(pre) {
-                *d *= simd::gelu_tanh_grad(x);
-            }
-        }
-    }
-}
-
-/// d (N, OC) *= gelu′(pre), turning the gradient of the GELU output into that of its input.
-pub fn gelu_backward(d: &mut [f32], pre: &[f32], exact: bool) {
-    d.par_chunks_mut(TASK_ELEMS)
-        .zip(pre.par_chunks(TASK_ELEMS))
-        .for_each(|(d, p)| gelu_backward_chunk(d, p, exact));
+        .for_each(|(h, o)| bias_gelu_rows(h, o, bias, oc, exact));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -650,45 +599,62 @@ simd_fn! {
 }
 
 /// out (B, T, C) = per head softmax(q kᵀ/√hs, causal) v, heads side by side; saves the
-/// probabilities in att (B, nh, T, T). qkv (B, T, 3C) holds [q | k | v], head h in columns
-/// h·hs..(h+1)·hs of each. Parallel over (b, h).
-pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttShape) {
+/// probabilities in att (B, nh, T, T). qkv (B, T, 3C) holds [q | k | v] (head h in columns
+/// h·hs..(h+1)·hs of each) without the c_attn bias, which is added here, in place, by the task
+/// that reads those columns. Parallel over (b, h).
+pub fn attention_forward(
+    out: &mut [f32],
+    att: &mut [f32],
+    qkv: &mut [f32],
+    bias: Option<&[f32]>,
+    s: AttShape,
+) {
     let AttShape { b, t, c, nh } = s;
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     assert!(qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && att.len() >= b * nh * t * t);
-    let out = SyncPtr(out.as_mut_ptr());
+    assert!(bias.is_none_or(|b| b.len() == 3 * c));
+    let (out, qkv) = (SyncPtr(out.as_mut_ptr()), SyncPtr(qkv.as_mut_ptr()));
     att[..b * nh * t * t]
         .par_chunks_mut(t * t)
         .enumerate()
         .for_each(|(bh, p)| {
             let (bi, h) = (bh / nh, bh % nh);
-            // SAFETY (all gemm calls below): q, k, v address rows bi·T..(bi+1)·T, columns
-            // h·hs..(h+1)·hs of the [q|k|v] thirds of qkv (asserted large enough above), and o the
-            // same rows and columns of out; (b, h) pairs write disjoint parts of out, and `out`
-            // stays mutably borrowed by this function. gemm reads p only where it wrote it.
+            // SAFETY: q, k, v address rows bi·T..(bi+1)·T, columns h·hs..(h+1)·hs of the three
+            // thirds of qkv (asserted large enough above), and o the same rows and columns of out;
+            // different (b, h) tasks touch disjoint parts of qkv and of out, both of which stay
+            // mutably borrowed by this function. gemm reads p only where it wrote it.
             unsafe {
-                let q = qkv.as_ptr().add(bi * t * 3 * c + h * hs);
-                let (k, v) = (q.add(c), q.add(2 * c));
+                let q = qkv.get().add(bi * t * 3 * c + h * hs);
                 let o = out.get().add(bi * t * c + h * hs);
+                if let Some(bias) = bias {
+                    for r in 0..t {
+                        for part in 0..3 {
+                            let row =
+                                std::slice::from_raw_parts_mut(q.add(r * 3 * c + part * c), hs);
+                            add_assign(row, &bias[part * c + h * hs..part * c + (h + 1) * hs]);
+                        }
+                    }
+                }
+                let (k, v) = (q.add(c), q.add(2 * c));
                 for r0 in (0..t).step_by(ATT_BLOCK) {
                     let r1 = (r0 + ATT_BLOCK).min(t);
                     // S[r0..r1, 0..r1] = scale · Q[r0..r1] @ K[0..r1]ᵀ
                     let (qb, pb) = (rm(q.add(r0 * 3 * c), 3 * c), p.as_mut_ptr().add(r0 * t));
-                    small_gemm(r1 - r0, r1, hs, pb, t, false, qb, tr(k, 3 * c), scale);
+                    let no = Parallelism::None;
+                    gemm_raw((r1 - r0, r1, hs), pb, t, false, qb, tr(k, 3 * c), scale, no);
                     softmax_causal_block(p, t, r0, r1);
                     // O[r0..r1] = P[r0..r1, 0..r1] @ V[0..r1]
                     let pb = rm(p.as_ptr().add(r0 * t), t);
-                    small_gemm(
-                        r1 - r0,
-                        hs,
-                        r1,
+                    gemm_raw(
+                        (r1 - r0, hs, r1),
                         o.add(r0 * c),
                         c,
                         false,
                         pb,
                         rm(v, 3 * c),
                         1.0,
+                        no,
                     );
                 }
             }
@@ -708,71 +674,55 @@ pub fn attention_backward(
     let AttShape { b, t, c, nh } = s;
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
-    assert!(qkv.len() >= b * t * 3 * c && dqkv.len() >= b * t * 3 * c && dout.len() >= b * t * c);
-    assert!(att.len() >= b * nh * t * t && datt.len() >= b * nh * t * t);
+    let (n3, natt) = (b * t * 3 * c, b * nh * t * t);
+    assert!(qkv.len() >= n3 && dqkv.len() >= n3 && dout.len() >= b * t * c);
+    assert!(att.len() >= natt && datt.len() >= natt);
     let dqkv = SyncPtr(dqkv.as_mut_ptr());
     let n_blocks = t.div_ceil(ATT_BLOCK);
-    datt[..b * nh * t * t]
+    datt[..natt]
         .par_chunks_mut(t * t)
-        .zip(att[..b * nh * t * t].par_chunks(t * t))
+        .zip(att[..natt].par_chunks(t * t))
         .enumerate()
         .for_each(|(bh, (dp, p))| {
             let (bi, h) = (bh / nh, bh % nh);
             // SAFETY: as in `attention_forward`: every pointer addresses rows bi·T..(bi+1)·T and
-            // columns h·hs..(h+1)·hs of its third of qkv, dqkv or of dout, inside the asserted
-            // lengths; (b, h) pairs write disjoint parts of dqkv, which stays mutably borrowed.
+            // columns h·hs..(h+1)·hs of its third of qkv or dqkv, or of dout, inside the asserted
+            // lengths; different (b, h) tasks write disjoint parts of dqkv, which stays mutably
+            // borrowed by this function.
             unsafe {
                 let q = qkv.as_ptr().add(bi * t * 3 * c + h * hs);
                 let (k, v) = (q.add(c), q.add(2 * c));
                 let dq = dqkv.get().add(bi * t * 3 * c + h * hs);
                 let (dk, dv) = (dq.add(c), dq.add(2 * c));
                 let d_o = dout.as_ptr().add(bi * t * c + h * hs);
+                let no = Parallelism::None;
                 // The last block spans all keys, so it writes dK and dV whole; the others add.
                 for blk in (0..n_blocks).rev() {
                     let (r0, r1) = (blk * ATT_BLOCK, ((blk + 1) * ATT_BLOCK).min(t));
                     let (m, acc) = (r1 - r0, blk + 1 != n_blocks);
                     let d_ob = rm(d_o.add(r0 * c), c);
                     // dP[r0..r1, 0..r1] = dO[r0..r1] @ V[0..r1]ᵀ
-                    small_gemm(
-                        m,
-                        r1,
-                        hs,
-                        dp.as_mut_ptr().add(r0 * t),
-                        t,
-                        false,
-                        d_ob,
-                        tr(v, 3 * c),
-                        1.0,
-                    );
+                    let dpb = dp.as_mut_ptr().add(r0 * t);
+                    gemm_raw((m, r1, hs), dpb, t, false, d_ob, tr(v, 3 * c), 1.0, no);
                     softmax_backward_block(dp, p, t, r0, r1);
-                    let ds = dp.as_ptr().add(r0 * t);
+                    let (ds, pb) = (dp.as_ptr().add(r0 * t), p.as_ptr().add(r0 * t));
                     // dQ[r0..r1] = scale · dS @ K[0..r1]
-                    small_gemm(
-                        m,
-                        hs,
-                        r1,
-                        dq.add(r0 * 3 * c),
+                    let dqb = dq.add(r0 * 3 * c);
+                    gemm_raw(
+                        (m, hs, r1),
+                        dqb,
                         3 * c,
                         false,
                         rm(ds, t),
                         rm(k, 3 * c),
                         scale,
+                        no,
                     );
                     // dK[0..r1] (+)= scale · dSᵀ @ Q[r0..r1]
                     let qb = rm(q.add(r0 * 3 * c), 3 * c);
-                    small_gemm(r1, hs, m, dk, 3 * c, acc, tr(ds, t), qb, scale);
+                    gemm_raw((r1, hs, m), dk, 3 * c, acc, tr(ds, t), qb, scale, no);
                     // dV[0..r1] (+)= Pᵀ @ dO[r0..r1]
-                    small_gemm(
-                        r1,
-                        hs,
-                        m,
-                        dv,
-                        3 * c,
-                        acc,
-                        tr(p.as_ptr().add(r0 * t), t),
-                        d_ob,
-                        1.0,
-                    );
+                    gemm_raw((r1, hs, m), dv, 3 * c, acc, tr(pb, t), d_ob, 1.0, no);
                 }
             }
         });
@@ -806,19 +756,20 @@ simd_fn! {
 /// row (N) for the backward.
 pub fn cross_entropy_forward(logits: &[f32], lse: &mut [f32], targets: &[u32], v: usize) -> f32 {
     let rows = rows_per_task(v);
-    let n = targets.len();
     let total: f64 = logits
         .par_chunks(v * rows)
         .zip(lse.par_chunks_mut(rows))
         .zip(targets.par_chunks(rows))
         .map(|((l, s), tg)| cross_entropy_rows(l, s, tg, v))
         .sum();
-    (total / n as f64) as f32
+    (total / targets.len() as f64) as f32
 }
 
 simd_fn! {
-    fn cross_entropy_backward_rows(dlogits: &mut [f32], logits: &[f32], lse: &[f32], targets: &[u32], v: usize, s: f32) {
-        for (((d, row), &lse), &tg) in dlogits.chunks_exact_mut(v).zip(logits.chunks_exact(v)).zip(lse).zip(targets) {
+    fn cross_entropy_backward_rows(dlogits: &mut [f32], logits: &[f32], lse: &[f32], targets: &[u32], s: f32) {
+        let v = logits.len() / lse.len();
+        let rows = dlogits.chunks_exact_mut(v).zip(logits.chunks_exact(v));
+        for ((d, row), (&lse, &tg)) in rows.zip(lse.iter().zip(targets)) {
             for (d, &x) in d.iter_mut().zip(row) {
                 *d = s * simd::exp(x - lse);
             }
@@ -833,13 +784,13 @@ pub fn cross_entropy_backward(
     logits: &[f32],
     lse: &[f32],
     targets: &[u32],
-    v: usize,
     s: f32,
 ) {
+    let v = logits.len() / lse.len();
     let rows = rows_per_task(v);
     dlogits
         .par_chunks_mut(v * rows)
         .zip(logits.par_chunks(v * rows))
         .zip(lse.par_chunks(rows).zip(targets.par_chunks(rows)))
-        .for_each(|((d, l), (ls, tg))| cross_entropy_backward_rows(d, l, ls, tg, v, s));
+        .for_each(|((d, l), (ls, tg))| cross_entropy_backward_rows(d, l, ls, tg, s));
 }

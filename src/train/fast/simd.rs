@@ -111,24 +111,18 @@ pub fn exp(x: f32) -> f32 {
 const GELU_K: f32 = 0.797_884_6;
 const GELU_C: f32 = 0.044_715;
 
-/// GPT-2's `gelu_new`: 0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³))), computed as x σ(2u) with the
-/// identity 0.5 (1 + tanh u) = σ(2u) = 1 / (1 + e^(−2u)).
+/// GPT-2's `gelu_new`, 0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³))), and its derivative. Computed
+/// as x σ(2u) with the identity 0.5 (1 + tanh u) = σ(2u) = 1 / (1 + e^(−2u)); the derivative is
+/// σ + x σ (1 − σ) 2u′ with u′ = √(2/π)(1 + 3·0.044715 x²), and 1 − σ = e^(−2u) σ avoids the
+/// cancellation of 1 − σ when σ ≈ 1.
 #[inline(always)]
-pub fn gelu_tanh(x: f32) -> f32 {
-    let u = GELU_K * (x + GELU_C * x * x * x);
-    x / (1.0 + exp(-2.0 * u))
-}
-
-/// d gelu_tanh / dx = σ + x σ (1 − σ) 2u′, with σ = σ(2u) and u′ = √(2/π)(1 + 3·0.044715 x²).
-#[inline(always)]
-pub fn gelu_tanh_grad(x: f32) -> f32 {
+pub fn gelu_tanh_and_grad(x: f32) -> (f32, f32) {
     let x2 = x * x;
     let u = GELU_K * (x + GELU_C * x2 * x);
     let e = exp(-2.0 * u);
     let s = 1.0 / (1.0 + e);
     let du = GELU_K * (1.0 + 3.0 * GELU_C * x2);
-    // 1 − σ = e σ, without the cancellation of 1 − σ when σ ≈ 1
-    s + x * s * (e * s) * 2.0 * du
+    (x * s, s + x * s * (e * s) * 2.0 * du)
 }
 
 /// erfc(z) for z ≥ 0: Numerical Recipes' `erfcc` (Press et al., *Numerical Recipes in C*, 2nd
@@ -159,17 +153,13 @@ fn normal_cdf(x: f32) -> f32 {
     }
 }
 
-/// The exact GELU, x Φ(x) = 0.5 x (1 + erf(x/√2)) (`"gelu"` in Hugging Face configs).
+/// The exact GELU, x Φ(x) = 0.5 x (1 + erf(x/√2)) (`"gelu"` in Hugging Face configs), and its
+/// derivative Φ(x) + x φ(x), φ(x) = e^(−x²/2)/√(2π).
 #[inline(always)]
-pub fn gelu_erf(x: f32) -> f32 {
-    x * normal_cdf(x)
-}
-
-/// d gelu_erf / dx = Φ(x) + x φ(x), φ(x) = e^(−x²/2)/√(2π).
-#[inline(always)]
-pub fn gelu_erf_grad(x: f32) -> f32 {
+pub fn gelu_erf_and_grad(x: f32) -> (f32, f32) {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    normal_cdf(x) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+    let cdf = normal_cdf(x);
+    (x * cdf, cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x))
 }
 
 #[cfg(test)]
@@ -210,9 +200,9 @@ mod tests {
             let g = 0.5 * xd * erfc_f64(-xd / 2f64.sqrt());
             let tol = 1e-6 * g.abs() + 1e-9;
             assert!(
-                (gelu_erf(x) as f64 - g).abs() < tol,
+                (gelu_erf_and_grad(x).0 as f64 - g).abs() < tol,
                 "gelu_erf({x}) = {}, want {g}",
-                gelu_erf(x)
+                gelu_erf_and_grad(x).0
             );
             let gt = 0.5
                 * xd
@@ -220,9 +210,9 @@ mod tests {
                     + ((2.0 / std::f64::consts::PI).sqrt() * (xd + 0.044715 * xd.powi(3))).tanh());
             let tol = 1e-6 * gt.abs() + 1e-9;
             assert!(
-                (gelu_tanh(x) as f64 - gt).abs() < tol,
+                (gelu_tanh_and_grad(x).0 as f64 - gt).abs() < tol,
                 "gelu_tanh({x}) = {}, want {gt}",
-                gelu_tanh(x)
+                gelu_tanh_and_grad(x).0
             );
         }
     }
@@ -239,12 +229,12 @@ mod tests {
             let xd = x as f64;
             let want = (f64_erf(xd + h) - f64_erf(xd - h)) / (2.0 * h);
             assert!(
-                (gelu_erf_grad(x) as f64 - want).abs() < 1e-6,
+                (gelu_erf_and_grad(x).1 as f64 - want).abs() < 1e-6,
                 "gelu_erf'({x})"
             );
             let want = (f64_tanh(xd + h) - f64_tanh(xd - h)) / (2.0 * h);
             assert!(
-                (gelu_tanh_grad(x) as f64 - want).abs() < 1e-6,
+                (gelu_tanh_and_grad(x).1 as f64 - want).abs() < 1e-6,
                 "gelu_tanh'({x})"
             );
         }

@@ -1,0 +1,71 @@
+//! Evaluation metrics. Perplexity: the mean next-token cross-entropy over a whole text, read in
+//! non-overlapping windows of the model's context, reported per token and in bits per byte so
+//! that models with different tokenizers compare.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::models::Gpt;
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PerplexityReport {
+    pub file: String,
+    pub bytes: usize,
+    pub tokens: usize,
+    /// Tokens that were predicted (every token but the first of each window).
+    pub predicted: usize,
+    pub loss: f64,
+    pub perplexity: f64,
+    pub bits_per_byte: f64,
+}
+
+/// Scores `text` with `model`: windows of `block_size + 1` tokens with stride `block_size`, so
+/// every token after the first is predicted exactly once from up to `block_size` tokens of context.
+pub fn perplexity(
+    model: &Gpt,
+    tokenizer: &Tokenizer,
+    text: &str,
+    file: &Path,
+    batch: usize,
+    device: &Device,
+) -> Result<PerplexityReport> {
+    let ids = tokenizer.encode(text)?;
+    let t = model.cfg.block_size;
+    let mut windows: Vec<&[u32]> = Vec::new();
+    let mut start = 0;
+    while start + 1 < ids.len() {
+        let end = (start + t + 1).min(ids.len());
+        windows.push(&ids[start..end]);
+        start += t;
+    }
+    let mut total = 0.0f64;
+    let mut count = 0usize;
+    for chunk in windows.chunks(batch.max(1)) {
+        // Windows of one length go together; only the last window can be shorter.
+        for group in chunk.chunk_by(|a, b| a.len() == b.len()) {
+            let n = group[0].len() - 1;
+            let x: Vec<u32> = group.iter().flat_map(|w| w[..n].iter().copied()).collect();
+            let y: Vec<u32> = group.iter().flat_map(|w| w[1..].iter().copied()).collect();
+            let xt = Tensor::from_vec(x, (group.len(), n), device)?;
+            let yt = Tensor::from_vec(y, (group.len(), n), device)?;
+            let loss = model.loss(&xt, &yt, None)?.to_scalar::<f32>()? as f64;
+            total += loss * (group.len() * n) as f64;
+            count += group.len() * n;
+        }
+    }
+    let loss = total / count.max(1) as f64;
+    let bytes = text.len();
+    Ok(PerplexityReport {
+        file: file.display().to_string(),
+        bytes,
+        tokens: ids.len(),
+        predicted: count,
+        loss,
+        perplexity: loss.exp(),
+        bits_per_byte: total / std::f64::consts::LN_2 / bytes.max(1) as f64,
+    })
+}

@@ -1,0 +1,51 @@
+//! Perplexity: windows cover every token once, and one window equals the model's own loss.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use decodex::config::GptConfig;
+use decodex::models::Gpt;
+use decodex::tokenizer::Tokenizer;
+
+#[test]
+fn perplexity_windows_and_values() {
+    let cfg = GptConfig {
+        vocab_size: 26,
+        block_size: 8,
+        n_layer: 1,
+        n_head: 2,
+        n_embd: 16,
+        dropout: 0.0,
+        bias: true,
+        activation: "gelu_new".into(),
+        layer_norm_epsilon: 1e-5,
+    };
+    let dev = Device::Cpu;
+    let p = decodex::models::gpt::init_params(&cfg, 3)
+        .iter()
+        .map(|v| v * 20.0)
+        .collect::<Vec<_>>();
+    let m = Gpt::from_tensors(
+        decodex::models::gpt::flat_to_tensors(&cfg, &p, &dev).unwrap(),
+        &cfg,
+        &dev,
+    )
+    .unwrap();
+    let tok = Tokenizer::train_char("abcdefghijklmnopqrstuvwxyz").unwrap();
+    // Exactly one window of 9 tokens: equals the loss of x = first 8, y = last 8.
+    let text = "thequickb";
+    let r = decodex::eval::perplexity(&m, &tok, text, Path::new("t"), 4, &dev).unwrap();
+    let ids = tok.encode(text).unwrap();
+    let x = Tensor::from_slice(&ids[..8], (1, 8), &dev).unwrap();
+    let y = Tensor::from_slice(&ids[1..], (1, 8), &dev).unwrap();
+    let direct = m.loss(&x, &y, None).unwrap().to_scalar::<f32>().unwrap() as f64;
+    assert_eq!(r.predicted, 8);
+    assert!((r.loss - direct).abs() < 1e-6, "{} vs {direct}", r.loss);
+    assert!((r.perplexity - direct.exp()).abs() < 1e-6 * direct.exp());
+    assert!((r.bits_per_byte - direct * 8.0 / std::f64::consts::LN_2 / 9.0).abs() < 1e-9);
+    // 30 tokens: every token but the first is predicted exactly once, over windows of stride 8.
+    let text = "thequickbrownfoxjumpsoverthela";
+    let r = decodex::eval::perplexity(&m, &tok, text, Path::new("t"), 2, &dev).unwrap();
+    assert_eq!(r.tokens, 30);
+    assert_eq!(r.predicted, 29);
+}
