@@ -88,7 +88,14 @@ fn check(label: &str, got: &[f32], want: &[f64], tol: f64) -> bool {
     ok
 }
 
-fn candle_grads(fx: &Fixture) -> (Vec<f32>, f32, Vec<(String, Vec<f32>)>) {
+/// What one training path computes on the fixture batch: logits, loss and named gradients.
+struct Computed {
+    logits: Vec<f32>,
+    loss: f32,
+    grads: Vec<(String, Vec<f32>)>,
+}
+
+fn candle_grads(fx: &Fixture) -> Computed {
     let dev = Device::Cpu;
     let params = fx.flat_params();
     let tensors = decodex::models::gpt::flat_to_tensors(&fx.cfg, &params, &dev).unwrap();
@@ -125,14 +132,14 @@ fn candle_grads(fx: &Fixture) -> (Vec<f32>, f32, Vec<(String, Vec<f32>)>) {
             (n, g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
         })
         .collect();
-    (
-        logits.flatten_all().unwrap().to_vec1().unwrap(),
-        loss.to_scalar().unwrap(),
-        named,
-    )
+    Computed {
+        logits: logits.flatten_all().unwrap().to_vec1().unwrap(),
+        loss: loss.to_scalar().unwrap(),
+        grads: named,
+    }
 }
 
-fn fast_grads(fx: &Fixture) -> (Vec<f32>, f32, Vec<(String, Vec<f32>)>) {
+fn fast_grads(fx: &Fixture) -> Computed {
     let mut m = FastGpt::new(fx.cfg.clone(), fx.b, fx.t).unwrap();
     m.params.copy_from_slice(&fx.flat_params());
     m.zero_grad();
@@ -151,13 +158,21 @@ fn fast_grads(fx: &Fixture) -> (Vec<f32>, f32, Vec<(String, Vec<f32>)>) {
             (n, g)
         })
         .collect();
-    (logits, loss, named)
+    Computed {
+        logits,
+        loss,
+        grads: named,
+    }
 }
 
-fn parity(stem: &str, path: &str, f: fn(&Fixture) -> (Vec<f32>, f32, Vec<(String, Vec<f32>)>)) {
+fn parity(stem: &str, path: &str, f: fn(&Fixture) -> Computed) {
     let fx = load_fixture(stem);
     println!("--- {stem}: {path} path vs PyTorch");
-    let (logits, loss, grads) = f(&fx);
+    let Computed {
+        logits,
+        loss,
+        grads,
+    } = f(&fx);
     let mut ok = check("logits", &logits, fx.get("logits"), 1e-4);
     ok &= check("loss", &[loss], fx.get("loss"), 1e-4);
     for (name, g) in &grads {
@@ -242,10 +257,8 @@ fn finite_differences_agree_in_f64() {
     let y: Vec<u32> = (0..b * t).map(|i| ((i * 7 + 1) % 13) as u32).collect();
     let xt = Tensor::from_vec(x, (b, t), &dev).unwrap();
     let yt = Tensor::from_vec(y, (b, t), &dev).unwrap();
-    let loss_of = |flat: &[f64]| -> (
-        f64,
-        Option<(HashMap<String, Var>, candle_core::backprop::GradStore)>,
-    ) {
+    type Graph = (HashMap<String, Var>, candle_core::backprop::GradStore);
+    let loss_of = |flat: &[f64]| -> (f64, Graph) {
         let mut map = HashMap::new();
         let mut off = 0;
         for (n, s) in cfg.param_shapes() {
@@ -269,10 +282,9 @@ fn finite_differences_agree_in_f64() {
         assert_eq!(loss.dtype(), DType::F64);
         let val = loss.to_scalar::<f64>().unwrap();
         let grads = loss.backward().unwrap();
-        (val, Some((map, grads)))
+        (val, (map, grads))
     };
-    let (_, store) = loss_of(&p64);
-    let (vars, grads) = store.unwrap();
+    let (_, (vars, grads)) = loss_of(&p64);
     let eps = 1e-6;
     let mut off = 0;
     let mut worst = 0.0f64;
