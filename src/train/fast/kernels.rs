@@ -147,34 +147,6 @@ pub fn matmul(
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),
     };
-    let threads = rayon::current_num_threads();
-    if threads > 1 && std::env::var("DX_SPLIT").is_ok_and(|v| v == "rows") && m >= 2 * threads {
-        let chunk = m.div_ceil(threads);
-        let (ap, bp) = (SyncPtr(a.ptr as *mut f32), SyncPtr(b.ptr as *mut f32));
-        let (a_rs, a_cs) = (a.rs, a.cs);
-        dst[..m * n]
-            .par_chunks_mut(chunk * n)
-            .enumerate()
-            .for_each(|(i, d)| unsafe {
-                let a = Strided {
-                    ptr: ap.get().add(i * chunk * a_rs),
-                    rs: a_rs,
-                    cs: a_cs,
-                };
-                let b = Strided { ptr: bp.get(), ..b };
-                gemm_raw(
-                    (d.len() / n, n, k),
-                    d.as_mut_ptr(),
-                    n,
-                    accumulate,
-                    a,
-                    b,
-                    scale,
-                    Parallelism::None,
-                );
-            });
-        return;
-    }
     // SAFETY: `strided` checked that both operands hold their matrices and the assert above
     // that dst holds (m, n); `dst` is borrowed mutably, so it aliases neither operand.
     unsafe { gemm_raw((m, n, k), dst.as_mut_ptr(), n, accumulate, a, b, scale, par) }
@@ -333,7 +305,8 @@ simd_fn! {
     fn layernorm_rows(o: NormOut, inp: &mut [f32], skip: Option<Skip>, nm: Norm) {
         let c = nm.w.len();
         let rows = o.out.chunks_exact_mut(c).zip(inp.chunks_exact_mut(c));
-        for (r, ((out, x), (m, s))) in rows.zip(o.mean.iter_mut().zip(o.rstd.iter_mut())).enumerate() {
+        let stats = o.mean.iter_mut().zip(o.rstd.iter_mut());
+        for (r, ((out, x), (m, s))) in rows.zip(stats).enumerate() {
             if let Some(skip) = skip {
                 add_assign(x, &skip.x[r * c..(r + 1) * c]);
                 if let Some(bias) = skip.bias {
@@ -435,7 +408,14 @@ simd_fn! {
 }
 
 simd_fn! {
-    fn layernorm_param_strip(dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], s: NormIn, c0: usize, c: usize) {
+    fn layernorm_param_strip(
+        dw: &mut [f32],
+        db: Option<&mut [f32]>,
+        dout: &[f32],
+        s: NormIn,
+        c0: usize,
+        c: usize,
+    ) {
         let w = dw.len();
         let mut db = db;
         let rows = dout.chunks_exact(c).zip(s.x.chunks_exact(c));
@@ -503,7 +483,13 @@ pub fn layernorm_backward(
 // GELU
 
 simd_fn! {
-    fn bias_gelu_rows(h: &mut [f32], out: &mut [f32], bias: Option<&[f32]>, oc: usize, exact: bool) {
+    fn bias_gelu_rows(
+        h: &mut [f32],
+        out: &mut [f32],
+        bias: Option<&[f32]>,
+        oc: usize,
+        exact: bool,
+    ) {
         for (h, o) in h.chunks_exact_mut(oc).zip(out.chunks_exact_mut(oc)) {
             if let Some(bias) = bias {
                 add_assign(h, bias);
@@ -766,7 +752,13 @@ pub fn cross_entropy_forward(logits: &[f32], lse: &mut [f32], targets: &[u32], v
 }
 
 simd_fn! {
-    fn cross_entropy_backward_rows(dlogits: &mut [f32], logits: &[f32], lse: &[f32], targets: &[u32], s: f32) {
+    fn cross_entropy_backward_rows(
+        dlogits: &mut [f32],
+        logits: &[f32],
+        lse: &[f32],
+        targets: &[u32],
+        s: f32,
+    ) {
         let v = logits.len() / lse.len();
         let rows = dlogits.chunks_exact_mut(v).zip(logits.chunks_exact(v));
         for ((d, row), (&lse, &tg)) in rows.zip(lse.iter().zip(targets)) {
