@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{decodex, tiny_config};
+use common::decodex;
 use serde_json::Value;
 
 fn json_lines(out: &std::process::Output) -> Vec<Value> {
@@ -22,10 +22,7 @@ fn json_lines(out: &std::process::Output) -> Vec<Value> {
 #[test]
 fn train_generate_export_plot_bench_end_to_end() {
     let d = tempfile::tempdir().unwrap();
-    let corpus = d.path().join("c.txt");
-    std::fs::write(&corpus, common::small_corpus()).unwrap();
-    let cfg = d.path().join("tiny.toml");
-    std::fs::write(&cfg, tiny_config(&corpus, "", "")).unwrap();
+    let cfg = common::write_config(d.path(), "tiny.toml", "", "", &[]);
     let run = d.path().join("run");
     let (cfg_s, run_s) = (cfg.to_str().unwrap(), run.to_str().unwrap());
 
@@ -193,14 +190,13 @@ fn tokenizer_and_data_commands() {
 fn interrupt_writes_a_checkpoint() {
     use std::io::BufRead;
     let d = tempfile::tempdir().unwrap();
-    let corpus = d.path().join("c.txt");
-    std::fs::write(&corpus, common::small_corpus()).unwrap();
-    let cfg = d.path().join("tiny.toml");
-    std::fs::write(
-        &cfg,
-        tiny_config(&corpus, "", "").replace("max_iters = 40", "max_iters = 1000000"),
-    )
-    .unwrap();
+    let cfg = common::write_config(
+        d.path(),
+        "tiny.toml",
+        "",
+        "",
+        &[("max_iters = 40", "max_iters = 1000000")],
+    );
     let run = d.path().join("run");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_decodex"))
         .args([

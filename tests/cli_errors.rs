@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_clear_error, decodex, tiny_config};
+use common::{assert_clear_error, decodex};
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -71,14 +71,13 @@ fn non_utf8_corpus() {
 #[test]
 fn heads_do_not_divide_embedding() {
     let d = tmp();
-    let corpus = d.path().join("c.txt");
-    std::fs::write(&corpus, common::small_corpus()).unwrap();
-    let cfg = d.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
-        tiny_config(&corpus, "", "").replace("n_head = 2", "n_head = 3"),
-    )
-    .unwrap();
+    let cfg = common::write_config(
+        d.path(),
+        "bad.toml",
+        "",
+        "",
+        &[("n_head = 2", "n_head = 3")],
+    );
     let out = decodex(&[
         "train",
         "--config",
@@ -92,10 +91,7 @@ fn heads_do_not_divide_embedding() {
 #[test]
 fn unknown_config_key() {
     let d = tmp();
-    let corpus = d.path().join("c.txt");
-    std::fs::write(&corpus, common::small_corpus()).unwrap();
-    let cfg = d.path().join("typo.toml");
-    std::fs::write(&cfg, tiny_config(&corpus, "", "learning_rat = 1.0")).unwrap();
+    let cfg = common::write_config(d.path(), "typo.toml", "", "learning_rat = 1.0", &[]);
     let out = decodex(&[
         "train",
         "--config",
@@ -108,10 +104,7 @@ fn unknown_config_key() {
 
 /// Trains a 2-step model into `dir/run` and returns its path.
 fn trained_model(d: &std::path::Path) -> std::path::PathBuf {
-    let corpus = d.join("c.txt");
-    std::fs::write(&corpus, common::small_corpus()).unwrap();
-    let cfg = d.join("ok.toml");
-    std::fs::write(&cfg, tiny_config(&corpus, "", "")).unwrap();
+    let cfg = common::write_config(d, "ok.toml", "", "", &[]);
     let run = d.join("run");
     let out = decodex(&[
         "train",

@@ -19,10 +19,7 @@ fn losses(opts: &TrainOptions) -> Vec<(usize, f32, Option<f32>)> {
 fn setup(extra_model: &str, extra_train: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     common::init_cache();
     let d = tempfile::tempdir().unwrap();
-    let corpus = d.path().join("corpus.txt");
-    std::fs::write(&corpus, common::small_corpus()).unwrap();
-    let cfg = d.path().join("tiny.toml");
-    std::fs::write(&cfg, common::tiny_config(&corpus, extra_model, extra_train)).unwrap();
+    let cfg = common::write_config(d.path(), "tiny.toml", extra_model, extra_train, &[]);
     (d, cfg)
 }
 

@@ -84,3 +84,26 @@ pub fn assert_clear_error(out: &Output, needles: &[&str]) {
         assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
     }
 }
+
+/// Writes the small corpus (`DIR/c.txt`, once) and a tiny config `DIR/NAME` over it, with the
+/// `edits` (from, to) applied to the config text. Returns the config's path.
+pub fn write_config(
+    dir: &Path,
+    name: &str,
+    extra_model: &str,
+    extra_train: &str,
+    edits: &[(&str, &str)],
+) -> PathBuf {
+    let corpus = dir.join("c.txt");
+    if !corpus.exists() {
+        std::fs::write(&corpus, small_corpus()).unwrap();
+    }
+    let mut text = tiny_config(&corpus, extra_model, extra_train);
+    for (from, to) in edits {
+        assert!(text.contains(from), "the tiny config has no {from:?}");
+        text = text.replace(from, to);
+    }
+    let cfg = dir.join(name);
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
