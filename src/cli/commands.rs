@@ -44,8 +44,16 @@ pub fn dispatch(cmd: Command) -> Result<()> {
             }
             let r = decodex::train::bench::bench_train(&config, iters, warmup)?;
             let human = format!(
-                "{} backend, {} threads: {:.0} tokens/s (median step {:.1} ms over {} steps), peak RSS {:.0} MiB",
-                r.backend, r.threads, r.tokens_per_sec, r.step_ms_median, r.iters, r.peak_rss_mb
+                "{} backend, {} threads: {:.0} tokens/s (median step {:.1} ms over {} steps), {:.0} GFLOP/s = MFU {:.0}% of the measured matmul peak {:.0} GFLOP/s, peak RSS {:.0} MiB",
+                r.backend,
+                r.threads,
+                r.tokens_per_sec,
+                r.step_ms_median,
+                r.iters,
+                r.achieved_gflops,
+                100.0 * r.mfu,
+                r.matmul_peak_gflops,
+                r.peak_rss_mb
             );
             emit(json, serde_json::to_value(&r)?, &human)
         }

@@ -23,6 +23,61 @@ pub struct BenchReport {
     pub tokens_per_sec: f64,
     pub peak_rss_mb: f64,
     pub params: usize,
+    /// Training FLOPs per step by nanoGPT's estimate (PaLM appendix B): 6N + 12·L·nh·hs·T per
+    /// token, N without the position embedding.
+    pub flops_per_step: f64,
+    pub achieved_gflops: f64,
+    /// This machine's f32 matmul peak, measured here (best of 5 square 1024³ products on the
+    /// same threads).
+    pub matmul_peak_gflops: f64,
+    /// Model FLOPs utilisation: achieved / measured matmul peak.
+    pub mfu: f64,
+}
+
+/// Measured f32 matmul throughput (GFLOP/s) on all threads of rayon's pool: the best of five
+/// 1024 x 1024 x 1024 products through the same `gemm` kernels training uses.
+pub fn matmul_peak_gflops() -> f64 {
+    let n = 1024;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        // SAFETY: all three buffers are n x n, row-major (row stride n, column stride 1).
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&c);
+    2.0 * (n * n * n) as f64 / best / 1e9
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 elsewhere).
@@ -86,6 +141,12 @@ pub fn bench_train(config: &Path, iters: usize, warmup: usize) -> Result<BenchRe
         times[times.len() / 2]
     };
     let tokens = b * t * accum;
+    let n_params = (m.num_params() - m.block_size * m.n_embd) as f64;
+    let flops_per_token = 6.0 * n_params + 12.0 * (m.n_layer * m.n_embd * t) as f64;
+    let flops_per_step = flops_per_token * tokens as f64;
+    let achieved = flops_per_step / median / 1e9;
+    let rss = peak_rss_mb(); // before the matmul probe's buffers
+    let peak = matmul_peak_gflops();
     Ok(BenchReport {
         backend: backend.name().to_string(),
         iters,
@@ -94,7 +155,11 @@ pub fn bench_train(config: &Path, iters: usize, warmup: usize) -> Result<BenchRe
         tokens_per_step: tokens,
         step_ms_median: median * 1e3,
         tokens_per_sec: tokens as f64 / median,
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb: rss,
         params: m.num_params(),
+        flops_per_step,
+        achieved_gflops: achieved,
+        matmul_peak_gflops: peak,
+        mfu: achieved / peak,
     })
 }
