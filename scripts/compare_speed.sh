@@ -10,11 +10,12 @@
 # Usage (from the repository root, after `cargo build --release`):
 #   scripts/compare_speed.sh configs/char.toml [ROUNDS]
 # Environment: DECODEX_BIN (default target/release/decodex), PYTHON (default python3),
-#   ITERS (default 50), THREADS (default 2), SKIP_DECODEX=1 to run only the PyTorch side.
+#   ITERS (default 50), THREADS (default 2), SKIP_DECODEX=1 to run only the PyTorch side,
+#   TORCH_DTYPE=bf16 to run PyTorch under CPU bf16 autocast (decodex takes `precision` from CONFIG).
 set -euo pipefail
 
 if [[ $# -lt 1 || $# -gt 2 || "$1" == "-h" || "$1" == "--help" ]]; then
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 CONFIG=$1
@@ -24,6 +25,7 @@ PYTHON=${PYTHON:-python3}
 ITERS=${ITERS:-50}
 THREADS=${THREADS:-2}
 SKIP_DECODEX=${SKIP_DECODEX:-0}
+TORCH_DTYPE=${TORCH_DTYPE:-fp32}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 [[ -f "$CONFIG" ]] || { echo "error: config $CONFIG not found" >&2; exit 2; }
@@ -56,8 +58,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
         step=$(field "$line" step_ms_median 2>/dev/null || echo null)
         printf '%-6s %-8s %14.1f %12s %12.1f\n' "$r" decodex "${dx_tps[-1]}" "$step" "${dx_rss[-1]}"
     fi
-    out=$("$PYTHON" "$HERE/bench_torch.py" --config "$CONFIG" --iters "$ITERS" --threads "$THREADS" --json) \
-        || { echo "error: bench_torch.py failed in round $r" >&2; exit 1; }
+    out=$("$PYTHON" "$HERE/bench_torch.py" --config "$CONFIG" --iters "$ITERS" --threads "$THREADS" \
+        --dtype "$TORCH_DTYPE" --json) || { echo "error: bench_torch.py failed in round $r" >&2; exit 1; }
     line=$(last_result "$out")
     [[ -n "$line" ]] || { echo "error: no tokens_per_sec in bench_torch.py output:" >&2; echo "$out" >&2; exit 1; }
     pt_tps+=("$(field "$line" tokens_per_sec)")
