@@ -75,6 +75,10 @@ pub struct OptimConfig {
     /// "auto" (fast CPU path when possible), "fast" or "candle" (the autograd reference path).
     #[serde(default = "default_backend")]
     pub backend: String,
+    /// Arithmetic of the matmuls: "fp32" (default) or "bf16" (bf16 inputs, f32 sums, f32 master
+    /// weights; fast path only, and only in bf16 on CPUs with AVX512-BF16).
+    #[serde(default = "default_precision")]
+    pub precision: String,
 }
 
 fn one() -> usize {
@@ -94,6 +98,9 @@ fn default_seed() -> u64 {
 }
 fn default_backend() -> String {
     "auto".into()
+}
+fn default_precision() -> String {
+    "fp32".into()
 }
 
 impl TrainConfig {
@@ -140,6 +147,7 @@ impl TrainConfig {
                 t.backend
             ));
         }
+        crate::train::fast::Precision::parse(&t.precision)?;
         if self.data.tokenizer == TokenizerKind::Bpe && self.data.vocab_size.is_none() {
             return bad("data.vocab_size is required with tokenizer = \"bpe\"".into());
         }
@@ -246,6 +254,47 @@ eval_iters = 20
         assert!((cfg.lr_at(100) - 1e-3).abs() < 1e-12);
         assert!((cfg.lr_at(2000) - 1e-4).abs() < 1e-12);
         assert!(cfg.lr_at(1000) < 1e-3 && cfg.lr_at(1000) > 1e-4);
+    }
+
+    #[test]
+    fn precision_defaults_to_fp32_and_is_validated() {
+        let cfg: TrainConfig = toml::from_str(CHAR).unwrap();
+        assert_eq!(cfg.train.precision, "fp32");
+        let bf16 = CHAR.replace("[train]\n", "[train]\nprecision = \"bf16\"\n");
+        let cfg: TrainConfig = toml::from_str(&bf16).unwrap();
+        cfg.validate_static().unwrap();
+        let fp16 = CHAR.replace("[train]\n", "[train]\nprecision = \"fp16\"\n");
+        let err = toml::from_str::<TrainConfig>(&fp16)
+            .unwrap()
+            .validate_static()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fp16") && err.contains("bf16"), "{err}");
+    }
+
+    #[test]
+    fn bf16_with_the_candle_backend_is_an_error() {
+        let text = CHAR.replace(
+            "[train]\n",
+            "[train]\nprecision = \"bf16\"\nbackend = \"candle\"\n",
+        );
+        let cfg: TrainConfig = toml::from_str(&text).unwrap();
+        let m = crate::config::GptConfig {
+            vocab_size: 11,
+            block_size: 8,
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 8,
+            dropout: 0.0,
+            bias: true,
+            activation: "gelu_new".into(),
+            layer_norm_epsilon: 1e-5,
+        };
+        let err = crate::train::trainer::make_backend(&cfg, &m, &[])
+            .err()
+            .expect("candle + bf16 must be refused")
+            .to_string();
+        assert!(err.contains("bf16") && err.contains("fast"), "{err}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::error::{write_atomic, Error, Result};
 use crate::tokenizer::Tokenizer;
 use crate::train::backend::{Backend, CandleBackend, FastBackend};
 use crate::train::config::{cache_dir, resolve_data_path, TrainConfig};
+use crate::train::fast::Precision;
 use crate::train::optim::{clip_grad_norm, decay_ranges, AdamW};
 
 /// Set by a Ctrl-C handler; the loop checkpoints and stops at the end of the current step.
@@ -157,8 +158,17 @@ pub fn make_backend(cfg: &TrainConfig, m: &GptConfig, params: &[f32]) -> Result<
         "candle" => false,
         _ => m.dropout == 0.0,
     };
+    let precision = Precision::parse(&cfg.train.precision)?;
     if use_fast {
-        Ok(Box::new(FastBackend::new(m, params, cfg.train.batch_size)?))
+        let mut fast = FastBackend::new(m, params, cfg.train.batch_size)?;
+        fast.model.set_precision(precision);
+        Ok(Box::new(fast))
+    } else if precision != Precision::F32 {
+        Err(Error::Invalid(format!(
+            "precision = {:?} needs the fast path (backend \"fast\" or \"auto\" with dropout = 0); \
+             the candle backend trains in fp32",
+            cfg.train.precision
+        )))
     } else {
         Ok(Box::new(CandleBackend::new(
             m,

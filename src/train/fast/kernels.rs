@@ -7,18 +7,19 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::simd::{self, simd_fn};
+use super::{bf16, Precision};
 
 /// Elements one rayon task should at least cover, so that scheduling stays a small cost.
-const TASK_ELEMS: usize = 8192;
+pub(super) const TASK_ELEMS: usize = 8192;
 
 /// Rows per rayon task for rows of `row_len` elements.
-fn rows_per_task(row_len: usize) -> usize {
+pub(super) fn rows_per_task(row_len: usize) -> usize {
     (TASK_ELEMS / row_len.max(1)).max(1)
 }
 
 /// Width of the column strip each task owns in a column reduction: the columns split evenly
 /// over the threads, in multiples of 16 floats (one 64-byte cache line) to avoid false sharing.
-fn col_strip(cols: usize) -> usize {
+pub(super) fn col_strip(cols: usize) -> usize {
     let per_thread = cols.div_ceil(rayon::current_num_threads().max(1));
     per_thread.div_ceil(16).max(1) * 16
 }
@@ -130,10 +131,25 @@ unsafe fn gemm_raw(
     )
 }
 
-/// dst (m, n) = [dst +] scale · a (m, k) @ b (k, n), over rayon's pool (gemm splits the work
-/// when the pool has more than one thread). Transposed operands are read in place.
-#[allow(clippy::too_many_arguments)]
+/// dst (m, n) = [dst +] scale · a (m, k) @ b (k, n) in f32; see `matmul_with`.
 pub fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Op,
+    b: Op,
+    scale: f32,
+) {
+    matmul_with(Precision::F32, (m, n, k), dst, accumulate, a, b, scale)
+}
+
+/// dst (m, n) = [dst +] scale · a (m, k) @ b (k, n), over rayon's pool (gemm splits the work
+/// when the pool has more than one thread). Transposed operands are read in place. With
+/// `Precision::Bf16` (and a CPU with AVX512-BF16; otherwise f32) a and b are rounded to bf16
+/// and the products summed in f32 by `bf16::gemm`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    prec: Precision,
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     accumulate: bool,
@@ -143,6 +159,16 @@ pub fn matmul(
 ) {
     assert!(dst.len() >= m * n, "matmul destination too small");
     let (a, b) = (a.strided(m, k), b.strided(k, n));
+    if prec == Precision::Bf16 && bf16::available() {
+        let mat = |s: Strided| bf16::Mat {
+            ptr: s.ptr,
+            rs: s.rs,
+            cs: s.cs,
+        };
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        // SAFETY: as below; `available` checked the CPU.
+        return unsafe { bf16::gemm((m, n, k), dst.as_mut_ptr(), n, beta, mat(a), mat(b), scale) };
+    }
     let par = match rayon::current_num_threads() {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),
@@ -166,17 +192,18 @@ pub fn linear_backward(
     inp: &[f32],
     w: &[f32],
     (ic, oc): (usize, usize),
+    prec: Precision,
 ) {
     let n = inp.len() / ic;
     rayon::join(
         || {
-            matmul((n, ic, oc), dinp, false, Op::N(dout), Op::T(w), 1.0);
+            matmul_with(prec, (n, ic, oc), dinp, false, Op::N(dout), Op::T(w), 1.0);
             if let Some(f) = dinp_factor {
                 mul_assign(dinp, f);
             }
         },
         || {
-            matmul((ic, oc, n), dw, true, Op::T(inp), Op::N(dout), 1.0);
+            matmul_with(prec, (ic, oc, n), dw, true, Op::T(inp), Op::N(dout), 1.0);
             if let Some(dbias) = dbias {
                 col_sum(dbias, dout);
             }
@@ -525,9 +552,11 @@ pub fn bias_gelu_forward(
 // ------------------------------------------------------------------------------------------------
 // Causal self-attention
 
-/// Query rows per block: a block of rows r0..r1 attends to keys 0..r1 only, which skips most of
-/// the masked upper triangle of the (T, T) scores for long sequences.
-const ATT_BLOCK: usize = 64;
+/// Side of the square tiles attention works in, FlashAttention style (Dao et al. 2022; the
+/// backward as in FlashAttention-2, Dao 2023): query rows i·TILE..(i+1)·TILE meet key rows
+/// j·TILE..(j+1)·TILE, j ≤ i, one (TILE, TILE) block of scores at a time, so no (T, T) matrix
+/// is ever stored. Two tiles of scratch (32 KiB) live on each task's stack.
+pub const ATT_TILE: usize = 64;
 
 /// (B, T, C, nh) of an attention call.
 #[derive(Clone, Copy)]
@@ -538,16 +567,41 @@ pub struct AttShape {
     pub nh: usize,
 }
 
+/// Keys row `r` of a tile sees when the tile starts at key `k0` and is `n` keys wide: the causal
+/// mask keeps keys 0..=r.
+#[inline(always)]
+fn live_keys(r: usize, k0: usize, n: usize) -> usize {
+    (r + 1).saturating_sub(k0).min(n)
+}
+
 simd_fn! {
-    /// Rows r0..r1 of the (T, T) matrix `p` hold scaled scores in columns 0..r1; replaces them
-    /// by the causal softmax (row r over columns 0..=r, zeros in r+1..r1).
-    fn softmax_causal_block(p: &mut [f32], t: usize, r0: usize, r1: usize) {
-        for r in r0..r1 {
-            let row = &mut p[r * t..r * t + r1];
-            let (live, masked) = row.split_at_mut(r + 1);
-            let m = simd::max(live);
+    /// One step of the online softmax (Milakov & Gimelshein 2018) for query rows r0..r0 + m
+    /// against keys k0..k0 + n: `p` (m, n) holds scaled scores and is replaced by
+    /// exp(s − m_new) (zero where masked), `mx` and `sum` (m) carry each row's running max and
+    /// sum of exponentials, and `alpha` (m) receives exp(m_old − m_new), the factor by which the
+    /// output accumulated so far must shrink. `first` marks the tile at key 0, where every row
+    /// has a live key and nothing has been accumulated.
+    fn online_softmax_tile(
+        p: &mut [f32],
+        mx: &mut [f32],
+        sum: &mut [f32],
+        alpha: &mut [f32],
+        at: (usize, usize, usize),
+        first: bool,
+    ) {
+        let (r0, k0, n) = at;
+        for (rr, row) in p.chunks_exact_mut(n).enumerate() {
+            let live = live_keys(r0 + rr, k0, n);
+            let (row, masked) = row.split_at_mut(live);
+            masked.fill(0.0);
+            if live == 0 {
+                alpha[rr] = 1.0;
+                continue;
+            }
+            let m_old = if first { f32::NEG_INFINITY } else { mx[rr] };
+            let m = simd::max(row).max(m_old);
             let mut acc = [0f32; 16];
-            let mut chunks = live.chunks_exact_mut(16);
+            let mut chunks = row.chunks_exact_mut(16);
             for ch in &mut chunks {
                 for (a, v) in acc.iter_mut().zip(ch.iter_mut()) {
                     *v = simd::exp(*v - m);
@@ -559,38 +613,66 @@ simd_fn! {
                 *v = simd::exp(*v - m);
                 s += *v;
             }
-            let inv = 1.0 / s;
-            for v in live.iter_mut() {
-                *v *= inv;
+            if first {
+                (alpha[rr], sum[rr]) = (0.0, s);
+            } else {
+                let a = simd::exp(m_old - m);
+                (alpha[rr], sum[rr]) = (a, sum[rr] * a + s);
             }
-            masked.fill(0.0);
+            mx[rr] = m;
         }
     }
 }
 
 simd_fn! {
-    /// Rows r0..r1 of `dp` (T, T) hold dL/dP in columns 0..r1; replaces them by dL/dS, the
-    /// gradient of the scores: P ⊙ (dP − Σ_j P dP).
-    fn softmax_backward_block(dp: &mut [f32], p: &[f32], t: usize, r0: usize, r1: usize) {
-        for r in r0..r1 {
-            let (d, pr) = (&mut dp[r * t..r * t + r1], &p[r * t..r * t + r + 1]);
-            let (live, masked) = d.split_at_mut(r + 1);
-            let dot = simd::dot(live, pr);
-            for (d, &p) in live.iter_mut().zip(pr) {
-                *d = p * (*d - dot);
+    /// Rows r0..r0 + m of the output, `hs` wide with row stride `ld` from `o`: o[r] *= f[r].
+    fn scale_rows(o: *mut f32, ld: usize, hs: usize, f: &[f32]) {
+        for (rr, &f) in f.iter().enumerate() {
+            // SAFETY: the caller passes rows that lie inside its output and that no one else
+            // touches meanwhile.
+            let row = unsafe { std::slice::from_raw_parts_mut(o.add(rr * ld), hs) };
+            for v in row {
+                *v *= f;
             }
-            masked.fill(0.0);
+        }
+    }
+}
+
+simd_fn! {
+    /// The backward's view of one tile, query rows r0..r0 + m against keys k0..k0 + n: `p`
+    /// (m, n) holds scaled scores, replaced by the probabilities exp(s − lse) (zero where
+    /// masked); `dp` holds dL/dP, replaced by dL/dS = P ⊙ (dP − D), with D = rowsum(dO ⊙ O) = Σ_j
+    /// P dP.
+    fn softmax_backward_tile(
+        p: &mut [f32],
+        dp: &mut [f32],
+        lse: &[f32],
+        d: &[f32],
+        at: (usize, usize, usize),
+    ) {
+        let (r0, k0, n) = at;
+        let rows = p.chunks_exact_mut(n).zip(dp.chunks_exact_mut(n));
+        for (rr, ((p, dp), (&lse, &d))) in rows.zip(lse.iter().zip(d)).enumerate() {
+            let live = live_keys(r0 + rr, k0, n);
+            for (p, dp) in p[..live].iter_mut().zip(&mut dp[..live]) {
+                *p = simd::exp(*p - lse);
+                *dp = *p * (*dp - d);
+            }
+            p[live..].fill(0.0);
+            dp[live..].fill(0.0);
         }
     }
 }
 
 /// out (B, T, C) = per head softmax(q kᵀ/√hs, causal) v, heads side by side; saves the
-/// probabilities in att (B, nh, T, T). qkv (B, T, 3C) holds [q | k | v] (head h in columns
-/// h·hs..(h+1)·hs of each) without the c_attn bias, which is added here, in place, by the task
-/// that reads those columns. Parallel over (b, h).
+/// log-sum-exp of each row of scores in lse (B, nh, T), all the backward needs to recompute the
+/// probabilities. qkv (B, T, 3C) holds [q | k | v] (head h in columns h·hs..(h+1)·hs of each)
+/// without the c_attn bias, which is added here, in place, by the task that reads those
+/// columns. Parallel over (b, h); each task walks its query tiles and, for each, the key tiles
+/// up to the diagonal with an online softmax.
 pub fn attention_forward(
     out: &mut [f32],
-    att: &mut [f32],
+    lse: &mut [f32],
     qkv: &mut [f32],
     bias: Option<&[f32]>,
     s: AttShape,
@@ -598,14 +680,17 @@ pub fn attention_forward(
     let AttShape { b, t, c, nh } = s;
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
-    assert!(qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && att.len() >= b * nh * t * t);
+    assert!(qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && lse.len() >= b * nh * t);
     assert!(bias.is_none_or(|b| b.len() == 3 * c));
     let (out, qkv) = (SyncPtr(out.as_mut_ptr()), SyncPtr(qkv.as_mut_ptr()));
-    att[..b * nh * t * t]
-        .par_chunks_mut(t * t)
+    lse[..b * nh * t]
+        .par_chunks_mut(t)
         .enumerate()
-        .for_each(|(bh, p)| {
+        .for_each(|(bh, lse)| {
             let (bi, h) = (bh / nh, bh % nh);
+            let mut p = [0f32; ATT_TILE * ATT_TILE];
+            let (mut mx, mut sum, mut alpha) =
+                ([0f32; ATT_TILE], [0f32; ATT_TILE], [0f32; ATT_TILE]);
             // SAFETY: q, k, v address rows bi·T..(bi+1)·T, columns h·hs..(h+1)·hs of the three
             // thirds of qkv (asserted large enough above), and o the same rows and columns of out;
             // different (b, h) tasks touch disjoint parts of qkv and of out, both of which stay
@@ -623,92 +708,119 @@ pub fn attention_forward(
                     }
                 }
                 let (k, v) = (q.add(c), q.add(2 * c));
-                for r0 in (0..t).step_by(ATT_BLOCK) {
-                    let r1 = (r0 + ATT_BLOCK).min(t);
-                    // S[r0..r1, 0..r1] = scale · Q[r0..r1] @ K[0..r1]ᵀ
-                    let (qb, pb) = (rm(q.add(r0 * 3 * c), 3 * c), p.as_mut_ptr().add(r0 * t));
-                    let no = Parallelism::None;
-                    gemm_raw((r1 - r0, r1, hs), pb, t, false, qb, tr(k, 3 * c), scale, no);
-                    softmax_causal_block(p, t, r0, r1);
-                    // O[r0..r1] = P[r0..r1, 0..r1] @ V[0..r1]
-                    let pb = rm(p.as_ptr().add(r0 * t), t);
-                    gemm_raw(
-                        (r1 - r0, hs, r1),
-                        o.add(r0 * c),
-                        c,
-                        false,
-                        pb,
-                        rm(v, 3 * c),
-                        1.0,
-                        no,
-                    );
+                let no = Parallelism::None;
+                for r0 in (0..t).step_by(ATT_TILE) {
+                    let m = ATT_TILE.min(t - r0);
+                    let (qi, oi) = (rm(q.add(r0 * 3 * c), 3 * c), o.add(r0 * c));
+                    for k0 in (0..=r0).step_by(ATT_TILE) {
+                        let n = ATT_TILE.min(t - k0);
+                        let (first, pt) = (k0 == 0, &mut p[..m * n]);
+                        // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ
+                        let kj = tr(k.add(k0 * 3 * c), 3 * c);
+                        gemm_raw((m, n, hs), pt.as_mut_ptr(), n, false, qi, kj, scale, no);
+                        let (mx, sum, alpha) = (&mut mx[..m], &mut sum[..m], &mut alpha[..m]);
+                        online_softmax_tile(pt, mx, sum, alpha, (r0, k0, n), first);
+                        if !first {
+                            scale_rows(oi, c, hs, alpha);
+                        }
+                        // O[r0..] = alpha · O[r0..] + P @ V[k0..]
+                        let (pt, vj) = (rm(pt.as_ptr(), n), rm(v.add(k0 * 3 * c), 3 * c));
+                        gemm_raw((m, hs, n), oi, c, !first, pt, vj, 1.0, no);
+                    }
+                    for (rr, (&mx, &s)) in mx[..m].iter().zip(&sum[..m]).enumerate() {
+                        (alpha[rr], lse[r0 + rr]) = (1.0 / s, mx + s.ln());
+                    }
+                    scale_rows(oi, c, hs, &alpha[..m]);
                 }
             }
         });
 }
 
-/// Backward of `attention_forward`: dqkv (B, T, 3C) (overwritten) from dout (B, T, C), with
-/// datt (B, nh, T, T) as scratch for dL/dP and dL/dS.
+/// Backward of `attention_forward`: dqkv (B, T, 3C) (overwritten) from dout (B, T, C), given the
+/// forward's input qkv (bias included), output `out` and saved `lse`. Recomputes each tile of
+/// probabilities from q, k and lse, FlashAttention-2 style: with D = rowsum(dO ⊙ O),
+/// dS = P ⊙ (dO Vᵀ − D), dQ = scale · dS K, dK = scale · dSᵀ Q, dV = Pᵀ dO.
 pub fn attention_backward(
     dqkv: &mut [f32],
-    datt: &mut [f32],
     dout: &[f32],
     qkv: &[f32],
-    att: &[f32],
+    out: &[f32],
+    lse: &[f32],
     s: AttShape,
 ) {
     let AttShape { b, t, c, nh } = s;
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
-    let (n3, natt) = (b * t * 3 * c, b * nh * t * t);
-    assert!(qkv.len() >= n3 && dqkv.len() >= n3 && dout.len() >= b * t * c);
-    assert!(att.len() >= natt && datt.len() >= natt);
+    let n3 = b * t * 3 * c;
+    assert!(qkv.len() >= n3 && dqkv.len() >= n3 && lse.len() >= b * nh * t);
+    assert!(dout.len() >= b * t * c && out.len() >= b * t * c);
     let dqkv = SyncPtr(dqkv.as_mut_ptr());
-    let n_blocks = t.div_ceil(ATT_BLOCK);
-    datt[..natt]
-        .par_chunks_mut(t * t)
-        .zip(att[..natt].par_chunks(t * t))
+    lse[..b * nh * t]
+        .par_chunks(t)
         .enumerate()
-        .for_each(|(bh, (dp, p))| {
+        .for_each(|(bh, lse)| {
             let (bi, h) = (bh / nh, bh % nh);
+            let mut p = [0f32; ATT_TILE * ATT_TILE];
+            let mut dp = [0f32; ATT_TILE * ATT_TILE];
+            let mut d = [0f32; ATT_TILE];
             // SAFETY: as in `attention_forward`: every pointer addresses rows bi·T..(bi+1)·T and
-            // columns h·hs..(h+1)·hs of its third of qkv or dqkv, or of dout, inside the asserted
-            // lengths; different (b, h) tasks write disjoint parts of dqkv, which stays mutably
-            // borrowed by this function.
+            // columns h·hs..(h+1)·hs of its third of qkv or dqkv, or of dout or out, inside the
+            // asserted lengths; different (b, h) tasks write disjoint parts of dqkv, which stays
+            // mutably borrowed by this function.
             unsafe {
                 let q = qkv.as_ptr().add(bi * t * 3 * c + h * hs);
                 let (k, v) = (q.add(c), q.add(2 * c));
                 let dq = dqkv.get().add(bi * t * 3 * c + h * hs);
                 let (dk, dv) = (dq.add(c), dq.add(2 * c));
-                let d_o = dout.as_ptr().add(bi * t * c + h * hs);
+                let (d_o, o) = (bi * t * c + h * hs, bi * t * c + h * hs);
+                let (d_o, o) = (dout.as_ptr().add(d_o), out.as_ptr().add(o));
                 let no = Parallelism::None;
-                // The last block spans all keys, so it writes dK and dV whole; the others add.
-                for blk in (0..n_blocks).rev() {
-                    let (r0, r1) = (blk * ATT_BLOCK, ((blk + 1) * ATT_BLOCK).min(t));
-                    let (m, acc) = (r1 - r0, blk + 1 != n_blocks);
-                    let d_ob = rm(d_o.add(r0 * c), c);
-                    // dP[r0..r1, 0..r1] = dO[r0..r1] @ V[0..r1]ᵀ
-                    let dpb = dp.as_mut_ptr().add(r0 * t);
-                    gemm_raw((m, r1, hs), dpb, t, false, d_ob, tr(v, 3 * c), 1.0, no);
-                    softmax_backward_block(dp, p, t, r0, r1);
-                    let (ds, pb) = (dp.as_ptr().add(r0 * t), p.as_ptr().add(r0 * t));
-                    // dQ[r0..r1] = scale · dS @ K[0..r1]
-                    let dqb = dq.add(r0 * 3 * c);
-                    gemm_raw(
-                        (m, hs, r1),
-                        dqb,
-                        3 * c,
-                        false,
-                        rm(ds, t),
-                        rm(k, 3 * c),
-                        scale,
-                        no,
-                    );
-                    // dK[0..r1] (+)= scale · dSᵀ @ Q[r0..r1]
-                    let qb = rm(q.add(r0 * 3 * c), 3 * c);
-                    gemm_raw((r1, hs, m), dk, 3 * c, acc, tr(ds, t), qb, scale, no);
-                    // dV[0..r1] (+)= Pᵀ @ dO[r0..r1]
-                    gemm_raw((r1, hs, m), dv, 3 * c, acc, tr(pb, t), d_ob, 1.0, no);
+                // Query tiles in order: key tile j is first met by query tile j (the diagonal),
+                // which writes its dK and dV; later query tiles add to them.
+                for r0 in (0..t).step_by(ATT_TILE) {
+                    let m = ATT_TILE.min(t - r0);
+                    for (rr, d) in d[..m].iter_mut().enumerate() {
+                        let row =
+                            |x: *const f32| std::slice::from_raw_parts(x.add((r0 + rr) * c), hs);
+                        *d = simd::dot(row(d_o), row(o));
+                    }
+                    let (qi, doi) = (rm(q.add(r0 * 3 * c), 3 * c), rm(d_o.add(r0 * c), c));
+                    for k0 in (0..=r0).step_by(ATT_TILE) {
+                        let n = ATT_TILE.min(t - k0);
+                        let (pt, dpt) = (&mut p[..m * n], &mut dp[..m * n]);
+                        let (kj, vj) = (k.add(k0 * 3 * c), v.add(k0 * 3 * c));
+                        // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ, dP (m, n) = dO[r0..] @ V[k0..]ᵀ
+                        gemm_raw(
+                            (m, n, hs),
+                            pt.as_mut_ptr(),
+                            n,
+                            false,
+                            qi,
+                            tr(kj, 3 * c),
+                            scale,
+                            no,
+                        );
+                        gemm_raw(
+                            (m, n, hs),
+                            dpt.as_mut_ptr(),
+                            n,
+                            false,
+                            doi,
+                            tr(vj, 3 * c),
+                            1.0,
+                            no,
+                        );
+                        softmax_backward_tile(pt, dpt, &lse[r0..r0 + m], &d[..m], (r0, k0, n));
+                        let (ps, ds) = (pt.as_ptr(), dpt.as_ptr());
+                        // dQ[r0..] (+)= scale · dS @ K[k0..]
+                        let dqi = dq.add(r0 * 3 * c);
+                        let kj = rm(kj, 3 * c);
+                        gemm_raw((m, hs, n), dqi, 3 * c, k0 > 0, rm(ds, n), kj, scale, no);
+                        // dK[k0..] (+)= scale · dSᵀ @ Q[r0..]; dV[k0..] (+)= Pᵀ @ dO[r0..]
+                        let (dkj, dvj, acc) = (dk.add(k0 * 3 * c), dv.add(k0 * 3 * c), k0 < r0);
+                        gemm_raw((n, hs, m), dkj, 3 * c, acc, tr(ds, n), qi, scale, no);
+                        gemm_raw((n, hs, m), dvj, 3 * c, acc, tr(ps, n), doi, 1.0, no);
+                    }
                 }
             }
         });
