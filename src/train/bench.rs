@@ -9,6 +9,8 @@ use serde::Serialize;
 use crate::data::{Batcher, Meta, TokenFile};
 use crate::error::Result;
 use crate::train::config::TrainConfig;
+use crate::train::fast::kernels::{matmul_with, Op};
+use crate::train::fast::Precision;
 use crate::train::optim::{clip_grad_norm, decay_ranges, AdamW};
 use crate::train::trainer::{make_backend, model_config, prepared_data};
 
@@ -27,54 +29,35 @@ pub struct BenchReport {
     /// token, N without the position embedding.
     pub flops_per_step: f64,
     pub achieved_gflops: f64,
-    /// This machine's f32 matmul peak, measured here (best of 5 square 1024³ products on the
-    /// same threads).
+    /// This machine's matmul peak at the config's precision, measured here (best of 5 square
+    /// 2048³ products on the same threads).
     pub matmul_peak_gflops: f64,
     /// Model FLOPs utilisation: achieved / measured matmul peak.
     pub mfu: f64,
 }
 
-/// Measured f32 matmul throughput (GFLOP/s) on all threads of rayon's pool: the best of five
-/// 1024 x 1024 x 1024 products through the same `gemm` kernels training uses.
-pub fn matmul_peak_gflops() -> f64 {
-    let n = 1024;
+/// Measured matmul throughput (GFLOP/s) at `precision` on rayon's pool: the best of five
+/// 2048 x 2048 x 2048 products, after two warm-up products, through the kernels training uses.
+pub fn matmul_peak_gflops(precision: Precision) -> f64 {
+    let n = 2048;
     let a = vec![1.0f32; n * n];
     let b = vec![0.5f32; n * n];
     let mut c = vec![0.0f32; n * n];
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     let mut best = f64::INFINITY;
-    for _ in 0..5 {
+    for i in 0..7 {
         let t0 = Instant::now();
-        // SAFETY: all three buffers are n x n, row-major (row stride n, column stride 1).
-        unsafe {
-            gemm::gemm(
-                n,
-                n,
-                n,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                n as isize,
-                b.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
+        matmul_with(
+            precision,
+            (n, n, n),
+            &mut c,
+            false,
+            Op::N(&a),
+            Op::N(&b),
+            1.0,
+        );
+        if i >= 2 {
+            best = best.min(t0.elapsed().as_secs_f64());
         }
-        best = best.min(t0.elapsed().as_secs_f64());
     }
     std::hint::black_box(&c);
     2.0 * (n * n * n) as f64 / best / 1e9
@@ -145,8 +128,8 @@ pub fn bench_train(config: &Path, iters: usize, warmup: usize) -> Result<BenchRe
     let flops_per_token = 6.0 * n_params + 12.0 * (m.n_layer * m.n_embd * t) as f64;
     let flops_per_step = flops_per_token * tokens as f64;
     let achieved = flops_per_step / median / 1e9;
-    let rss = peak_rss_mb(); // before the matmul probe's buffers
-    let peak = matmul_peak_gflops();
+    let rss = peak_rss_mb(); // before the matmul probe below allocates its matrices
+    let peak = matmul_peak_gflops(Precision::parse(&cfg.train.precision)?);
     Ok(BenchReport {
         backend: backend.name().to_string(),
         iters,
