@@ -102,7 +102,8 @@ fn kind(k: Kind) -> TokenizerKind {
 
 fn quickstart(a: super::QuickstartArgs) -> Result<()> {
     let out = a.out.clone();
-    let resume = a.resume && out.join(checkpoint::STATE_FILE).exists();
+    // Running quickstart again continues (or, when finished, just samples from) the same run.
+    let resume = out.join(checkpoint::STATE_FILE).exists();
     let t = TrainArgs {
         config: a.config,
         out: a.out,
@@ -241,12 +242,16 @@ fn train_cmd(a: &TrainArgs) -> Result<train::TrainSummary> {
                     write_err.get_or_insert(e);
                 }
             } else {
-                eprintln!(
-                    "training {:.2}M parameters ({backend} backend), steps {}..{end}, data in {}",
-                    *params as f64 / 1e6,
-                    start + 1,
-                    data_dir.display()
-                );
+                if start >= end {
+                    eprintln!("the run is already at step {start} of {end}; nothing to train");
+                } else {
+                    eprintln!(
+                        "training {:.2}M parameters ({backend} backend), steps {}..{end}, data in {}",
+                        *params as f64 / 1e6,
+                        start + 1,
+                        data_dir.display()
+                    );
+                }
                 let pb = indicatif::ProgressBar::new(*end as u64);
                 pb.set_position(*start as u64);
                 pb.set_style(

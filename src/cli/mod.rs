@@ -65,7 +65,7 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct QuickstartArgs {
-    /// Where the run's checkpoint and metrics go.
+    /// Where the run's checkpoint and metrics go; a checkpoint already there is continued.
     #[arg(long, default_value = "runs/shakespeare-char")]
     pub out: PathBuf,
     /// The preset to train.
@@ -74,9 +74,6 @@ pub struct QuickstartArgs {
     /// Stop after this step (the schedule is unchanged).
     #[arg(long)]
     pub max_iters: Option<usize>,
-    /// Continue the run in --out if it holds a checkpoint.
-    #[arg(long)]
-    pub resume: bool,
     /// One JSON object per line instead of a progress bar.
     #[arg(long)]
     pub json: bool,
