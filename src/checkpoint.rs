@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::config::GptConfig;
@@ -338,18 +338,8 @@ impl LoadedModel {
     /// The candle model on `device`.
     pub fn gpt(&self, device: &Device) -> Result<crate::models::Gpt> {
         let tensors = crate::models::gpt::flat_to_tensors(&self.cfg, &self.params, device)?;
-        Ok(crate::models::Gpt::new(
-            candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device),
-            &self.cfg,
+        Ok(crate::models::Gpt::from_tensors(
+            tensors, &self.cfg, device,
         )?)
     }
-}
-
-/// Convenience for tests and tools: named parameter tensors of a flat vector.
-pub fn named_tensors(
-    cfg: &GptConfig,
-    flat: &[f32],
-    device: &Device,
-) -> Result<HashMap<String, Tensor>> {
-    Ok(crate::models::gpt::flat_to_tensors(cfg, flat, device)?)
 }
