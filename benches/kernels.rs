@@ -10,6 +10,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use decodex::train::fast::kernels::{self, AttShape, Norm, NormIn, NormOut, Op};
 use decodex::train::fast::llama_kernels;
+use decodex::train::fast::Precision;
 use decodex::train::optim::AdamW;
 
 const B: usize = 8;
@@ -114,15 +115,23 @@ fn attention(c: &mut Criterion) {
         ),
     ] {
         let (n, c3) = (s.b * s.t, 3 * s.c);
-        let mut qkv = data(n * c3, 9);
-        let (mut out, mut lse) = (vec![0f32; n * s.c], vec![0f32; s.b * s.nh * s.t]);
-        g.bench_function(BenchmarkId::new("forward", name), |bch| {
-            bch.iter(|| kernels::attention_forward(&mut out, &mut lse, &mut qkv, None, s))
-        });
-        let (dout, mut dqkv) = (data(n * s.c, 10), vec![0f32; n * c3]);
-        g.bench_function(BenchmarkId::new("backward", name), |bch| {
-            bch.iter(|| kernels::attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, s))
-        });
+        for prec in [Precision::F32, Precision::Bf16] {
+            if prec == Precision::Bf16 && !Precision::bf16_supported() {
+                continue;
+            }
+            let name = format!("{name}-{prec:?}");
+            let mut qkv = data(n * c3, 9);
+            let (mut out, mut lse) = (vec![0f32; n * s.c], vec![0f32; s.b * s.nh * s.t]);
+            g.bench_function(BenchmarkId::new("forward", &name), |bch| {
+                bch.iter(|| kernels::attention_forward(&mut out, &mut lse, &mut qkv, None, s, prec))
+            });
+            let (dout, mut dqkv) = (data(n * s.c, 10), vec![0f32; n * c3]);
+            g.bench_function(BenchmarkId::new("backward", &name), |bch| {
+                bch.iter(|| {
+                    kernels::attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, s, prec)
+                })
+            });
+        }
     }
     g.finish();
 }

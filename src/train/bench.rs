@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::train::config::TrainConfig;
 use crate::train::fast::kernels::{matmul_with, Op};
 use crate::train::fast::Precision;
-use crate::train::optim::{clip_grad_norm, decay_ranges, AdamW};
+use crate::train::optim::{clip_scale, decay_ranges, global_norm, AdamW};
 use crate::train::trainer::{make_backend, model_config, prepared_data};
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,8 +110,8 @@ pub fn bench_train(config: &Path, iters: usize, warmup: usize) -> Result<BenchRe
             backend.forward_backward(&x, &y, b, t, 1.0 / accum as f32)?;
         }
         let (p, g) = backend.params_and_grads();
-        clip_grad_norm(g, cfg.train.grad_clip);
-        opt.update(p, g, cfg.lr_at(i));
+        let scale = clip_scale(global_norm(g), cfg.train.grad_clip);
+        opt.update_scaled(p, g, cfg.lr_at(i), scale);
         backend.params_updated()?;
         if i >= warmup {
             times.push(ts.elapsed().as_secs_f64());

@@ -32,7 +32,7 @@ pub mod kernels;
 pub mod llama_kernels;
 #[cfg(test)]
 mod reference;
-mod simd;
+pub(crate) mod simd;
 
 use std::ops::Range;
 
@@ -448,7 +448,14 @@ impl FastGpt {
                 1.0,
             );
             let lse = &mut a.att_lse[l * nlse..(l + 1) * nlse];
-            kernels::attention_forward(atty, lse, qkv, ob(&bp.attn_b), AttShape { b, t, c, nh });
+            kernels::attention_forward(
+                atty,
+                lse,
+                qkv,
+                ob(&bp.attn_b),
+                AttShape { b, t, c, nh },
+                prec,
+            );
             kernels::matmul_with(
                 prec,
                 (n, c, c),
@@ -658,7 +665,7 @@ impl FastGpt {
                 &a.att_lse[l * nlse..(l + 1) * nlse],
             );
             let shape = AttShape { b, t, c, nh };
-            kernels::attention_backward(dqkv, datty, qkv, &a.atty[ln.clone()], lse, shape);
+            kernels::attention_backward(dqkv, datty, qkv, &a.atty[ln.clone()], lse, shape, prec);
             let (dw, db) = grad_pair(g, &bp.attn_w, &bp.attn_b);
             kernels::linear_backward(
                 dln,

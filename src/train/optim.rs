@@ -4,6 +4,8 @@
 
 use rayon::prelude::*;
 
+use super::fast::simd::simd_fn;
+
 use crate::config::GptConfig;
 
 #[derive(Debug, Clone)]
@@ -59,15 +61,28 @@ impl AdamW {
 
     /// One update of `params` with `grads` at learning rate `lr`.
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
+        self.update_scaled(params, grads, lr, 1.0);
+    }
+
+    /// One update with the gradients `grad_scale · grads`, the scaling done on the fly (as
+    /// `clip_grad_norm` followed by `update` would do it, in one pass over memory).
+    pub fn update_scaled(&mut self, params: &mut [f32], grads: &[f32], lr: f64, grad_scale: f32) {
         assert_eq!(params.len(), self.m.len());
         assert_eq!(grads.len(), self.m.len());
         self.step += 1;
         let t = self.step as i32;
-        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
-        let bc1 = 1.0 - b1.powi(t);
-        let bc2 = 1.0 - b2.powi(t);
+        let (b1, b2) = (self.beta1, self.beta2);
         let lr = lr as f32;
-        let decay = 1.0 - lr * self.weight_decay;
+        let k = Consts {
+            b1,
+            b2,
+            eps: self.eps,
+            bc1: 1.0 - b1.powi(t),
+            bc2: 1.0 - b2.powi(t),
+            lr,
+            decay: 1.0,
+            grad_scale,
+        };
         // Walk the vector in contiguous segments that either decay or not.
         let mut segments = Vec::new();
         let mut pos = 0;
@@ -83,23 +98,66 @@ impl AdamW {
         }
         const CHUNK: usize = 1 << 14;
         for (s, e, wd) in segments {
-            let f = if wd { decay } else { 1.0 };
+            let k = Consts {
+                decay: if wd {
+                    1.0 - lr * self.weight_decay
+                } else {
+                    1.0
+                },
+                ..k
+            };
             params[s..e]
                 .par_chunks_mut(CHUNK)
                 .zip(grads[s..e].par_chunks(CHUNK))
                 .zip(self.m[s..e].par_chunks_mut(CHUNK))
                 .zip(self.v[s..e].par_chunks_mut(CHUNK))
-                .for_each(|(((p, g), m), v)| {
-                    for i in 0..p.len() {
-                        let gi = g[i];
-                        m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                        v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                        let mhat = m[i] / bc1;
-                        let vhat = v[i] / bc2;
-                        p[i] = p[i] * f - lr * mhat / (vhat.sqrt() + eps);
-                    }
-                });
+                .for_each(|(((p, g), m), v)| adamw_chunk(p, g, m, v, k));
         }
+    }
+}
+
+/// The scalars of one AdamW update.
+#[derive(Clone, Copy)]
+struct Consts {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    /// Bias corrections 1 − β^t.
+    bc1: f32,
+    bc2: f32,
+    lr: f32,
+    /// 1 − lr·weight_decay where decay applies, else 1.
+    decay: f32,
+    grad_scale: f32,
+}
+
+simd_fn! {
+    fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: Consts) {
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let gi = g[i] * k.grad_scale;
+            m[i] = k.b1 * m[i] + (1.0 - k.b1) * gi;
+            v[i] = k.b2 * v[i] + (1.0 - k.b2) * gi * gi;
+            let mhat = m[i] / k.bc1;
+            let vhat = v[i] / k.bc2;
+            p[i] = p[i] * k.decay - k.lr * mhat / (vhat.sqrt() + k.eps);
+        }
+    }
+}
+
+simd_fn! {
+    fn sum_squares(g: &[f32]) -> f64 {
+        // Eight f64 lanes, so that the loop vectorizes without reassociating a single sum.
+        let mut acc = [0f64; 8];
+        let chunks = g.chunks_exact(8);
+        let tail: f64 = chunks.remainder().iter().map(|&x| (x as f64) * (x as f64)).sum();
+        for ch in chunks {
+            for (a, &x) in acc.iter_mut().zip(ch) {
+                *a += (x as f64) * (x as f64);
+            }
+        }
+        acc.iter().sum::<f64>() + tail
     }
 }
 
@@ -107,17 +165,28 @@ impl AdamW {
 pub fn global_norm(grads: &[f32]) -> f64 {
     grads
         .par_chunks(1 << 14)
-        .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
+        .map(sum_squares)
         .sum::<f64>()
         .sqrt()
 }
 
-/// Scales `grads` so their global norm is at most `max_norm` (PyTorch's `clip_grad_norm_`,
-/// including its 1e-6). Returns the norm before clipping.
+/// The factor `clip_grad_norm` scales gradients of global norm `norm` by: PyTorch's
+/// `clip_grad_norm_`, including its 1e-6; 1 when the norm is within `max_norm` (or
+/// `max_norm` ≤ 0, no clipping).
+pub fn clip_scale(norm: f64, max_norm: f64) -> f32 {
+    if max_norm > 0.0 && norm > max_norm {
+        (max_norm / (norm + 1e-6)) as f32
+    } else {
+        1.0
+    }
+}
+
+/// Scales `grads` so their global norm is at most `max_norm` (see `clip_scale`). Returns the
+/// norm before clipping.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
     let norm = global_norm(grads);
-    if max_norm > 0.0 && norm > max_norm {
-        let s = (max_norm / (norm + 1e-6)) as f32;
+    let s = clip_scale(norm, max_norm);
+    if s != 1.0 {
         grads
             .par_chunks_mut(1 << 14)
             .for_each(|c| c.iter_mut().for_each(|g| *g *= s));

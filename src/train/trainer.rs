@@ -18,7 +18,7 @@ use crate::tokenizer::Tokenizer;
 use crate::train::backend::{Backend, CandleBackend, FastBackend};
 use crate::train::config::{cache_dir, resolve_data_path, TrainConfig};
 use crate::train::fast::Precision;
-use crate::train::optim::{clip_grad_norm, decay_ranges, AdamW};
+use crate::train::optim::{clip_scale, decay_ranges, global_norm, AdamW};
 
 /// Set by a Ctrl-C handler; the loop checkpoints and stops at the end of the current step.
 pub static STOP: AtomicBool = AtomicBool::new(false);
@@ -316,8 +316,8 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
         }
         let lr = cfg.lr_at(step);
         let (p, g) = backend.params_and_grads();
-        let grad_norm = clip_grad_norm(g, cfg.train.grad_clip);
-        opt.update(p, g, lr);
+        let grad_norm = global_norm(g);
+        opt.update_scaled(p, g, lr, clip_scale(grad_norm, cfg.train.grad_clip));
         backend.params_updated()?;
         step += 1;
         last_train = Some(loss);

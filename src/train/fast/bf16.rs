@@ -168,6 +168,103 @@ pub unsafe fn gemm(
     });
 }
 
+/// An operand packed once and multiplied many times (the attention tiles): panels of MR rows (an
+/// A operand) or NR columns (a B operand), `stride` words apart, each a run of pair rows `w`
+/// words wide.
+#[derive(Clone, Copy)]
+pub struct Panels {
+    ptr: *const u32,
+    stride: usize,
+    w: usize,
+}
+
+impl Panels {
+    /// The same panels from depth `k` on (`k` even).
+    pub fn skip_k(self, k: usize) -> Panels {
+        debug_assert!(k.is_multiple_of(2));
+        Panels {
+            ptr: self.ptr.wrapping_add(k / 2 * self.w),
+            ..self
+        }
+    }
+
+    /// The panels from lane `l` on (`l` a multiple of the panel width: MR rows for A, NR
+    /// columns for B).
+    pub fn skip_lanes(self, l: usize) -> Panels {
+        debug_assert!(l.is_multiple_of(self.w));
+        Panels {
+            ptr: self.ptr.wrapping_add(l / self.w * self.stride),
+            ..self
+        }
+    }
+}
+
+/// Words `pack_a` needs for an A operand of (rows, k).
+pub fn a_words(rows: usize, k: usize) -> usize {
+    rows.div_ceil(MR) * MR * k.div_ceil(2)
+}
+
+/// Words `pack_b` needs for a B operand of (k, cols).
+pub fn b_words(k: usize, cols: usize) -> usize {
+    cols.div_ceil(NR) * NR * k.div_ceil(2)
+}
+
+/// Packs A (rows, k), any strides, as MR-row panels into `dst`.
+///
+/// # Safety
+/// `available()` must be true and A must lie inside a live allocation.
+pub unsafe fn pack_a(dst: &mut [u32], a: Mat, rows: usize, k: usize) -> Panels {
+    assert!(dst.len() >= a_words(rows, k));
+    pack_block(dst.as_mut_ptr(), MR, a, rows, k);
+    Panels {
+        ptr: dst.as_ptr(),
+        stride: k.div_ceil(2) * MR,
+        w: MR,
+    }
+}
+
+/// Packs B (k, cols), any strides, as NR-column panels into `dst`.
+///
+/// # Safety
+/// As for `pack_a`.
+pub unsafe fn pack_b(dst: &mut [u32], b: Mat, k: usize, cols: usize) -> Panels {
+    assert!(dst.len() >= b_words(k, cols));
+    pack_block(dst.as_mut_ptr(), NR, b.t(), cols, k);
+    Panels {
+        ptr: dst.as_ptr(),
+        stride: k.div_ceil(2) * NR,
+        w: NR,
+    }
+}
+
+/// C (m, n), row stride `ldc`, = beta·C + alpha·A (m, k) @ B (k, n) from packed operands, on the
+/// calling thread. beta = 0 does not read C.
+///
+/// # Safety
+/// `available()` must be true; the panels must hold (m, k) and (k, n) and still be alive (the
+/// buffers they were packed into unchanged); C must hold (m, n) and alias nothing else in use.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_packed(
+    (m, n, k): (usize, usize, usize),
+    c: *mut f32,
+    ldc: usize,
+    beta: f32,
+    a: Panels,
+    b: Panels,
+    alpha: f32,
+) {
+    debug_assert!(a.w == MR && b.w == NR);
+    let kcp = k.div_ceil(2);
+    for (pj, j) in (0..n).step_by(NR).enumerate() {
+        let bp = b.ptr.add(pj * b.stride);
+        for (pi, i) in (0..m).step_by(MR).enumerate() {
+            let ap = a.ptr.add(pi * a.stride);
+            let tile = (MR.min(m - i), NR.min(n - j));
+            kernel(kcp, ap, bp, c.add(i * ldc + j), ldc, tile, beta, alpha);
+        }
+    }
+}
+
 /// Packed B blocks shared by the threads of one `rows_parallel` call, kept for reuse.
 static SHARED_B: std::sync::Mutex<Vec<Vec<u32>>> = std::sync::Mutex::new(Vec::new());
 
