@@ -237,8 +237,25 @@ pub unsafe fn pack_b(dst: &mut [u32], b: Mat, k: usize, cols: usize) -> Panels {
     }
 }
 
+/// The part of a product on an attention tile of the causal diagonal that is needed, where
+/// rows, columns and depth all count positions from the tile's first query and key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Causal {
+    /// All of it.
+    Full,
+    /// C (queries × keys) only where key ≤ query: micro-tiles wholly above the diagonal are
+    /// skipped (left unwritten).
+    Lower,
+    /// A (queries × keys) is zero where key > query: each row panel's depth stops after its
+    /// last row.
+    DepthUpTo,
+    /// A (keys × queries) is zero where query < key: each row panel's depth starts at its
+    /// first row.
+    DepthFrom,
+}
+
 /// C (m, n), row stride `ldc`, = beta·C + alpha·A (m, k) @ B (k, n) from packed operands, on the
-/// calling thread. beta = 0 does not read C.
+/// calling thread, skipping the work `causal` shows to be unneeded. beta = 0 does not read C.
 ///
 /// # Safety
 /// `available()` must be true; the panels must hold (m, k) and (k, n) and still be alive (the
@@ -252,15 +269,24 @@ pub unsafe fn gemm_packed(
     a: Panels,
     b: Panels,
     alpha: f32,
+    causal: Causal,
 ) {
     debug_assert!(a.w == MR && b.w == NR);
     let kcp = k.div_ceil(2);
     for (pj, j) in (0..n).step_by(NR).enumerate() {
         let bp = b.ptr.add(pj * b.stride);
         for (pi, i) in (0..m).step_by(MR).enumerate() {
-            let ap = a.ptr.add(pi * a.stride);
             let tile = (MR.min(m - i), NR.min(n - j));
-            kernel(kcp, ap, bp, c.add(i * ldc + j), ldc, tile, beta, alpha);
+            // Pair rows [kp0, kp1) of the depth.
+            let (kp0, kp1) = match causal {
+                Causal::Lower if j >= i + tile.0 => continue,
+                Causal::DepthUpTo => (0, kcp.min((i + tile.0).div_ceil(2))),
+                Causal::DepthFrom => ((i / 2).min(kcp), kcp),
+                _ => (0, kcp),
+            };
+            let ap = a.ptr.add(pi * a.stride + kp0 * MR);
+            let cp = c.add(i * ldc + j);
+            kernel(kp1 - kp0, ap, bp.add(kp0 * NR), cp, ldc, tile, beta, alpha);
         }
     }
 }

@@ -6,8 +6,9 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::bf16::{self, Causal};
 use super::simd::{self, simd_fn};
-use super::{bf16, Precision};
+use super::Precision;
 
 /// Elements one rayon task should at least cover, so that scheduling stays a small cost.
 pub(super) const TASK_ELEMS: usize = 8192;
@@ -933,7 +934,17 @@ fn attention_forward_bf16(
                         let (first, pt) = (k0 == 0, &mut p[..m * n]);
                         // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ
                         let kj = kt.skip_lanes(k0);
-                        bf16::gemm_packed((m, n, hs), pt.as_mut_ptr(), n, 0.0, qa, kj, scale);
+                        let diag = |mode| if k0 == r0 { mode } else { Causal::Full };
+                        bf16::gemm_packed(
+                            (m, n, hs),
+                            pt.as_mut_ptr(),
+                            n,
+                            0.0,
+                            qa,
+                            kj,
+                            scale,
+                            diag(Causal::Lower),
+                        );
                         let (mx, sum, alpha) = (&mut mx[..m], &mut sum[..m], &mut alpha[..m]);
                         online_softmax_tile(pt, mx, sum, alpha, (r0, k0, n), first);
                         if !first {
@@ -942,7 +953,17 @@ fn attention_forward_bf16(
                         // O[r0..] = alpha · O[r0..] + P @ V[k0..]
                         let pa = bf16::pack_a(pa, bmat(rm(pt.as_ptr(), n)), m, n);
                         let beta = if first { 0.0 } else { 1.0 };
-                        bf16::gemm_packed((m, hs, n), oi, c, beta, pa, vb.skip_k(k0), 1.0);
+                        let vj = vb.skip_k(k0);
+                        bf16::gemm_packed(
+                            (m, hs, n),
+                            oi,
+                            c,
+                            beta,
+                            pa,
+                            vj,
+                            1.0,
+                            diag(Causal::DepthUpTo),
+                        );
                     }
                     for (rr, (&mx, &s)) in mx[..m].iter().zip(&sum[..m]).enumerate() {
                         (alpha[rr], lse[r0 + rr]) = (1.0 / s, mx + s.ln());
@@ -1011,22 +1032,72 @@ fn attention_backward_bf16(
                         let (pt, dpt) = (&mut p[..m * n], &mut dp[..m * n]);
                         // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ, dP (m, n) = dO[r0..] @ V[k0..]ᵀ
                         let (pp, dpp) = (pt.as_mut_ptr(), dpt.as_mut_ptr());
-                        bf16::gemm_packed((m, n, hs), pp, n, 0.0, qa, kt.skip_lanes(k0), scale);
-                        bf16::gemm_packed((m, n, hs), dpp, n, 0.0, doa, vt.skip_lanes(k0), 1.0);
+                        let diag = |mode| if k0 == r0 { mode } else { Causal::Full };
+                        let (kj, vj) = (kt.skip_lanes(k0), vt.skip_lanes(k0));
+                        bf16::gemm_packed(
+                            (m, n, hs),
+                            pp,
+                            n,
+                            0.0,
+                            qa,
+                            kj,
+                            scale,
+                            diag(Causal::Lower),
+                        );
+                        bf16::gemm_packed(
+                            (m, n, hs),
+                            dpp,
+                            n,
+                            0.0,
+                            doa,
+                            vj,
+                            1.0,
+                            diag(Causal::Lower),
+                        );
                         softmax_backward_tile(pt, dpt, &lse[r0..r0 + m], &d[..m], (r0, k0, n));
                         let (ps, ds) = (pt.as_ptr(), dpt.as_ptr());
                         // dQ[r0..] (+)= scale · dS @ K[k0..]
                         let dqi = dq.add(r0 * 3 * c);
                         let beta = if k0 > 0 { 1.0 } else { 0.0 };
                         let sa_ = bf16::pack_a(sa, bmat(rm(ds, n)), m, n);
-                        bf16::gemm_packed((m, hs, n), dqi, 3 * c, beta, sa_, kb.skip_k(k0), scale);
+                        let kj = kb.skip_k(k0);
+                        bf16::gemm_packed(
+                            (m, hs, n),
+                            dqi,
+                            3 * c,
+                            beta,
+                            sa_,
+                            kj,
+                            scale,
+                            diag(Causal::DepthUpTo),
+                        );
                         // dK[k0..] (+)= scale · dSᵀ @ Q[r0..]; dV[k0..] (+)= Pᵀ @ dO[r0..]
                         let (dkj, dvj) = (dk.add(k0 * 3 * c), dv.add(k0 * 3 * c));
                         let beta = if k0 < r0 { 1.0 } else { 0.0 };
                         let sa_ = bf16::pack_a(sa, bmat(tr(ds, n)), n, m);
-                        bf16::gemm_packed((n, hs, m), dkj, 3 * c, beta, sa_, qb.skip_k(r0), scale);
+                        let qi = qb.skip_k(r0);
+                        bf16::gemm_packed(
+                            (n, hs, m),
+                            dkj,
+                            3 * c,
+                            beta,
+                            sa_,
+                            qi,
+                            scale,
+                            diag(Causal::DepthFrom),
+                        );
                         let sa_ = bf16::pack_a(sa, bmat(tr(ps, n)), n, m);
-                        bf16::gemm_packed((n, hs, m), dvj, 3 * c, beta, sa_, dob.skip_k(r0), 1.0);
+                        let doi = dob.skip_k(r0);
+                        bf16::gemm_packed(
+                            (n, hs, m),
+                            dvj,
+                            3 * c,
+                            beta,
+                            sa_,
+                            doi,
+                            1.0,
+                            diag(Causal::DepthFrom),
+                        );
                     }
                 }
             })
