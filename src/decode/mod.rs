@@ -1,5 +1,8 @@
 //! Decoding: greedy search and sampling (temperature, top-k, top-p) with a KV cache, streaming
 //! text as it is produced. Strategies are data (`Sampling`), dispatched in one place (`pick`).
+//!
+//! Every model decodes through the `Decoder` trait: feed tokens after what a cache holds, get
+//! the next-token logits; reorder cache rows for beam search.
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -9,6 +12,31 @@ use crate::error::{Error, Result};
 use crate::models::Gpt;
 use crate::nn::KvCache;
 use crate::tokenizer::Tokenizer;
+
+/// A model the decoding engine drives: decoder-only language models, and (later) the decoder
+/// side of encoder-decoder models with the encoder output inside the cache.
+pub trait Decoder {
+    /// Per-row state kept between steps (the KV cache and the position of each row).
+    type Cache;
+
+    /// Size of the logits rows `step` returns.
+    fn vocab_size(&self) -> usize;
+
+    /// The most positions (prompt + generated) the model can attend over.
+    fn context_len(&self) -> usize;
+
+    /// An empty cache for `batch` rows.
+    fn new_cache(&self, batch: usize) -> Result<Self::Cache>;
+
+    /// Feeds `tokens`, (batch, len) row-major with the same len for every row, after what the
+    /// cache holds, and returns the logits of the next token of each row: (batch, vocab_size)
+    /// row-major.
+    fn step(&self, tokens: &[u32], batch: usize, cache: &mut Self::Cache) -> Result<Vec<f32>>;
+
+    /// Replaces the cache rows by rows `rows` of the old cache, in that order (repeats allowed):
+    /// how beam search expands one prompt into beams and follows the beams it keeps.
+    fn select_rows(&self, cache: &mut Self::Cache, rows: &[usize]) -> Result<()>;
+}
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
