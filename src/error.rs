@@ -29,6 +29,8 @@ pub enum Error {
         "{path}: checkpoint is truncated or corrupt ({msg}); re-train or restore it from a backup"
     )]
     CorruptCheckpoint { path: PathBuf, msg: String },
+    #[error("{path}: unsupported model: {msg}")]
+    UnsupportedModel { path: PathBuf, msg: String },
     #[error("{path}: tokenizer vocabulary ({tokenizer}) does not match the model's vocab_size ({model})")]
     VocabMismatch {
         path: PathBuf,

@@ -290,3 +290,43 @@ pub fn flat_to_tensors(
     }
     Ok(map)
 }
+
+impl crate::decode::Decoder for Gpt {
+    type Cache = KvCache;
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn context_len(&self) -> usize {
+        self.cfg.block_size
+    }
+
+    fn new_cache(&self, _batch: usize) -> crate::error::Result<KvCache> {
+        Ok(KvCache::new(self.cfg.n_layer))
+    }
+
+    fn step(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        cache: &mut KvCache,
+    ) -> crate::error::Result<Vec<f32>> {
+        let len = tokens.len() / batch.max(1);
+        let device = self.wte.device();
+        let ids = Tensor::from_slice(tokens, (batch, len), device)?;
+        let logits = self.forward(&ids, Some(cache), None)?;
+        let last = logits.narrow(1, len - 1, 1)?.squeeze(1)?;
+        Ok(last.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn select_rows(&self, cache: &mut KvCache, rows: &[usize]) -> crate::error::Result<()> {
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = Tensor::from_vec(idx, rows.len(), self.wte.device())?;
+        for (k, v) in cache.layers.iter_mut().flatten() {
+            *k = k.index_select(&idx, 0)?;
+            *v = v.index_select(&idx, 0)?;
+        }
+        Ok(())
+    }
+}

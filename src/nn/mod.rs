@@ -4,6 +4,8 @@
 
 pub mod attention;
 pub mod layers;
+/// Inference only: GGUF block-quantized matrix products.
+pub mod quant;
 
 pub use attention::{causal_self_attention, KvCache};
 pub use layers::{cross_entropy, dropout, gelu, Conv1D, LayerNorm};

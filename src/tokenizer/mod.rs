@@ -10,6 +10,7 @@
 
 mod byte_level;
 mod char_level;
+mod gguf;
 
 use std::path::Path;
 
@@ -115,6 +116,22 @@ impl Tokenizer {
             path: path.to_path_buf(),
             msg,
         })
+    }
+
+    /// The tokenizer in a GGUF file's metadata (byte-level BPE), as `transformers` rebuilds it.
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| {
+            Error::Tokenizer {
+                path: path.to_path_buf(),
+                msg: format!("not a readable GGUF file: {e}"),
+            }
+        })?;
+        let err = |msg: String| Error::Tokenizer {
+            path: path.to_path_buf(),
+            msg,
+        };
+        Self::from_value(gguf::tokenizer_json(&content).map_err(err)?).map_err(err)
     }
 
     /// Builds from the parsed JSON, detecting the kind: a ByteLevel pre-tokenizer or decoder means

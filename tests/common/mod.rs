@@ -107,3 +107,24 @@ pub fn write_config(
     std::fs::write(&cfg, text).unwrap();
     cfg
 }
+
+/// The pretrained-model cache `scripts/fetch_models.sh` fills: DECODEX_MODELS, else
+/// ~/.cache/decodex/models.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("DECODEX_MODELS") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/decodex/models"),
+    }
+}
+
+/// SmolLM2-135M-Instruct (Q4_1 GGUF); panics with the fix when it has not been fetched.
+pub fn smollm2() -> PathBuf {
+    let p = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch_models.sh (CI's .ci/run does)",
+        p.display()
+    );
+    p
+}
