@@ -140,3 +140,25 @@ fn argmax(x: &[f32]) -> u32 {
     }
     best as u32
 }
+
+#[test]
+#[ignore = "timing"]
+fn tmp_speed() {
+    for deq in [false, true] {
+        let m = Llama::from_gguf(&common::smollm2(), deq, &Device::Cpu).unwrap();
+        let prompt: Vec<u32> = (0..128).map(|i| 100 + i).collect();
+        for _ in 0..2 {
+            let mut cache = Decoder::new_cache(&m, 1).unwrap();
+            let t = std::time::Instant::now();
+            let mut l = m.step(&prompt, 1, &mut cache).unwrap();
+            let pp = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            for _ in 0..32 {
+                let n = argmax(&l);
+                l = m.step(&[n], 1, &mut cache).unwrap();
+            }
+            let tg = t.elapsed().as_secs_f64();
+            println!("deq {deq}: pp {:.1} tok/s, tg {:.1} tok/s", 128.0 / pp, 32.0 / tg);
+        }
+    }
+}

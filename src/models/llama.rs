@@ -16,6 +16,9 @@ use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::decode::Decoder;
+
+#[path = "llama_infer.rs"]
+pub mod infer;
 use crate::error::{Error, Result};
 use crate::nn::quant::QuantMatrix;
 
@@ -169,14 +172,18 @@ pub struct Llama {
     /// cos and sin of position × frequency, (max positions, head_dim / 2).
     cos: Tensor,
     sin: Tensor,
+    /// The same tables as flat vectors, for the decoding path.
+    cos_table: Vec<f32>,
+    sin_table: Vec<f32>,
     pub device: Device,
     /// Whether the matrices are quantized (a GGUF file loaded without dequantizing).
     pub quantized: bool,
 }
 
-/// Per-row key/value cache: k and v of each layer, (batch, kv heads, positions, head_dim).
+/// The candle forward's key/value cache: k and v of each layer, (batch, kv heads, positions,
+/// head_dim).
 #[derive(Debug, Clone)]
-pub struct LlamaCache {
+pub struct CandleCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// Positions already fed (the same for every row).
     pub pos: usize,
@@ -327,10 +334,13 @@ impl Llama {
         let angles: Vec<f32> = (0..n)
             .flat_map(|p| freqs.iter().map(move |f| p as f32 * f))
             .collect();
-        let angles = Tensor::from_vec(angles, (n, half), device)?;
+        let cos_table: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin_table: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
         Ok(Self {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+            cos: Tensor::from_slice(&cos_table, (n, half), device)?,
+            sin: Tensor::from_slice(&sin_table, (n, half), device)?,
+            cos_table,
+            sin_table,
             cfg,
             embed,
             blocks,
@@ -342,16 +352,18 @@ impl Llama {
         })
     }
 
-    pub fn new_cache(&self) -> LlamaCache {
-        LlamaCache {
+    /// An empty cache for `forward`.
+    pub fn candle_cache(&self) -> CandleCache {
+        CandleCache {
             layers: vec![None; self.cfg.num_hidden_layers],
             pos: 0,
         }
     }
 
     /// Logits (B, T, vocab) for token ids (B, T) that follow the cache's positions; the cache
-    /// grows by T.
-    pub fn forward(&self, ids: &Tensor, cache: &mut LlamaCache) -> Result<Tensor> {
+    /// grows by T. The reference path, in candle ops; decoding runs `infer::step`, which computes
+    /// the same function on flat buffers (`tests/llama.rs` checks both against transformers).
+    pub fn forward(&self, ids: &Tensor, cache: &mut CandleCache) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let start = cache.pos;
         if start + t > self.cfg.max_position_embeddings {
@@ -450,7 +462,7 @@ fn causal_mask(tq: usize, tk: usize, device: &Device) -> Result<Tensor> {
 }
 
 impl Decoder for Llama {
-    type Cache = LlamaCache;
+    type Cache = infer::Cache;
 
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
@@ -460,25 +472,16 @@ impl Decoder for Llama {
         self.cfg.max_position_embeddings
     }
 
-    fn new_cache(&self, _batch: usize) -> Result<LlamaCache> {
-        Ok(Llama::new_cache(self))
+    fn new_cache(&self, batch: usize) -> Result<infer::Cache> {
+        Ok(infer::Cache::new(&self.cfg, batch))
     }
 
-    fn step(&self, tokens: &[u32], batch: usize, cache: &mut LlamaCache) -> Result<Vec<f32>> {
-        let len = tokens.len() / batch.max(1);
-        let ids = Tensor::from_slice(tokens, (batch, len), &self.device)?;
-        let logits = self.forward(&ids, cache)?;
-        let last = logits.narrow(1, len - 1, 1)?.squeeze(1)?;
-        Ok(last.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    fn step(&self, tokens: &[u32], batch: usize, cache: &mut infer::Cache) -> Result<Vec<f32>> {
+        infer::step(self, tokens, batch, cache)
     }
 
-    fn select_rows(&self, cache: &mut LlamaCache, rows: &[usize]) -> Result<()> {
-        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let idx = Tensor::from_vec(idx, rows.len(), &self.device)?;
-        for (k, v) in cache.layers.iter_mut().flatten() {
-            *k = k.index_select(&idx, 0)?;
-            *v = v.index_select(&idx, 0)?;
-        }
+    fn select_rows(&self, cache: &mut infer::Cache, rows: &[usize]) -> Result<()> {
+        cache.select_rows(rows);
         Ok(())
     }
 }

@@ -1,0 +1,259 @@
+//! Llama inference on flat f32 buffers: the function of `Llama::forward`, without a candle op per
+//! step (each would cost an allocation and a thread-pool hand-off, which dominate at batch 1).
+//! The weights are the model's own tensors, read in place. The KV cache holds, per layer,
+//! (row, kv head, position, head_dim) in one buffer that grows by doubling, so a step appends
+//! without copying the past.
+
+use candle_core::{Device, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::{Linear, Llama, LlamaConfig, RopeStyle};
+use crate::error::{Error, Result};
+use crate::train::fast::kernels::{matmul, Op};
+use crate::train::fast::llama_kernels::{rmsnorm_forward, swiglu_forward};
+
+/// The key/value cache of `step`, for `rows` sequences at the same position.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    rows: usize,
+    /// Positions held (the same for every row).
+    pub pos: usize,
+    /// Positions each (row, head) has room for.
+    cap: usize,
+    /// Values per (row, head, position): head_dim; and kv heads.
+    hd: usize,
+    nkv: usize,
+}
+
+impl Cache {
+    pub fn new(cfg: &LlamaConfig, rows: usize) -> Self {
+        Cache {
+            k: vec![Vec::new(); cfg.num_hidden_layers],
+            v: vec![Vec::new(); cfg.num_hidden_layers],
+            rows,
+            pos: 0,
+            cap: 0,
+            hd: cfg.head_dim(),
+            nkv: cfg.n_kv_heads(),
+        }
+    }
+
+    /// Grows the room per (row, head) to at least `need` positions, keeping what is held.
+    fn reserve(&mut self, need: usize) {
+        if need <= self.cap {
+            return;
+        }
+        let cap = need.max(2 * self.cap).max(64);
+        let (old, hd, heads) = (self.cap, self.hd, self.rows * self.nkv);
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let mut grown = vec![0f32; heads * cap * hd];
+            for h in 0..heads {
+                let len = self.pos * hd;
+                grown[h * cap * hd..h * cap * hd + len]
+                    .copy_from_slice(&buf[h * old * hd..h * old * hd + len]);
+            }
+            *buf = grown;
+        }
+        self.cap = cap;
+    }
+
+    /// Keeps rows `rows` of the cache, in that order (repeats allowed).
+    pub fn select_rows(&mut self, rows: &[usize]) {
+        let per_row = self.nkv * self.cap * self.hd;
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            if buf.is_empty() {
+                continue;
+            }
+            let mut out = vec![0f32; rows.len() * per_row];
+            for (dst, &r) in out.chunks_exact_mut(per_row).zip(rows) {
+                dst.copy_from_slice(&buf[r * per_row..(r + 1) * per_row]);
+            }
+            *buf = out;
+        }
+        self.rows = rows.len();
+    }
+}
+
+/// Runs `f` on the f32 data of a contiguous CPU tensor, in place.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::Invalid("the Llama decoding path runs on CPU tensors".into()));
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::Invalid("a Llama weight is not contiguous".into()))?;
+    Ok(f(&data[start..end]))
+}
+
+/// out (m, out_features) = x (m, in_features) @ Wᵀ.
+fn apply(lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+    match lin {
+        Linear::Dense(w) => {
+            let (rows, cols) = w.dims2()?;
+            with_f32(w, |w| matmul((m, rows, cols), out, false, Op::N(x), Op::T(w), 1.0))?;
+        }
+        Linear::Blocks(q) => q.matmul(x, m, out),
+        Linear::Quantized(q) => {
+            let xt = Tensor::from_slice(x, (m, x.len() / m), &Device::Cpu)?;
+            let y = candle_core::Module::forward(q, &xt)?.flatten_all()?;
+            out.copy_from_slice(&y.to_vec1::<f32>()?);
+        }
+    }
+    Ok(())
+}
+
+/// Rotates each head of `x` (rows of `heads` × hd) in place at positions `pos(row)`.
+fn rope(x: &mut [f32], heads: usize, hd: usize, style: RopeStyle, cos: &[f32], sin: &[f32], pos: impl Fn(usize) -> usize) {
+    let half = hd / 2;
+    for (r, row) in x.chunks_exact_mut(heads * hd).enumerate() {
+        let p = pos(r);
+        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+        for head in row.chunks_exact_mut(hd) {
+            for i in 0..half {
+                let (a, b) = match style {
+                    RopeStyle::Halves => (i, i + half),
+                    RopeStyle::Adjacent => (2 * i, 2 * i + 1),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * c[i] - x1 * s[i];
+                head[b] = x0 * s[i] + x1 * c[i];
+            }
+        }
+    }
+}
+
+/// Feeds `tokens` ((batch, len) row-major) after the cache's positions; returns the logits of
+/// the last position of each row, (batch, vocab).
+pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> Result<Vec<f32>> {
+    let cfg = &model.cfg;
+    let t = tokens.len() / batch.max(1);
+    if t == 0 || t * batch != tokens.len() || batch != cache.rows {
+        return Err(Error::Invalid(format!(
+            "step: {} tokens do not form {batch} rows (the cache has {} rows)",
+            tokens.len(),
+            cache.rows
+        )));
+    }
+    if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+        return Err(Error::UnknownTokenId {
+            id: bad,
+            vocab_size: cfg.vocab_size,
+        });
+    }
+    let start = cache.pos;
+    if start + t > cfg.max_position_embeddings {
+        return Err(Error::Invalid(format!(
+            "{} positions exceed the model's context of {}",
+            start + t,
+            cfg.max_position_embeddings
+        )));
+    }
+    cache.reserve(start + t);
+    let (c, nh, nkv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
+    let (inter, n, eps) = (cfg.intermediate_size, batch * t, cfg.rms_norm_eps as f32);
+    let mut x = vec![0f32; n * c];
+    with_f32(&model.embed, |e| {
+        for (row, &id) in x.chunks_exact_mut(c).zip(tokens) {
+            row.copy_from_slice(&e[id as usize * c..(id as usize + 1) * c]);
+        }
+    })?;
+    let (mut h, mut rstd, mut tmp) = (vec![0f32; n * c], vec![0f32; n], vec![0f32; n * c]);
+    let (mut q, mut k, mut v) = (vec![0f32; n * nh * hd], vec![0f32; n * nkv * hd], vec![0f32; n * nkv * hd]);
+    let mut att = vec![0f32; n * nh * hd];
+    let (mut g, mut u, mut m) = (vec![0f32; n * inter], vec![0f32; n * inter], vec![0f32; n * inter]);
+    let (cos, sin) = (&model.cos_table, &model.sin_table);
+    let cap = cache.cap;
+    for (l, block) in model.blocks.iter().enumerate() {
+        with_f32(&block.attn_norm, |w| rmsnorm_forward(&mut h, &mut rstd, &x, w, eps, c))?;
+        apply(&block.q, &h, n, &mut q)?;
+        apply(&block.k, &h, n, &mut k)?;
+        apply(&block.v, &h, n, &mut v)?;
+        let pos = |r: usize| start + r % t;
+        rope(&mut q, nh, hd, model.rope, cos, sin, pos);
+        rope(&mut k, nkv, hd, model.rope, cos, sin, pos);
+        // Append k and v at positions start..start + t of each (row, kv head).
+        for (buf, src) in [(&mut cache.k[l], &k), (&mut cache.v[l], &v)] {
+            for r in 0..n {
+                let (b, p) = (r / t, start + r % t);
+                for kh in 0..nkv {
+                    let dst = ((b * nkv + kh) * cap + p) * hd;
+                    buf[dst..dst + hd].copy_from_slice(&src[(r * nkv + kh) * hd..(r * nkv + kh + 1) * hd]);
+                }
+            }
+        }
+        attention(&mut att, &q, &cache.k[l], &cache.v[l], (t, start), (nh, nkv, hd, cap));
+        apply(&block.o, &att, n, &mut tmp)?;
+        x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
+        with_f32(&block.mlp_norm, |w| rmsnorm_forward(&mut h, &mut rstd, &x, w, eps, c))?;
+        apply(&block.gate, &h, n, &mut g)?;
+        apply(&block.up, &h, n, &mut u)?;
+        swiglu_forward(&mut m, &g, &u);
+        apply(&block.down, &m, n, &mut tmp)?;
+        x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
+    }
+    cache.pos += t;
+    // Only the last position of each row needs logits.
+    let last: Vec<f32> = (0..batch)
+        .flat_map(|b| x[((b + 1) * t - 1) * c..(b + 1) * t * c].iter().copied())
+        .collect();
+    let mut normed = vec![0f32; batch * c];
+    let mut rs = vec![0f32; batch];
+    with_f32(&model.norm, |w| rmsnorm_forward(&mut normed, &mut rs, &last, w, eps, c))?;
+    let mut logits = vec![0f32; batch * cfg.vocab_size];
+    apply(&model.head, &normed, batch, &mut logits)?;
+    Ok(logits)
+}
+
+/// Causal grouped-query attention of the t new positions of each row against the cache:
+/// out (rows·t, nh·hd) from q (rows·t, nh·hd) and the cached k, v (row, kv head, cap, hd).
+fn attention(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (t, start): (usize, usize),
+    (nh, nkv, hd, cap): (usize, usize, usize, usize),
+) {
+    let scale = 1.0 / (hd as f32).sqrt();
+    let group = nh / nkv;
+    // One task per (row, position, head): disjoint hd-wide slices of out.
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let (r, head) = (idx / nh, idx % nh);
+        let (b, p) = (r / t, start + r % t);
+        let kh = head / group;
+        let qv = &q[idx * hd..(idx + 1) * hd];
+        let base = (b * nkv + kh) * cap * hd;
+        let keys = p + 1;
+        let mut s: Vec<f32> = (0..keys)
+            .map(|j| dot(qv, &k[base + j * hd..base + (j + 1) * hd]) * scale)
+            .collect();
+        let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sum = 0f32;
+        for x in s.iter_mut() {
+            *x = (*x - mx).exp();
+            sum += *x;
+        }
+        o.fill(0.0);
+        for (j, &w) in s.iter().enumerate() {
+            let w = w / sum;
+            let vj = &v[base + j * hd..base + (j + 1) * hd];
+            o.iter_mut().zip(vj).for_each(|(o, &v)| *o += w * v);
+        }
+    });
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (xa, xb) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += xa[i] * xb[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
