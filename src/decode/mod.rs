@@ -2,7 +2,17 @@
 //! text as it is produced. Strategies are data (`Sampling`), dispatched in one place (`pick`).
 //!
 //! Every model decodes through the `Decoder` trait: feed tokens after what a cache holds, get
-//! the next-token logits; reorder cache rows for beam search.
+//! the next-token logits; reorder cache rows for beam search. The model-independent engine
+//! drives that trait: `processors` (Hugging Face's logits-processor chain, greedy and seeded
+//! sampling) and `driver` (`generate_ids`, greedy or sampled decoding of one prompt).
+
+pub mod driver;
+#[cfg(test)]
+mod mock;
+pub mod processors;
+
+pub use driver::{generate_ids, GeneratedIds, StopReason};
+pub use processors::{process_logits, SamplingConfig, Strategy};
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
