@@ -2,7 +2,20 @@
 //! text as it is produced. Strategies are data (`Sampling`), dispatched in one place (`pick`).
 //!
 //! Every model decodes through the `Decoder` trait: feed tokens after what a cache holds, get
-//! the next-token logits; reorder cache rows for beam search.
+//! the next-token logits; reorder cache rows for beam search. The model-independent engine
+//! drives that trait: `processors` (Hugging Face's logits-processor chain, greedy and seeded
+//! sampling), `driver` (`generate_ids`, greedy or sampled decoding of one prompt) and `beam`
+//! (beam search and diverse group beam search).
+
+pub mod beam;
+pub mod driver;
+#[cfg(test)]
+mod mock;
+pub mod processors;
+
+pub use beam::{beam_search, BeamConfig, BeamHypothesis, EarlyStopping};
+pub use driver::{generate_ids, GeneratedIds, StopReason};
+pub use processors::{process_logits, SamplingConfig, Strategy};
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
