@@ -222,6 +222,110 @@ fn train_refuses_to_overwrite_a_checkpoint() {
 
 #[test]
 fn invalid_sampling_flags_fail_before_loading() {
-    let out = decodex(&["generate", "--model", "/nonexistent", "--temperature", "0"]);
-    assert_clear_error(&out, &["temperature"]);
+    // The model path does not exist: each flag is refused before it would be opened.
+    let cases: [(&[&str], &str); 5] = [
+        (&["--temperature=-1"], "temperature"),
+        (&["--top-p", "0"], "top-p"),
+        (&["--top-p", "1.5"], "top-p"),
+        (
+            &[
+                "--strategy",
+                "beam",
+                "--num-beams",
+                "2",
+                "--num-return-sequences",
+                "3",
+            ],
+            "num_return_sequences",
+        ),
+        (&["--strategy", "nucleus"], "strategy"),
+    ];
+    for (flags, needle) in cases {
+        let mut args = vec!["generate", "--model", "/nonexistent", "--prompt", "a"];
+        args.extend_from_slice(flags);
+        assert_clear_error(&decodex(&args), &[needle]);
+    }
+    assert_clear_error(
+        &decodex(&["generate", "--model", "/nonexistent", "--prompt", ""]),
+        &["empty"],
+    );
+}
+
+/// Bad GGUF files: another architecture, an unsupported quantization, a truncated file; and a
+/// prompt longer than the model's context.
+#[test]
+fn bad_gguf_files_and_long_prompts_are_refused() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    let d = tmp();
+    // A minimal GGUF: one tensor, metadata naming the architecture.
+    let write = |name: &str, arch: &str, dtype: GgmlDType| {
+        let path = d.path().join(name);
+        let t = Tensor::zeros((64, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, dtype).unwrap();
+        let arch = gguf_file::Value::String(arch.into());
+        let mut f = std::fs::File::create(&path).unwrap();
+        gguf_file::write(
+            &mut f,
+            &[("general.architecture", &arch)],
+            &[("token_embd.weight", &q)],
+        )
+        .unwrap();
+        path
+    };
+    let gpt2 = write("gpt2.gguf", "gpt2", GgmlDType::F32);
+    let out = decodex(&[
+        "generate",
+        "--model",
+        gpt2.to_str().unwrap(),
+        "--prompt",
+        "a",
+    ]);
+    assert_clear_error(
+        &out,
+        &["gpt2.gguf", "architecture \"gpt2\" is not supported"],
+    );
+    let q81 = write("q81.gguf", "llama", GgmlDType::Q8_1);
+    let out = decodex(&[
+        "generate",
+        "--model",
+        q81.to_str().unwrap(),
+        "--prompt",
+        "a",
+    ]);
+    assert_clear_error(&out, &["q81.gguf", "quantization Q8_1", "not supported"]);
+    // Truncated: a real header whose tensor data is cut.
+    let full = std::fs::read(write("whole.gguf", "llama", GgmlDType::F32)).unwrap();
+    let cut = d.path().join("cut.gguf");
+    std::fs::write(&cut, &full[..full.len() - 100]).unwrap();
+    let out = decodex(&[
+        "generate",
+        "--model",
+        cut.to_str().unwrap(),
+        "--prompt",
+        "a",
+    ]);
+    assert_clear_error(&out, &["cut.gguf", "truncated or corrupt"]);
+    std::fs::write(&cut, b"GGUF but not really").unwrap();
+    let out = decodex(&[
+        "generate",
+        "--model",
+        cut.to_str().unwrap(),
+        "--prompt",
+        "a",
+    ]);
+    assert_clear_error(&out, &["cut.gguf", "truncated or corrupt"]);
+    // A prompt longer than a trained GPT's context (16 positions).
+    let run = trained_model(d.path());
+    let long = "a".repeat(40);
+    let out = decodex(&[
+        "generate",
+        "--model",
+        run.to_str().unwrap(),
+        "--prompt",
+        &long,
+        "--strategy",
+        "beam",
+    ]);
+    assert_clear_error(&out, &["context"]);
 }

@@ -141,24 +141,95 @@ fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
+/// HF pads finished beams with the pad id (= EOS here) up to the longest: drop what follows the
+/// first EOS.
+fn trim_after_eos(mut ids: Vec<u32>, eos: u32) -> Vec<u32> {
+    if let Some(p) = ids.iter().position(|&t| t == eos) {
+        ids.truncate(p + 1);
+    }
+    ids
+}
+
 #[test]
-#[ignore = "timing"]
-fn tmp_speed() {
-    for deq in [false, true] {
-        let m = Llama::from_gguf(&common::smollm2(), deq, &Device::Cpu).unwrap();
-        let prompt: Vec<u32> = (0..128).map(|i| 100 + i).collect();
-        for _ in 0..2 {
-            let mut cache = Decoder::new_cache(&m, 1).unwrap();
-            let t = std::time::Instant::now();
-            let mut l = m.step(&prompt, 1, &mut cache).unwrap();
-            let pp = t.elapsed().as_secs_f64();
-            let t = std::time::Instant::now();
-            for _ in 0..32 {
-                let n = argmax(&l);
-                l = m.step(&[n], 1, &mut cache).unwrap();
-            }
-            let tg = t.elapsed().as_secs_f64();
-            println!("deq {deq}: pp {:.1} tok/s, tg {:.1} tok/s", 128.0 / pp, 32.0 / tg);
+fn beam_search_matches_transformers() {
+    use decodex::decode::{beam_search, BeamConfig, EarlyStopping};
+    let m = model_f32();
+    let fx = fixture("smollm2_generate.json");
+    let eos = fx["eos_token_id"].as_u64().unwrap() as u32;
+    let cfg = BeamConfig {
+        num_beams: 4,
+        num_return_sequences: 2,
+        length_penalty: 1.0,
+        early_stopping: EarlyStopping::True,
+        max_new_tokens: 32,
+        eos_ids: vec![eos],
+        ..BeamConfig::default()
+    };
+    let mut worst = 0f32;
+    for c in fx["cases"].as_array().unwrap() {
+        let got = beam_search(m, &ids(&c["input_ids"]), &cfg).unwrap();
+        let want: Vec<Vec<u32>> = c["beam_sequences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| trim_after_eos(ids(s), eos))
+            .collect();
+        let scores: Vec<f32> = c["beam_scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got.len(), 2);
+        for (k, h) in got.iter().enumerate() {
+            assert_eq!(h.tokens, want[k], "prompt {:?} beam {k}", c["prompt"]);
+            worst = worst.max((h.score - scores[k]).abs());
         }
     }
+    println!("beam scores within {worst:.2e} of transformers");
+    assert!(worst < 1e-3);
+}
+
+/// The quantized model (Q4_1 matrices through decodex's integer kernels) against llama.cpp's
+/// greedy continuations (`scripts/compare_llamacpp.py greedy`, default f16 KV cache). The target
+/// is agreement on the first 16 tokens for 8 of 10 prompts; measured: 7 of 10 (the three others
+/// part at near-ties: llama.cpp's own top-2 margin there is 0.08-0.09, and llama.cpp itself
+/// changes its choice on 4 of 10 prompts when its KV cache is f32 instead of f16). The test
+/// guards the measured 7 against regressions; it does not claim the target.
+#[test]
+fn quantized_greedy_agrees_with_llama_cpp() {
+    let m = Llama::from_gguf(&common::smollm2(), false, &Device::Cpu).unwrap();
+    let fx = fixture("smollm2_generate.json");
+    let cpp = fixture("smollm2_llamacpp.json");
+    let eos = fx["eos_token_id"].as_u64().unwrap() as u32;
+    let mut agree = 0;
+    for (c, want) in fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(cpp["cases"].as_array().unwrap())
+    {
+        let want = ids(&want["greedy"]);
+        let mut cache = Decoder::new_cache(&m, 1).unwrap();
+        let mut feed = ids(&c["input_ids"]);
+        let mut got = Vec::new();
+        while got.len() < 32 {
+            let next = argmax(&m.step(&feed, 1, &mut cache).unwrap());
+            got.push(next);
+            if next == eos {
+                break;
+            }
+            feed = vec![next];
+        }
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        println!(
+            "{:?}: first {same} tokens agree",
+            c["prompt"].as_str().unwrap()
+        );
+        if same >= 16.min(want.len()) {
+            agree += 1;
+        }
+    }
+    println!("{agree} of 10 prompts agree on the first 16 tokens");
+    assert!(agree >= 7, "{agree} of 10");
 }

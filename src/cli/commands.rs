@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -10,7 +9,6 @@ use serde_json::json;
 
 use decodex::checkpoint;
 use decodex::data::{self, PrepareOptions};
-use decodex::decode::{self, GenerateOptions, Sampling};
 use decodex::tokenizer::{Tokenizer, TokenizerKind};
 use decodex::train::{self, Event, TrainOptions};
 
@@ -22,7 +20,7 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Tokenizer(t) => tokenizer(t),
         Command::Data(d) => data_cmd(d),
         Command::Train(a) => train_cmd(&a).map(|_| ()),
-        Command::Generate(a) => generate_cmd(&a),
+        Command::Generate(a) => super::generate::generate_cmd(&a),
         Command::Export(a) => export(&a.model, &a.format, &a.out, a.json),
         Command::Plot(a) => {
             let logs = decodex::plot::read_metrics(&a.metrics)?;
@@ -33,6 +31,23 @@ pub fn dispatch(cmd: Command) -> Result<()> {
                 &format!("wrote {}", a.out.display()),
             )
         }
+        Command::Bench(BenchCmd::Decode {
+            model,
+            prompt_tokens,
+            new_tokens,
+            reps,
+            dequantize,
+            beam,
+            json,
+        }) => super::generate::bench_decode(
+            &model,
+            prompt_tokens,
+            new_tokens,
+            reps,
+            dequantize,
+            beam,
+            json,
+        ),
         Command::Bench(BenchCmd::Train {
             config,
             iters,
@@ -112,23 +127,31 @@ fn quickstart(a: super::QuickstartArgs) -> Result<()> {
         json: a.json,
     };
     train_cmd(&t)?;
-    let g = GenerateArgs {
-        model: out,
-        prompt: String::new(),
-        max_new_tokens: 500,
-        greedy: false,
-        temperature: 0.8,
-        top_k: Some(200),
-        top_p: None,
-        seed: 1337,
-        stop: vec![],
-        no_cache: false,
-        json: a.json,
-    };
+    /// The sampling command's arguments, parsed like the command line.
+    #[derive(clap::Parser)]
+    struct Sample {
+        #[command(flatten)]
+        args: GenerateArgs,
+    }
+    let model = out.to_string_lossy().into_owned();
+    // A char model starts from a newline, as nanoGPT's sample.py starts from token 0.
+    let mut argv = vec!["generate", "--model", &model, "--prompt", "\n"];
+    argv.extend([
+        "--max-new-tokens",
+        "500",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "200",
+    ]);
+    if a.json {
+        argv.push("--json");
+    }
+    let g = <Sample as clap::Parser>::parse_from(argv).args;
     if !a.json {
         println!("\n--- sample (temperature 0.8, top-k 200) ---");
     }
-    generate_cmd(&g)
+    super::generate::generate_cmd(&g)
 }
 
 fn tokenizer(t: TokenizerCmd) -> Result<()> {
@@ -312,63 +335,6 @@ fn train_cmd(a: &TrainArgs) -> Result<train::TrainSummary> {
         eprintln!("{human}");
     }
     Ok(summary)
-}
-
-fn generate_cmd(a: &GenerateArgs) -> Result<()> {
-    if a.max_new_tokens == 0 {
-        bail!("--max-new-tokens must be at least 1");
-    }
-    let sampling = if a.greedy {
-        Sampling::Greedy
-    } else {
-        Sampling::Sample {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
-        }
-    };
-    let opts = GenerateOptions {
-        max_new_tokens: a.max_new_tokens,
-        sampling,
-        stop: a.stop.clone(),
-        use_cache: !a.no_cache,
-    };
-    opts.validate()?; // before loading the model
-    let loaded = checkpoint::load_model(&a.model)?;
-    let device = Device::Cpu;
-    let model = loaded.gpt(&device)?;
-    let t0 = Instant::now();
-    let mut out = std::io::stdout().lock();
-    if !a.json {
-        write!(out, "{}", a.prompt)?;
-    }
-    let mut write_err = None;
-    let g = decode::generate(
-        &model,
-        &loaded.tokenizer,
-        &a.prompt,
-        &opts,
-        &device,
-        |piece| {
-            if !a.json {
-                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
-                    write_err.get_or_insert(e);
-                }
-            }
-        },
-    )?;
-    if let Some(e) = write_err {
-        return Err(e.into());
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    if a.json {
-        let v = json!({"text": g.text, "tokens": g.tokens, "prompt_tokens": g.prompt_tokens, "new_tokens": g.tokens.len(), "stopped_by": g.stopped_by, "tokens_per_sec": g.tokens.len() as f64 / secs});
-        writeln!(out, "{v}")?;
-    } else {
-        writeln!(out)?;
-    }
-    Ok(())
 }
 
 fn export(model: &Path, format: &str, out: &Path, json: bool) -> Result<()> {

@@ -3,6 +3,7 @@
 //! one line with its cause chain on stderr and exit code 2; a closed pipe is success.
 
 mod commands;
+mod generate;
 
 use std::path::PathBuf;
 
@@ -35,7 +36,7 @@ pub enum Command {
     /// Train a model from a TOML config.
     Train(TrainArgs),
     /// Generate text from a model directory.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Export a model directory for other tools.
     Export(ExportArgs),
     /// Draw train/val loss curves from a metrics.jsonl file.
@@ -159,30 +160,82 @@ pub struct TrainArgs {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model directory (model.safetensors, config.json, tokenizer.json).
+    /// A GGUF file (Llama architecture), a Hugging Face Llama or GPT-2 directory, or a decodex
+    /// checkpoint directory.
     #[arg(long)]
     pub model: PathBuf,
-    #[arg(long, default_value = "")]
-    pub prompt: String,
+    /// The prompt, used as is unless --chat.
+    #[arg(long, conflicts_with = "prompts")]
+    pub prompt: Option<String>,
+    /// A JSONL file of prompts: one JSON string, or object with a "prompt" field, per line.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
     #[arg(long, default_value_t = 200)]
     pub max_new_tokens: usize,
-    /// Always take the most likely token.
+    /// greedy, sample or beam.
+    #[arg(long, default_value = "sample")]
+    pub strategy: String,
+    /// Same as --strategy greedy.
     #[arg(long)]
     pub greedy: bool,
+    #[arg(long, default_value_t = 4)]
+    pub num_beams: usize,
+    /// Sequences returned per prompt (beam search: the best ones; sampling: one per seed).
+    #[arg(long, default_value_t = 1)]
+    pub num_return_sequences: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f64,
+    /// true, false or never (Hugging Face's semantics).
+    #[arg(long, default_value = "false")]
+    pub early_stopping: String,
+    /// Diverse beam search: groups of beams penalized for repeating other groups' tokens.
+    #[arg(long, default_value_t = 1)]
+    pub num_beam_groups: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub diversity_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    pub no_repeat_ngram_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub min_new_tokens: usize,
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f32,
     #[arg(long)]
     pub top_k: Option<usize>,
     #[arg(long)]
     pub top_p: Option<f32>,
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    #[arg(long)]
+    pub typical_p: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Token ids never generated (repeatable).
+    #[arg(long)]
+    pub ban: Vec<u32>,
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
     /// Stop when this string is generated (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Recompute the whole window each step instead of using the KV cache.
+    /// Recompute the whole window each step instead of using the KV cache (GPT models).
     #[arg(long)]
     pub no_cache: bool,
+    /// Dequantize a GGUF model's matrices to f32 instead of running them quantized.
+    #[arg(long)]
+    pub dequantize: bool,
+    /// Format the prompt as a user message with the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// A tokenizer.json to use instead of the model's own.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Report the log-probability of each generated token.
+    #[arg(long)]
+    pub logprobs: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -215,6 +268,27 @@ pub struct PlotArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
+    /// Prompt-processing and generation tokens/s of a decoder (llama-bench's pp and tg), and
+    /// beam search speed.
+    Decode {
+        #[arg(long)]
+        model: PathBuf,
+        /// Tokens in the prompt processed in one forward pass.
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Tokens generated one at a time after it.
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long)]
+        dequantize: bool,
+        /// Also time beam search (4 beams, 32 new tokens).
+        #[arg(long)]
+        beam: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Median training tokens/s of full optimizer steps, and peak memory.
     Train {
         #[arg(long)]
@@ -277,7 +351,14 @@ pub fn run() -> i32 {
                     msg.push_str(&format!(": {c}"));
                 }
             }
-            eprintln!("{msg}");
+            // One line: library messages (candle's with a backtrace under RUST_BACKTRACE) may
+            // span several; the first names the problem.
+            let line = msg
+                .lines()
+                .map(str::trim_end)
+                .find(|l| !l.is_empty())
+                .unwrap_or("error");
+            eprintln!("{line}");
             2
         }
     }

@@ -8,6 +8,7 @@
 //! (beam search and diverse group beam search).
 
 pub mod beam;
+pub mod bench;
 pub mod driver;
 #[cfg(test)]
 mod mock;

@@ -488,9 +488,19 @@ impl Decoder for Llama {
 
 /// Reads a GGUF header, turning a short or malformed file into one clear error.
 pub fn read_gguf(path: &Path, file: &mut std::fs::File) -> Result<gguf_file::Content> {
-    let content = gguf_file::Content::read(file).map_err(|e| Error::CorruptCheckpoint {
-        path: path.to_path_buf(),
-        msg: format!("not a readable GGUF file: {e}"),
+    let content = gguf_file::Content::read(file).map_err(|e| {
+        let msg = e.to_string();
+        if msg.contains("unknown dtype") {
+            Error::UnsupportedModel {
+                path: path.to_path_buf(),
+                msg: format!("a tensor has a quantization type decodex cannot read ({msg})"),
+            }
+        } else {
+            Error::CorruptCheckpoint {
+                path: path.to_path_buf(),
+                msg: format!("not a readable GGUF file: {msg}"),
+            }
+        }
     })?;
     // Content::read does not look at the tensor data: check that the file holds all of it.
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();

@@ -80,7 +80,9 @@ impl Cache {
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
-        return Err(Error::Invalid("the Llama decoding path runs on CPU tensors".into()));
+        return Err(Error::Invalid(
+            "the Llama decoding path runs on CPU tensors".into(),
+        ));
     };
     let data = cpu.as_slice::<f32>()?;
     let (start, end) = layout
@@ -94,7 +96,9 @@ fn apply(lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
     match lin {
         Linear::Dense(w) => {
             let (rows, cols) = w.dims2()?;
-            with_f32(w, |w| matmul((m, rows, cols), out, false, Op::N(x), Op::T(w), 1.0))?;
+            with_f32(w, |w| {
+                matmul((m, rows, cols), out, false, Op::N(x), Op::T(w), 1.0)
+            })?;
         }
         Linear::Blocks(q) => q.matmul(x, m, out),
         Linear::Quantized(q) => {
@@ -107,11 +111,22 @@ fn apply(lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
 }
 
 /// Rotates each head of `x` (rows of `heads` × hd) in place at positions `pos(row)`.
-fn rope(x: &mut [f32], heads: usize, hd: usize, style: RopeStyle, cos: &[f32], sin: &[f32], pos: impl Fn(usize) -> usize) {
+fn rope(
+    x: &mut [f32],
+    heads: usize,
+    hd: usize,
+    style: RopeStyle,
+    cos: &[f32],
+    sin: &[f32],
+    pos: impl Fn(usize) -> usize,
+) {
     let half = hd / 2;
     for (r, row) in x.chunks_exact_mut(heads * hd).enumerate() {
         let p = pos(r);
-        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
         for head in row.chunks_exact_mut(hd) {
             for i in 0..half {
                 let (a, b) = match style {
@@ -153,7 +168,12 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         )));
     }
     cache.reserve(start + t);
-    let (c, nh, nkv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
+    let (c, nh, nkv, hd) = (
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.n_kv_heads(),
+        cfg.head_dim(),
+    );
     let (inter, n, eps) = (cfg.intermediate_size, batch * t, cfg.rms_norm_eps as f32);
     let mut x = vec![0f32; n * c];
     with_f32(&model.embed, |e| {
@@ -162,13 +182,23 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         }
     })?;
     let (mut h, mut rstd, mut tmp) = (vec![0f32; n * c], vec![0f32; n], vec![0f32; n * c]);
-    let (mut q, mut k, mut v) = (vec![0f32; n * nh * hd], vec![0f32; n * nkv * hd], vec![0f32; n * nkv * hd]);
+    let (mut q, mut k, mut v) = (
+        vec![0f32; n * nh * hd],
+        vec![0f32; n * nkv * hd],
+        vec![0f32; n * nkv * hd],
+    );
     let mut att = vec![0f32; n * nh * hd];
-    let (mut g, mut u, mut m) = (vec![0f32; n * inter], vec![0f32; n * inter], vec![0f32; n * inter]);
+    let (mut g, mut u, mut m) = (
+        vec![0f32; n * inter],
+        vec![0f32; n * inter],
+        vec![0f32; n * inter],
+    );
     let (cos, sin) = (&model.cos_table, &model.sin_table);
     let cap = cache.cap;
     for (l, block) in model.blocks.iter().enumerate() {
-        with_f32(&block.attn_norm, |w| rmsnorm_forward(&mut h, &mut rstd, &x, w, eps, c))?;
+        with_f32(&block.attn_norm, |w| {
+            rmsnorm_forward(&mut h, &mut rstd, &x, w, eps, c)
+        })?;
         apply(&block.q, &h, n, &mut q)?;
         apply(&block.k, &h, n, &mut k)?;
         apply(&block.v, &h, n, &mut v)?;
@@ -181,14 +211,24 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
                 let (b, p) = (r / t, start + r % t);
                 for kh in 0..nkv {
                     let dst = ((b * nkv + kh) * cap + p) * hd;
-                    buf[dst..dst + hd].copy_from_slice(&src[(r * nkv + kh) * hd..(r * nkv + kh + 1) * hd]);
+                    buf[dst..dst + hd]
+                        .copy_from_slice(&src[(r * nkv + kh) * hd..(r * nkv + kh + 1) * hd]);
                 }
             }
         }
-        attention(&mut att, &q, &cache.k[l], &cache.v[l], (t, start), (nh, nkv, hd, cap));
+        attention(
+            &mut att,
+            &q,
+            &cache.k[l],
+            &cache.v[l],
+            (t, start),
+            (nh, nkv, hd, cap),
+        );
         apply(&block.o, &att, n, &mut tmp)?;
         x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
-        with_f32(&block.mlp_norm, |w| rmsnorm_forward(&mut h, &mut rstd, &x, w, eps, c))?;
+        with_f32(&block.mlp_norm, |w| {
+            rmsnorm_forward(&mut h, &mut rstd, &x, w, eps, c)
+        })?;
         apply(&block.gate, &h, n, &mut g)?;
         apply(&block.up, &h, n, &mut u)?;
         swiglu_forward(&mut m, &g, &u);
@@ -202,7 +242,9 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         .collect();
     let mut normed = vec![0f32; batch * c];
     let mut rs = vec![0f32; batch];
-    with_f32(&model.norm, |w| rmsnorm_forward(&mut normed, &mut rs, &last, w, eps, c))?;
+    with_f32(&model.norm, |w| {
+        rmsnorm_forward(&mut normed, &mut rs, &last, w, eps, c)
+    })?;
     let mut logits = vec![0f32; batch * cfg.vocab_size];
     apply(&model.head, &normed, batch, &mut logits)?;
     Ok(logits)
@@ -249,7 +291,12 @@ fn attention(
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (xa, xb) in ca.zip(cb) {
         for i in 0..16 {
             acc[i] += xa[i] * xb[i];

@@ -2,6 +2,7 @@
 
 pub mod gpt;
 pub mod llama;
+pub mod pretrained;
 
 pub use gpt::Gpt;
 pub use llama::Llama;

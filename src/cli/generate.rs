@@ -1,0 +1,444 @@
+//! `decodex generate` and `decodex bench decode`: decoding any supported model with greedy
+//! search, sampling or beam search.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use serde_json::{json, Value};
+
+use decodex::decode::{
+    self, beam_search, generate_ids, BeamConfig, Decoder, EarlyStopping, GenerateOptions,
+    SamplingConfig, StopReason, Strategy,
+};
+use decodex::models::pretrained::{self, Network, Pretrained};
+
+use super::GenerateArgs;
+
+/// What to run, checked before any model is loaded.
+struct Plan {
+    strategy: String,
+    sampling: SamplingConfig,
+    beam: BeamConfig,
+}
+
+fn plan(a: &GenerateArgs) -> Result<Plan> {
+    if a.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    let strategy = if a.greedy {
+        "greedy".to_string()
+    } else {
+        a.strategy.clone()
+    };
+    if !["greedy", "sample", "beam"].contains(&strategy.as_str()) {
+        bail!("--strategy {strategy:?} is not one of greedy, sample, beam");
+    }
+    if a.temperature.is_nan() || a.temperature < 0.0 {
+        bail!("--temperature ({}) must be at least 0", a.temperature);
+    }
+    if let Some(p) = a.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            bail!("--top-p ({p}) must be in (0, 1]");
+        }
+    }
+    if a.top_k == Some(0) {
+        bail!("--top-k must be at least 1");
+    }
+    let sampling = SamplingConfig {
+        temperature: a.temperature,
+        top_k: a.top_k.unwrap_or(0),
+        top_p: a.top_p.unwrap_or(1.0),
+        min_p: a.min_p.unwrap_or(0.0),
+        typical_p: a.typical_p.unwrap_or(1.0),
+        repetition_penalty: a.repetition_penalty,
+        presence_penalty: a.presence_penalty,
+        frequency_penalty: a.frequency_penalty,
+        no_repeat_ngram_size: a.no_repeat_ngram_size,
+        min_new_tokens: a.min_new_tokens,
+        banned_ids: a.ban.clone(),
+        eos_ids: Vec::new(),
+        seed: a.seed,
+    };
+    sampling.validate()?;
+    let early_stopping = match a.early_stopping.as_str() {
+        "true" => EarlyStopping::True,
+        "false" => EarlyStopping::False,
+        "never" => EarlyStopping::Never,
+        other => bail!("--early-stopping {other:?} is not one of true, false, never"),
+    };
+    let beam = BeamConfig {
+        num_beams: a.num_beams,
+        num_beam_groups: a.num_beam_groups,
+        diversity_penalty: a.diversity_penalty,
+        length_penalty: a.length_penalty,
+        early_stopping,
+        num_return_sequences: a.num_return_sequences,
+        no_repeat_ngram_size: a.no_repeat_ngram_size,
+        min_new_tokens: a.min_new_tokens,
+        eos_ids: Vec::new(),
+        max_new_tokens: a.max_new_tokens,
+    };
+    if strategy == "beam" {
+        beam.validate()?;
+    } else if a.num_return_sequences == 0 {
+        bail!("--num-return-sequences must be at least 1");
+    }
+    Ok(Plan {
+        strategy,
+        sampling,
+        beam,
+    })
+}
+
+/// The prompts of --prompt or --prompts.
+fn prompts(a: &GenerateArgs) -> Result<Vec<String>> {
+    let list = match (&a.prompt, &a.prompts) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(file)) => {
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+            let mut out = Vec::new();
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let v: Value = serde_json::from_str(line)
+                    .with_context(|| format!("{}: line {} is not JSON", file.display(), i + 1))?;
+                match v.as_str().or_else(|| v["prompt"].as_str()) {
+                    Some(p) => out.push(p.to_string()),
+                    None => bail!(
+                        "{}: line {} has no \"prompt\" string",
+                        file.display(),
+                        i + 1
+                    ),
+                }
+            }
+            out
+        }
+        (None, None) => bail!("pass --prompt TEXT or --prompts FILE.jsonl"),
+    };
+    if let Some(i) = list.iter().position(|p| p.is_empty()) {
+        bail!(
+            "prompt {} is empty; decoding needs at least one token of context",
+            i + 1
+        );
+    }
+    Ok(list)
+}
+
+/// Whether the GPT sliding-window path (`decode::generate`: streaming, stop strings, contexts
+/// longer than the model's) covers what was asked.
+fn legacy_gpt(a: &GenerateArgs, p: &Plan) -> bool {
+    let d = SamplingConfig::default();
+    let s = &p.sampling;
+    p.strategy != "beam"
+        && !a.logprobs
+        && a.num_return_sequences == 1
+        && s.min_p == d.min_p
+        && s.typical_p == d.typical_p
+        && s.repetition_penalty == d.repetition_penalty
+        && s.presence_penalty == d.presence_penalty
+        && s.frequency_penalty == d.frequency_penalty
+        && s.no_repeat_ngram_size == 0
+        && s.min_new_tokens == 0
+        && s.banned_ids.is_empty()
+        && (p.strategy == "greedy" || a.temperature > 0.0)
+}
+
+pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
+    let mut plan = plan(a)?;
+    let prompts = prompts(a)?;
+    let model = pretrained::load(&a.model, a.dequantize, a.tokenizer.as_deref())?;
+    plan.sampling.eos_ids = model.eos_ids.clone();
+    plan.beam.eos_ids = model.eos_ids.clone();
+    let mut out = std::io::stdout().lock();
+    for (index, prompt) in prompts.iter().enumerate() {
+        let text = if a.chat {
+            model.chat_prompt(prompt)?
+        } else {
+            prompt.clone()
+        };
+        if let (Network::Gpt(gpt), true) = (&model.network, legacy_gpt(a, &plan)) {
+            gpt_generate(a, &model, gpt, &text, index, &mut out)?;
+            continue;
+        }
+        let ids = model.tokenizer.encode(&text)?;
+        if ids.len() >= model.context_len() {
+            bail!(
+                "prompt {} has {} tokens, at least the model's context of {}",
+                index + 1,
+                ids.len(),
+                model.context_len()
+            );
+        }
+        let results = match &model.network {
+            Network::Gpt(m) => run(m, &model, &plan, a, &ids, &mut out)?,
+            Network::Llama(m) => run(m, &model, &plan, a, &ids, &mut out)?,
+        };
+        for mut r in results {
+            if a.json {
+                r["index"] = json!(index);
+                r["prompt_tokens"] = json!(ids.len());
+                writeln!(out, "{r}")?;
+            } else if plan.strategy == "beam" {
+                writeln!(
+                    out,
+                    "[score {:.4}] {}{}",
+                    r["score"].as_f64().unwrap_or(f64::NAN),
+                    text,
+                    r["text"].as_str().unwrap_or("")
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Greedy search or sampling (`num_return_sequences` seeds) or beam search on one prompt; one
+/// JSON object per returned sequence. Greedy and sampled text streams in human mode.
+fn run<D: Decoder>(
+    m: &D,
+    model: &Pretrained,
+    plan: &Plan,
+    a: &GenerateArgs,
+    ids: &[u32],
+    out: &mut impl Write,
+) -> Result<Vec<Value>> {
+    let decode_new = |tokens: &[u32]| -> Result<String> {
+        let kept: Vec<u32> = tokens
+            .iter()
+            .copied()
+            .filter(|t| !model.eos_ids.contains(t))
+            .collect();
+        let mut text = model.tokenizer.decode(&kept)?;
+        if let Some(cut) = a.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(cut);
+        }
+        Ok(text)
+    };
+    let t0 = Instant::now();
+    if plan.strategy == "beam" {
+        let hyps = beam_search(m, ids, &plan.beam)?;
+        let secs = t0.elapsed().as_secs_f64();
+        return hyps
+            .iter()
+            .map(|h| {
+                Ok(
+                    json!({"text": decode_new(&h.tokens)?, "tokens": h.tokens, "score": h.score,
+                          "new_tokens": h.tokens.len(), "finished": h.finished, "seconds": secs}),
+                )
+            })
+            .collect();
+    }
+    let strategy = if plan.strategy == "greedy" {
+        Strategy::Greedy
+    } else {
+        Strategy::Sample
+    };
+    let mut results = Vec::new();
+    for r in 0..a.num_return_sequences {
+        let cfg = SamplingConfig {
+            seed: plan.sampling.seed.wrapping_add(r as u64),
+            ..plan.sampling.clone()
+        };
+        let stream = !a.json && a.stop.is_empty();
+        if stream {
+            write!(
+                out,
+                "{}",
+                if a.chat {
+                    ""
+                } else {
+                    a.prompt.as_deref().unwrap_or("")
+                }
+            )?;
+        }
+        let (mut shown, mut so_far) = (0usize, Vec::new());
+        let mut write_err = None;
+        let t = Instant::now();
+        let g = generate_ids(m, ids, &cfg, strategy, a.max_new_tokens, |tok, _| {
+            if !stream || model.eos_ids.contains(&tok) {
+                return;
+            }
+            so_far.push(tok);
+            if let Ok(text) = model.tokenizer.decode(&so_far) {
+                // Hold back an incomplete multi-byte character.
+                let end = text.trim_end_matches('\u{FFFD}').len();
+                if end > shown && text.is_char_boundary(shown) {
+                    if let Err(e) = out
+                        .write_all(&text.as_bytes()[shown..end])
+                        .and_then(|_| out.flush())
+                    {
+                        write_err.get_or_insert(e);
+                    }
+                    shown = end;
+                }
+            }
+        })?;
+        if let Some(e) = write_err {
+            return Err(e.into());
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let text = decode_new(&g.tokens)?;
+        if stream {
+            writeln!(out)?;
+        } else if !a.json {
+            writeln!(out, "{}{}", a.prompt.as_deref().unwrap_or(""), text)?;
+        }
+        let mut v = json!({"text": text, "tokens": g.tokens, "new_tokens": g.tokens.len(),
+                           "stopped_by": match g.stopped_by {
+                               StopReason::Eos => "eos",
+                               StopReason::MaxNewTokens => "max_new_tokens",
+                               StopReason::Context => "context",
+                           },
+                           "tokens_per_sec": g.tokens.len() as f64 / secs});
+        if a.logprobs {
+            v["logprobs"] = json!(g.logprobs);
+        }
+        results.push(v);
+    }
+    Ok(results)
+}
+
+/// decodex's GPT checkpoints through `decode::generate`: a window that slides past the context,
+/// stop strings and streaming.
+fn gpt_generate(
+    a: &GenerateArgs,
+    model: &Pretrained,
+    gpt: &decodex::models::Gpt,
+    prompt: &str,
+    index: usize,
+    out: &mut impl Write,
+) -> Result<()> {
+    let sampling = if a.greedy || a.strategy == "greedy" || a.temperature == 0.0 {
+        decode::Sampling::Greedy
+    } else {
+        decode::Sampling::Sample {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        }
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampling,
+        stop: a.stop.clone(),
+        use_cache: !a.no_cache,
+    };
+    let t0 = Instant::now();
+    if !a.json {
+        write!(out, "{prompt}")?;
+    }
+    let mut write_err = None;
+    let g = decode::generate(
+        gpt,
+        &model.tokenizer,
+        prompt,
+        &opts,
+        &Device::Cpu,
+        |piece| {
+            if !a.json {
+                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+                    write_err.get_or_insert(e);
+                }
+            }
+        },
+    )?;
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        let v = json!({"index": index, "text": g.text, "tokens": g.tokens, "prompt_tokens": g.prompt_tokens, "new_tokens": g.tokens.len(), "stopped_by": g.stopped_by, "tokens_per_sec": g.tokens.len() as f64 / secs});
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// `decodex bench decode`.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_decode(
+    path: &Path,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    reps: usize,
+    dequantize: bool,
+    beam: bool,
+    json_out: bool,
+) -> Result<()> {
+    if prompt_tokens == 0 || new_tokens == 0 || reps == 0 {
+        bail!("--prompt-tokens, --new-tokens and --reps must be at least 1");
+    }
+    let model = pretrained::load(path, dequantize, None)?;
+    if prompt_tokens + new_tokens.max(32) > model.context_len() {
+        bail!(
+            "{prompt_tokens} prompt tokens + {new_tokens} new exceed the context of {}",
+            model.context_len()
+        );
+    }
+    // A prompt of real text: the start of Tiny Shakespeare when the data folder is there.
+    let corpus =
+        decodex::train::config::resolve_data_path(Path::new("lm/tinyshakespeare/input.txt"));
+    let text = std::fs::read_to_string(&corpus)
+        .unwrap_or_else(|_| "The quick brown fox jumps over the lazy dog. ".repeat(400));
+    let mut ids = model.tokenizer.encode(&text[..text.len().min(20_000)])?;
+    ids.truncate(prompt_tokens);
+    if ids.len() < prompt_tokens {
+        bail!("the benchmark text is too short for {prompt_tokens} prompt tokens");
+    }
+    let (r, beam_tps) = match &model.network {
+        Network::Gpt(m) => (
+            decode::bench::bench_decode(m, &ids, new_tokens, reps)?,
+            time_beam(m, &ids, beam)?,
+        ),
+        Network::Llama(m) => (
+            decode::bench::bench_decode(m, &ids, new_tokens, reps)?,
+            time_beam(m, &ids, beam)?,
+        ),
+    };
+    let rss = decodex::train::bench::peak_rss_mb();
+    let threads = rayon::current_num_threads();
+    let v = json!({"model": path, "threads": threads, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
+                   "reps": r.reps, "prompt_tokens_per_sec": r.prompt_tokens_per_sec,
+                   "decode_tokens_per_sec": r.decode_tokens_per_sec,
+                   "beam4_tokens_per_sec": beam_tps, "peak_rss_mb": rss});
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "{threads} threads: prompt {:.1} tokens/s (pp{}), decode {:.1} tokens/s (tg{}){}, peak RSS {rss:.0} MiB",
+            r.prompt_tokens_per_sec,
+            r.prompt_tokens,
+            r.decode_tokens_per_sec,
+            r.new_tokens,
+            beam_tps.map(|b| format!(", beam search (4 beams, 32 tokens) {b:.1} tokens/s")).unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+/// New tokens per second of a 4-beam search for 32 tokens (no EOS stop), when asked.
+fn time_beam<D: Decoder>(m: &D, ids: &[u32], beam: bool) -> Result<Option<f64>> {
+    if !beam {
+        return Ok(None);
+    }
+    let cfg = BeamConfig {
+        num_beams: 4,
+        max_new_tokens: 32,
+        early_stopping: EarlyStopping::True,
+        ..BeamConfig::default()
+    };
+    let t = Instant::now();
+    let hyps = beam_search(m, &ids[..ids.len().min(32)], &cfg)?;
+    let n = hyps.first().map_or(0, |h| h.tokens.len());
+    Ok(Some(n as f64 / t.elapsed().as_secs_f64()))
+}

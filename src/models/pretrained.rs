@@ -1,0 +1,163 @@
+//! Loading any decoder decodex can run, by what the path holds: a GGUF file (Llama
+//! architecture), a Hugging Face Llama directory (config.json with `model_type: "llama"`), or a
+//! GPT-2 checkpoint (decodex's own, or Hugging Face's GPT2LMHeadModel). With it come the
+//! tokenizer, the end-of-sequence ids and the chat template.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use super::{Gpt, Llama};
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+
+/// The network of a loaded decoder.
+pub enum Network {
+    Gpt(Gpt),
+    Llama(Llama),
+}
+
+pub struct Pretrained {
+    pub network: Network,
+    pub tokenizer: Tokenizer,
+    /// Ids that end a sequence.
+    pub eos_ids: Vec<u32>,
+    /// The Jinja chat template of instruct models (tokenizer_config.json or GGUF metadata).
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub path: PathBuf,
+}
+
+/// Loads the decoder at `path`. GGUF matrices stay quantized unless `dequantize`. `tokenizer`
+/// replaces the model's own tokenizer (a `tokenizer.json`).
+pub fn load(path: &Path, dequantize: bool, tokenizer: Option<&Path>) -> Result<Pretrained> {
+    let device = Device::Cpu;
+    if !path.exists() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "model not found"),
+        ));
+    }
+    let token_text =
+        |tok: &Tokenizer, id: Option<u32>| id.and_then(|id| tok.inner().id_to_token(id));
+    if path.is_file() {
+        let llama = Llama::from_gguf(path, dequantize, &device)?;
+        let tok = match tokenizer {
+            Some(t) => Tokenizer::from_file(t)?,
+            None => Tokenizer::from_gguf(path)?,
+        };
+        let template = gguf_string(path, "tokenizer.chat_template")?;
+        let eos_ids = llama.cfg.eos_ids();
+        return Ok(Pretrained {
+            bos_token: token_text(&tok, llama.cfg.bos_token_id),
+            eos_token: token_text(&tok, eos_ids.first().copied()),
+            eos_ids,
+            chat_template: template,
+            tokenizer: tok,
+            network: Network::Llama(llama),
+            path: path.to_path_buf(),
+        });
+    }
+    let config: serde_json::Value = {
+        let p = path.join("config.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::BadConfig {
+            path: p.clone(),
+            msg: format!("not valid JSON: {e}"),
+        })?
+    };
+    let tok_path = tokenizer
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| path.join("tokenizer.json"));
+    let tok_config = read_json(&path.join("tokenizer_config.json"));
+    let special = |key: &str| -> Option<String> {
+        let v = tok_config.as_ref()?.get(key)?;
+        v.as_str()
+            .map(String::from)
+            .or_else(|| v.get("content").and_then(|c| c.as_str()).map(String::from))
+    };
+    if config["model_type"] == "llama" {
+        let llama = Llama::from_hf_dir(path, &device)?;
+        let tok = Tokenizer::from_file(&tok_path)?;
+        let eos_ids = llama.cfg.eos_ids();
+        return Ok(Pretrained {
+            bos_token: special("bos_token").or_else(|| token_text(&tok, llama.cfg.bos_token_id)),
+            eos_token: special("eos_token").or_else(|| token_text(&tok, eos_ids.first().copied())),
+            chat_template: tok_config
+                .as_ref()
+                .and_then(|c| c.get("chat_template")?.as_str().map(String::from)),
+            eos_ids,
+            tokenizer: tok,
+            network: Network::Llama(llama),
+            path: path.to_path_buf(),
+        });
+    }
+    let loaded = checkpoint::load_model(path)?;
+    let gpt = loaded.gpt(&device)?;
+    let eos_ids = loaded.tokenizer.eos_id().into_iter().collect();
+    Ok(Pretrained {
+        network: Network::Gpt(gpt),
+        eos_ids,
+        chat_template: None,
+        bos_token: None,
+        eos_token: None,
+        tokenizer: loaded.tokenizer,
+        path: path.to_path_buf(),
+    })
+}
+
+impl Pretrained {
+    /// The prompt as the model's chat template formats one user message, ready for the
+    /// assistant's reply (Hugging Face's `apply_chat_template(..., add_generation_prompt=True)`).
+    pub fn chat_prompt(&self, user: &str) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::UnsupportedModel {
+                path: self.path.clone(),
+                msg: "the model has no chat template; drop --chat".into(),
+            })?;
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        let bad = |e: minijinja::Error| Error::UnsupportedModel {
+            path: self.path.clone(),
+            msg: format!("its chat template does not render: {e}"),
+        };
+        env.add_template("chat", template).map_err(bad)?;
+        let ctx = minijinja::context! {
+            messages => vec![minijinja::context! { role => "user", content => user }],
+            add_generation_prompt => true,
+            bos_token => self.bos_token.clone().unwrap_or_default(),
+            eos_token => self.eos_token.clone().unwrap_or_default(),
+        };
+        env.get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(bad)
+    }
+
+    /// The most positions the network attends over.
+    pub fn context_len(&self) -> usize {
+        use crate::decode::Decoder;
+        match &self.network {
+            Network::Gpt(m) => m.context_len(),
+            Network::Llama(m) => m.context_len(),
+        }
+    }
+}
+
+fn read_json(p: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+}
+
+/// A string from a GGUF file's metadata.
+fn gguf_string(path: &Path, key: &str) -> Result<Option<String>> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let c = super::llama::read_gguf(path, &mut f)?;
+    Ok(c.metadata
+        .get(key)
+        .and_then(|v| v.to_string().ok())
+        .cloned())
+}
