@@ -59,16 +59,24 @@ impl Cache {
         self.cap = cap;
     }
 
-    /// Keeps rows `rows` of the cache, in that order (repeats allowed).
+    /// Keeps rows `rows` of the cache, in that order (repeats allowed). Only the positions held
+    /// are copied; an identity selection copies nothing.
     pub fn select_rows(&mut self, rows: &[usize]) {
-        let per_row = self.nkv * self.cap * self.hd;
+        if rows.len() == self.rows && rows.iter().enumerate().all(|(i, &r)| i == r) {
+            return;
+        }
+        let (cap, hd, nkv) = (self.cap, self.hd, self.nkv);
+        let (per_head, used) = (cap * hd, self.pos * hd);
         for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
             if buf.is_empty() {
                 continue;
             }
-            let mut out = vec![0f32; rows.len() * per_row];
-            for (dst, &r) in out.chunks_exact_mut(per_row).zip(rows) {
-                dst.copy_from_slice(&buf[r * per_row..(r + 1) * per_row]);
+            let mut out = vec![0f32; rows.len() * nkv * per_head];
+            for (dst_row, &r) in rows.iter().enumerate() {
+                for h in 0..nkv {
+                    let (src, dst) = ((r * nkv + h) * per_head, (dst_row * nkv + h) * per_head);
+                    out[dst..dst + used].copy_from_slice(&buf[src..src + used]);
+                }
             }
             *buf = out;
         }

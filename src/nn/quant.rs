@@ -109,47 +109,67 @@ impl QuantMatrix {
         assert_eq!(x.len(), m * self.cols);
         assert_eq!(out.len(), m * self.rows);
         let xq = quantize_rows(x, self.cols);
-        let nb = self.cols / BLOCK;
-        // Output rows in chunks: each chunk's weights are read once for all m activation rows.
+        // Output rows in chunks: each chunk's weights are read once for all m activation rows,
+        // and each weight block is decoded once for up to 4 of them.
         let chunk = 16;
         let out_ptr = SendPtr(out.as_mut_ptr());
         let tasks = self.rows.div_ceil(chunk);
         (0..tasks).into_par_iter().for_each(|t| {
-            let r0 = t * chunk;
-            let r1 = (r0 + chunk).min(self.rows);
-            for i in 0..m {
-                let (xq_i, xd, xs) = (
-                    &xq.qs[i * self.cols..(i + 1) * self.cols],
-                    &xq.d[i * nb..(i + 1) * nb],
-                    &xq.s[i * nb..(i + 1) * nb],
-                );
+            let (r0, r1) = (t * chunk, ((t + 1) * chunk).min(self.rows));
+            for i0 in (0..m).step_by(4) {
+                let n = 4.min(m - i0);
                 for r in r0..r1 {
-                    let v = self.row_dot(r, xq_i, xd, xs);
-                    // SAFETY: (i, r) is written by this task only, inside out (asserted length).
-                    unsafe { *out_ptr.get().add(i * self.rows + r) = v };
+                    let v = self.row_dots(r, &xq, i0, n);
+                    for (k, &v) in v[..n].iter().enumerate() {
+                        // SAFETY: (i0 + k, r) is written by this task only, inside out.
+                        unsafe { *out_ptr.get().add((i0 + k) * self.rows + r) = v };
+                    }
                 }
             }
         });
     }
 
-    /// Row r of W dotted with one quantized activation row.
-    fn row_dot(&self, r: usize, xq: &[i8], xd: &[f32], xs: &[f32]) -> f32 {
+    /// Row r of W dotted with the n ≤ 4 quantized activation rows i0..i0 + n.
+    fn row_dots(&self, r: usize, xq: &QuantRows, i0: usize, n: usize) -> [f32; 4] {
         let nb = self.cols / BLOCK;
         let code_len = if self.codes == Codes::Nibbles { 16 } else { 32 };
         let qs = &self.qs[r * nb * code_len..(r + 1) * nb * code_len];
         let (d, m) = (&self.d[r * nb..(r + 1) * nb], &self.m[r * nb..(r + 1) * nb]);
+        let x = XRows {
+            qs: &xq.qs[i0 * self.cols..(i0 + n) * self.cols],
+            d: &xq.d[i0 * nb..(i0 + n) * nb],
+            s: &xq.s[i0 * nb..(i0 + n) * nb],
+            n,
+        };
         #[cfg(target_arch = "x86_64")]
         if vnni() {
-            // SAFETY: the CPU has the features the kernels are compiled for.
-            return unsafe {
-                match self.codes {
-                    Codes::Nibbles => x86::dot_nibbles(qs, d, m, xq, xd, xs),
-                    Codes::Bytes => x86::dot_bytes(qs, d, m, xq, xd, xs),
-                }
-            };
+            // SAFETY: the CPU has the features the kernel is compiled for.
+            return unsafe { x86::dots(self.codes == Codes::Nibbles, qs, d, m, x) };
         }
-        dot_scalar(self.codes, qs, d, m, xq, xd, xs)
+        let mut out = [0f32; 4];
+        for (k, o) in out[..n].iter_mut().enumerate() {
+            let (c, b) = (self.cols, nb);
+            *o = dot_scalar(
+                self.codes,
+                qs,
+                d,
+                m,
+                &x.qs[k * c..(k + 1) * c],
+                &x.d[k * b..(k + 1) * b],
+                &x.s[k * b..(k + 1) * b],
+            );
+        }
+        out
     }
+}
+
+/// Up to 4 consecutive quantized activation rows.
+#[derive(Clone, Copy)]
+struct XRows<'a> {
+    qs: &'a [i8],
+    d: &'a [f32],
+    s: &'a [f32],
+    n: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -171,7 +191,7 @@ fn vnni() -> bool {
 }
 
 /// Quantizes each row of x (rows of `cols`) to 8 bits per block of 32, as llama.cpp's
-/// `quantize_row_q8_1`: d = max|x| / 127, q = round(x / d), s = d·Σq.
+/// `quantize_row_q8_1` : d = max|x| / 127, q = round(x / d), s = d·Σq.
 fn quantize_rows(x: &[f32], cols: usize) -> QuantRows {
     let nb = x.len() / BLOCK;
     let mut out = QuantRows {
@@ -235,87 +255,66 @@ mod x86 {
 
     use super::BLOCK;
 
-    /// Σ over blocks of d·dx·Σu·q + m·s for nibble codes, two blocks per 512-bit step.
+    /// For each activation row k < x.n: Σ over blocks of d·dx·Σu·q + m·s, two blocks per
+    /// 512-bit step; each pair of weight blocks is decoded once for all rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_nibbles(
+    pub unsafe fn dots(
+        nibbles: bool,
         qs: &[u8],
         d: &[f32],
         m: &[f32],
-        xq: &[i8],
-        xd: &[f32],
-        xs: &[f32],
-    ) -> f32 {
+        x: super::XRows,
+    ) -> [f32; 4] {
         let nb = d.len();
-        let mut acc = _mm512_setzero_ps();
+        let cols = nb * BLOCK;
+        let mut acc = [_mm512_setzero_ps(); 4];
         let mask = _mm256_set1_epi8(0x0f);
         let mut b = 0;
         while b + 2 <= nb {
-            // [codes b | codes b+1] as 32 bytes -> low and high nibbles -> the 64 codes in
-            // value order [0..16 of b, 16..32 of b, 0..16 of b+1, 16..32 of b+1].
-            let raw = _mm256_loadu_si256(qs.as_ptr().add(b * 16).cast());
-            let lo = _mm256_and_si256(raw, mask);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
-            let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-            let u = _mm512_shuffle_i64x2::<0xd8>(z, z);
-            let x = _mm512_loadu_si512(xq.as_ptr().add(b * BLOCK).cast());
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
-            let s0 = _mm512_set1_ps(d[b] * xd[b]);
-            let s1 = _mm512_set1_ps(d[b + 1] * xd[b + 1]);
-            let scale = _mm512_mask_blend_ps(0xff00, s0, s1);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
+            let u = if nibbles {
+                // [codes b | codes b+1] -> low and high nibbles -> the 64 codes in value order
+                // [0..16 of b, 16..32 of b, 0..16 of b+1, 16..32 of b+1].
+                let raw = _mm256_loadu_si256(qs.as_ptr().add(b * 16).cast());
+                let lo = _mm256_and_si256(raw, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+                let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                _mm512_shuffle_i64x2::<0xd8>(z, z)
+            } else {
+                _mm512_loadu_si512(qs.as_ptr().add(b * BLOCK).cast())
+            };
+            for (k, acc) in acc.iter_mut().enumerate().take(x.n) {
+                let xv = _mm512_loadu_si512(x.qs.as_ptr().add(k * cols + b * BLOCK).cast());
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xv);
+                let s0 = _mm512_set1_ps(d[b] * x.d[k * nb + b]);
+                let s1 = _mm512_set1_ps(d[b + 1] * x.d[k * nb + b + 1]);
+                let scale = _mm512_mask_blend_ps(0xff00, s0, s1);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
+            }
             b += 2;
         }
-        let mut sum = _mm512_reduce_add_ps(acc);
-        if b < nb {
-            sum += super::dot_scalar(
-                super::Codes::Nibbles,
-                &qs[b * 16..],
-                &d[b..],
-                &[0.0],
-                &xq[b * BLOCK..],
-                &xd[b..],
-                &[0.0],
-            );
+        let codes = if nibbles {
+            super::Codes::Nibbles
+        } else {
+            super::Codes::Bytes
+        };
+        let code_len = if nibbles { 16 } else { BLOCK };
+        let mut out = [0f32; 4];
+        for k in 0..x.n {
+            let mut sum = _mm512_reduce_add_ps(acc[k]);
+            if b < nb {
+                sum += super::dot_scalar(
+                    codes,
+                    &qs[b * code_len..],
+                    &d[b..],
+                    &[0.0],
+                    &x.qs[k * cols + b * BLOCK..(k + 1) * cols],
+                    &x.d[k * nb + b..(k + 1) * nb],
+                    &[0.0],
+                );
+            }
+            out[k] = sum + offsets(m, &x.s[k * nb..(k + 1) * nb]);
         }
-        sum + offsets(m, xs)
-    }
-
-    /// As `dot_nibbles` for byte codes.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_bytes(
-        qs: &[u8],
-        d: &[f32],
-        m: &[f32],
-        xq: &[i8],
-        xd: &[f32],
-        xs: &[f32],
-    ) -> f32 {
-        let nb = d.len();
-        let mut acc = _mm512_setzero_ps();
-        let mut b = 0;
-        while b + 2 <= nb {
-            let u = _mm512_loadu_si512(qs.as_ptr().add(b * BLOCK).cast());
-            let x = _mm512_loadu_si512(xq.as_ptr().add(b * BLOCK).cast());
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
-            let s0 = _mm512_set1_ps(d[b] * xd[b]);
-            let s1 = _mm512_set1_ps(d[b + 1] * xd[b + 1]);
-            let scale = _mm512_mask_blend_ps(0xff00, s0, s1);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
-            b += 2;
-        }
-        let mut sum = _mm512_reduce_add_ps(acc);
-        if b < nb {
-            sum += super::dot_scalar(
-                super::Codes::Bytes,
-                &qs[b * BLOCK..],
-                &d[b..],
-                &[0.0],
-                &xq[b * BLOCK..],
-                &xd[b..],
-                &[0.0],
-            );
-        }
-        sum + offsets(m, xs)
+        out
     }
 
     /// Σ m·s, sixteen blocks at a time.
