@@ -357,21 +357,29 @@ impl<'a> Search<'a> {
     fn candidates(&self, g: usize, logits: &[f32], earlier: &[u32]) -> Vec<(f32, usize, u32)> {
         let v = self.vocab;
         let start = g * self.group_size;
-        let mut all = Vec::with_capacity(self.group_size * v);
+        let by_rank = |a: &(f32, usize, u32), b: &(f32, usize, u32)| {
+            b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)))
+        };
+        let keep = (2.max(1 + self.cfg.eos_ids.len()) * self.group_size).min(self.group_size * v);
+        // The overall top `keep` lie within each row's top `keep`: select per row first, so the
+        // full (rows × vocab) candidate list is never built.
+        let mut all = Vec::with_capacity(self.group_size * keep);
+        let mut row_cands = Vec::with_capacity(v);
         for row in start..start + self.group_size {
             let scores = self.processed_logprobs(row, &logits[row * v..(row + 1) * v], earlier);
             let beam_score = self.beams[row].score;
-            all.extend(
+            row_cands.clear();
+            row_cands.extend(
                 scores
                     .into_iter()
                     .enumerate()
                     .map(|(t, s)| (s + beam_score, row, t as u32)),
             );
+            let k = keep.min(row_cands.len());
+            row_cands.select_nth_unstable_by(k - 1, by_rank);
+            all.extend_from_slice(&row_cands[..k]);
         }
-        let by_rank = |a: &(f32, usize, u32), b: &(f32, usize, u32)| {
-            b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)))
-        };
-        let keep = (2.max(1 + self.cfg.eos_ids.len()) * self.group_size).min(all.len());
+        let keep = keep.min(all.len());
         all.select_nth_unstable_by(keep - 1, by_rank);
         all.truncate(keep);
         all.sort_by(by_rank);

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::{Linear, Llama, LlamaConfig, RopeStyle};
 use crate::error::{Error, Result};
+use crate::nn::quant::{matmul_group, QuantMatrix};
 use crate::train::fast::kernels::{matmul, Op};
 use crate::train::fast::llama_kernels::{rmsnorm_forward, swiglu_forward};
 
@@ -118,6 +119,26 @@ fn apply(lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// outs[g] = x @ lins[g]ᵀ for linears sharing their input: one parallel region when all are
+/// block-quantized, one product after the other otherwise.
+fn apply_group(lins: &[&Linear], x: &[f32], m: usize, outs: &mut [&mut [f32]]) -> Result<()> {
+    let blocks: Option<Vec<&QuantMatrix>> = lins
+        .iter()
+        .map(|l| match l {
+            Linear::Blocks(q) => Some(q),
+            _ => None,
+        })
+        .collect();
+    if let Some(mats) = blocks {
+        matmul_group(&mats, x, m, outs);
+        return Ok(());
+    }
+    for (lin, out) in lins.iter().zip(outs.iter_mut()) {
+        apply(lin, x, m, out)?;
+    }
+    Ok(())
+}
+
 /// Rotates each head of `x` (rows of `heads` × hd) in place at positions `pos(row)`.
 fn rope(
     x: &mut [f32],
@@ -207,9 +228,12 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         with_f32(&block.attn_norm, |w| {
             rmsnorm_forward(&mut h, &mut rstd, &x, w, eps, c)
         })?;
-        apply(&block.q, &h, n, &mut q)?;
-        apply(&block.k, &h, n, &mut k)?;
-        apply(&block.v, &h, n, &mut v)?;
+        apply_group(
+            &[&block.q, &block.k, &block.v],
+            &h,
+            n,
+            &mut [&mut q, &mut k, &mut v],
+        )?;
         let pos = |r: usize| start + r % t;
         rope(&mut q, nh, hd, model.rope, cos, sin, pos);
         rope(&mut k, nkv, hd, model.rope, cos, sin, pos);
@@ -237,8 +261,7 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         with_f32(&block.mlp_norm, |w| {
             rmsnorm_forward(&mut h, &mut rstd, &x, w, eps, c)
         })?;
-        apply(&block.gate, &h, n, &mut g)?;
-        apply(&block.up, &h, n, &mut u)?;
+        apply_group(&[&block.gate, &block.up], &h, n, &mut [&mut g, &mut u])?;
         swiglu_forward(&mut m, &g, &u);
         apply(&block.down, &m, n, &mut tmp)?;
         x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
@@ -270,8 +293,10 @@ fn attention(
 ) {
     let scale = 1.0 / (hd as f32).sqrt();
     let group = nh / nkv;
-    // One task per (row, position, head): disjoint hd-wide slices of out.
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+    // One task per (row, position, head): disjoint hd-wide slices of out; on this thread when
+    // the whole is too small to be worth waking the pool.
+    let work = out.len() * (start + t);
+    let one = |(idx, o): (usize, &mut [f32])| {
         let (r, head) = (idx / nh, idx % nh);
         let (b, p) = (r / t, start + r % t);
         let kh = head / group;
@@ -293,7 +318,12 @@ fn attention(
             let vj = &v[base + j * hd..base + (j + 1) * hd];
             o.iter_mut().zip(vj).for_each(|(o, &v)| *o += w * v);
         }
-    });
+    };
+    if work < 1 << 17 {
+        out.chunks_mut(hd).enumerate().for_each(one);
+    } else {
+        out.par_chunks_mut(hd).enumerate().for_each(one);
+    }
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -45,6 +45,9 @@ struct QuantRows {
     qs: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// Each block's scale 8 times over, so that two consecutive blocks load as one 16-lane
+    /// vector matching `vpdpbusd`'s 16 sums (8 per block).
+    d8: Vec<f32>,
 }
 
 impl QuantMatrix {
@@ -106,27 +109,7 @@ impl QuantMatrix {
 
     /// out (m, rows) = x (m, cols) @ Wᵀ, over rayon's pool.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        assert_eq!(x.len(), m * self.cols);
-        assert_eq!(out.len(), m * self.rows);
-        let xq = quantize_rows(x, self.cols);
-        // Output rows in chunks: each chunk's weights are read once for all m activation rows,
-        // and each weight block is decoded once for up to 4 of them.
-        let chunk = 16;
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        let tasks = self.rows.div_ceil(chunk);
-        (0..tasks).into_par_iter().for_each(|t| {
-            let (r0, r1) = (t * chunk, ((t + 1) * chunk).min(self.rows));
-            for i0 in (0..m).step_by(4) {
-                let n = 4.min(m - i0);
-                for r in r0..r1 {
-                    let v = self.row_dots(r, &xq, i0, n);
-                    for (k, &v) in v[..n].iter().enumerate() {
-                        // SAFETY: (i0 + k, r) is written by this task only, inside out.
-                        unsafe { *out_ptr.get().add((i0 + k) * self.rows + r) = v };
-                    }
-                }
-            }
-        });
+        matmul_group(&[self], x, m, &mut [out]);
     }
 
     /// Row r of W dotted with the n ≤ 4 quantized activation rows i0..i0 + n.
@@ -139,6 +122,7 @@ impl QuantMatrix {
             qs: &xq.qs[i0 * self.cols..(i0 + n) * self.cols],
             d: &xq.d[i0 * nb..(i0 + n) * nb],
             s: &xq.s[i0 * nb..(i0 + n) * nb],
+            d8: &xq.d8[i0 * nb * 8..(i0 + n) * nb * 8],
             n,
         };
         #[cfg(target_arch = "x86_64")]
@@ -169,7 +153,43 @@ struct XRows<'a> {
     qs: &'a [i8],
     d: &'a [f32],
     s: &'a [f32],
+    d8: &'a [f32],
     n: usize,
+}
+
+/// outs[g] (m, mats[g].rows) = x (m, cols) @ mats[g]ᵀ for matrices that share their input (a
+/// layer's query, key and value projections): the input is quantized once and all products run
+/// in one parallel region. Output rows go in chunks: each chunk's weights are read once for all
+/// m activation rows, and each weight block is decoded once for up to 4 of them.
+pub fn matmul_group(mats: &[&QuantMatrix], x: &[f32], m: usize, outs: &mut [&mut [f32]]) {
+    assert_eq!(mats.len(), outs.len());
+    let cols = mats.first().map_or(0, |w| w.cols);
+    assert_eq!(x.len(), m * cols);
+    for (w, out) in mats.iter().zip(outs.iter()) {
+        assert!(w.cols == cols && out.len() == m * w.rows);
+    }
+    let xq = quantize_rows(x, cols);
+    let chunk = 64;
+    let tasks: Vec<(usize, usize)> = mats
+        .iter()
+        .enumerate()
+        .flat_map(|(g, w)| (0..w.rows.div_ceil(chunk)).map(move |t| (g, t * chunk)))
+        .collect();
+    let ptrs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    tasks.into_par_iter().for_each(|(g, r0)| {
+        let w = mats[g];
+        let r1 = (r0 + chunk).min(w.rows);
+        for i0 in (0..m).step_by(4) {
+            let n = 4.min(m - i0);
+            for r in r0..r1 {
+                let v = w.row_dots(r, &xq, i0, n);
+                for (k, &v) in v[..n].iter().enumerate() {
+                    // SAFETY: (g, i0 + k, r) is written by this task only, inside outs[g].
+                    unsafe { *ptrs[g].get().add((i0 + k) * w.rows + r) = v };
+                }
+            }
+        }
+    });
 }
 
 #[derive(Clone, Copy)]
@@ -198,6 +218,7 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantRows {
         qs: vec![0; x.len()],
         d: Vec::with_capacity(nb),
         s: Vec::with_capacity(nb),
+        d8: Vec::with_capacity(nb * 8),
     };
     debug_assert_eq!(cols % BLOCK, 0);
     for (blk, q) in x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)) {
@@ -209,7 +230,9 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantRows {
             *q = (v * id).round() as i8;
             sum += *q as i32;
         }
-        out.d.push(f16::from_f32(d).to_f32());
+        let d16 = f16::from_f32(d).to_f32();
+        out.d.push(d16);
+        out.d8.extend([d16; 8]);
         out.s.push(f16::from_f32(d * sum as f32).to_f32());
     }
     out
@@ -282,12 +305,12 @@ mod x86 {
             } else {
                 _mm512_loadu_si512(qs.as_ptr().add(b * BLOCK).cast())
             };
+            // The weight scales of the two blocks, shared by the rows.
+            let ws = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(d[b]), _mm512_set1_ps(d[b + 1]));
             for (k, acc) in acc.iter_mut().enumerate().take(x.n) {
                 let xv = _mm512_loadu_si512(x.qs.as_ptr().add(k * cols + b * BLOCK).cast());
                 let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xv);
-                let s0 = _mm512_set1_ps(d[b] * x.d[k * nb + b]);
-                let s1 = _mm512_set1_ps(d[b + 1] * x.d[k * nb + b + 1]);
-                let scale = _mm512_mask_blend_ps(0xff00, s0, s1);
+                let scale = _mm512_mul_ps(ws, _mm512_loadu_ps(x.d8.as_ptr().add((k * nb + b) * 8)));
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
             }
             b += 2;
