@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::nn::quant::{matmul_group, QuantMatrix};
 use crate::train::fast::kernels::{matmul, Op};
 use crate::train::fast::llama_kernels::{rmsnorm_forward, swiglu_forward};
+use crate::train::fast::simd::{self, simd_fn};
 
 /// The key/value cache of `step`, for `rows` sequences at the same position.
 #[derive(Debug, Clone)]
@@ -106,7 +107,11 @@ fn apply(lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
         Linear::Dense(w) => {
             let (rows, cols) = w.dims2()?;
             with_f32(w, |w| {
-                matmul((m, rows, cols), out, false, Op::N(x), Op::T(w), 1.0)
+                if m <= 8 {
+                    dense_few_rows(x, m, w, rows, cols, out)
+                } else {
+                    matmul((m, rows, cols), out, false, Op::N(x), Op::T(w), 1.0)
+                }
             })?;
         }
         Linear::Blocks(q) => q.matmul(x, m, out),
@@ -117,6 +122,35 @@ fn apply(lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+simd_fn! {
+    /// Rows of W (each `cols` long) dotted with the m rows of x: out[r·m + i] = x_i · w_r.
+    fn dense_chunk(out: &mut [f32], w: &[f32], x: &[f32], cols: usize) {
+        let m = x.len() / cols;
+        for (o, wr) in out.chunks_exact_mut(m).zip(w.chunks_exact(cols)) {
+            for (i, o) in o.iter_mut().enumerate() {
+                *o = simd::dot(&x[i * cols..(i + 1) * cols], wr);
+            }
+        }
+    }
+}
+
+/// out (m, rows) = x (m, cols) @ Wᵀ for a few rows of x (decoding, beams): each row of W is read
+/// once, contiguously, for all of them, with no packing of W (a GEMM would pack all of W per
+/// call).
+fn dense_few_rows(x: &[f32], m: usize, w: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    const CHUNK: usize = 64;
+    let mut by_row = vec![0f32; rows * m];
+    by_row
+        .par_chunks_mut(CHUNK * m)
+        .zip(w.par_chunks(CHUNK * cols))
+        .for_each(|(o, w)| dense_chunk(o, w, x, cols));
+    for (r, vals) in by_row.chunks_exact(m).enumerate() {
+        for (i, &v) in vals.iter().enumerate() {
+            out[i * rows + r] = v;
+        }
+    }
 }
 
 /// outs[g] = x @ lins[g]ᵀ for linears sharing their input: one parallel region when all are
