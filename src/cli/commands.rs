@@ -21,6 +21,7 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Data(d) => data_cmd(d),
         Command::Train(a) => train_cmd(&a).map(|_| ()),
         Command::Generate(a) => super::generate::generate_cmd(&a),
+        Command::Chat(a) => super::generate::chat(&a),
         Command::Export(a) => export(&a.model, &a.format, &a.out, a.json),
         Command::Plot(a) => {
             let logs = decodex::plot::read_metrics(&a.metrics)?;

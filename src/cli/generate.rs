@@ -442,3 +442,89 @@ fn time_beam<D: Decoder>(m: &D, ids: &[u32], beam: bool) -> Result<Option<f64>> 
     let n = hyps.first().map_or(0, |h| h.tokens.len());
     Ok(Some(n as f64 / t.elapsed().as_secs_f64()))
 }
+
+/// `decodex chat`: a read-reply loop over stdin; each turn renders the whole conversation with
+/// the model's chat template and streams the reply.
+pub fn chat(a: &super::ChatArgs) -> Result<()> {
+    let sampling = SamplingConfig {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        seed: a.seed,
+        ..SamplingConfig::default()
+    };
+    sampling.validate()?;
+    let model = pretrained::load(&a.model, a.dequantize, None)?;
+    let sampling = SamplingConfig {
+        eos_ids: model.eos_ids.clone(),
+        ..sampling
+    };
+    let mut history: Vec<(String, String)> = Vec::new();
+    if let Some(s) = &a.system {
+        history.push(("system".into(), s.clone()));
+    }
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    loop {
+        if !a.json {
+            write!(out, "> ")?;
+            out.flush()?;
+        }
+        let mut line = String::new();
+        if stdin.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        history.push(("user".into(), line.trim_end().to_string()));
+        let msgs: Vec<(&str, &str)> = history
+            .iter()
+            .map(|(r, c)| (r.as_str(), c.as_str()))
+            .collect();
+        let ids = model.tokenizer.encode(&model.chat_prompt_for(&msgs)?)?;
+        let strategy = if a.temperature == 0.0 {
+            Strategy::Greedy
+        } else {
+            Strategy::Sample
+        };
+        let turn = SamplingConfig {
+            seed: sampling.seed.wrapping_add(history.len() as u64),
+            ..sampling.clone()
+        };
+        let (mut shown, mut so_far) = (0usize, Vec::new());
+        let reply = {
+            let mut emit = |tok: u32| {
+                if a.json || model.eos_ids.contains(&tok) {
+                    return;
+                }
+                so_far.push(tok);
+                if let Ok(text) = model.tokenizer.decode(&so_far) {
+                    let end = text.trim_end_matches('\u{FFFD}').len();
+                    if end > shown && text.is_char_boundary(shown) {
+                        let _ = out
+                            .write_all(&text.as_bytes()[shown..end])
+                            .and_then(|_| out.flush());
+                        shown = end;
+                    }
+                }
+            };
+            let n = a.max_new_tokens;
+            match &model.network {
+                Network::Gpt(m) => generate_ids(m, &ids, &turn, strategy, n, |t, _| emit(t))?,
+                Network::Llama(m) => generate_ids(m, &ids, &turn, strategy, n, |t, _| emit(t))?,
+            }
+            .tokens
+        };
+        let kept: Vec<u32> = reply
+            .iter()
+            .copied()
+            .filter(|t| !model.eos_ids.contains(t))
+            .collect();
+        let text = model.tokenizer.decode(&kept)?;
+        if a.json {
+            writeln!(out, "{}", json!({"reply": text, "tokens": reply}))?;
+        } else {
+            writeln!(out)?;
+        }
+        history.push(("assistant".into(), text));
+    }
+    Ok(())
+}

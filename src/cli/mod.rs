@@ -37,6 +37,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Generate text from a model directory.
     Generate(Box<GenerateArgs>),
+    /// Chat with an instruct model: type a message, the reply streams; an empty line or EOF ends.
+    Chat(ChatArgs),
     /// Export a model directory for other tools.
     Export(ExportArgs),
     /// Draw train/val loss curves from a metrics.jsonl file.
@@ -236,6 +238,32 @@ pub struct GenerateArgs {
     /// Report the log-probability of each generated token.
     #[arg(long)]
     pub logprobs: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// A GGUF file or a Hugging Face directory with a chat template.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A system message opening the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// 0 decodes greedily.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 1.1)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    #[arg(long)]
+    pub dequantize: bool,
+    /// One JSON object per reply instead of streamed text.
     #[arg(long)]
     pub json: bool,
 }

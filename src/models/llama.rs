@@ -477,7 +477,10 @@ impl Decoder for Llama {
     }
 
     fn step(&self, tokens: &[u32], batch: usize, cache: &mut infer::Cache) -> Result<Vec<f32>> {
-        infer::step(self, tokens, batch, cache)
+        // Run on a worker of the current rayon pool: each parallel region of the step then starts
+        // from a thread that works in it, instead of handing off from (and waking back) the
+        // caller, which at batch 1 costs more than some of the regions themselves.
+        rayon::scope(|_| infer::step(self, tokens, batch, cache))
     }
 
     fn select_rows(&self, cache: &mut infer::Cache, rows: &[usize]) -> Result<()> {

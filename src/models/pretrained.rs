@@ -112,6 +112,12 @@ impl Pretrained {
     /// The prompt as the model's chat template formats one user message, ready for the
     /// assistant's reply (Hugging Face's `apply_chat_template(..., add_generation_prompt=True)`).
     pub fn chat_prompt(&self, user: &str) -> Result<String> {
+        self.chat_prompt_for(&[("user", user)])
+    }
+
+    /// The chat template applied to a whole conversation of (role, content) messages, ready for
+    /// the assistant's next reply.
+    pub fn chat_prompt_for(&self, messages: &[(&str, &str)]) -> Result<String> {
         let template = self
             .chat_template
             .as_deref()
@@ -128,7 +134,10 @@ impl Pretrained {
         };
         env.add_template("chat", template).map_err(bad)?;
         let ctx = minijinja::context! {
-            messages => vec![minijinja::context! { role => "user", content => user }],
+            messages => messages
+                .iter()
+                .map(|(role, content)| minijinja::context! { role => role, content => content })
+                .collect::<Vec<_>>(),
             add_generation_prompt => true,
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
