@@ -361,23 +361,24 @@ impl<'a> Search<'a> {
             b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)))
         };
         let keep = (2.max(1 + self.cfg.eos_ids.len()) * self.group_size).min(self.group_size * v);
-        // The overall top `keep` lie within each row's top `keep`: select per row first, so the
-        // full (rows × vocab) candidate list is never built.
+        // The overall top `keep` lie within each row's top `keep`: one pass per row keeps them
+        // (a sorted list of `keep`, entered only by a score above its last), so no (rows × vocab)
+        // candidate list is built.
         let mut all = Vec::with_capacity(self.group_size * keep);
-        let mut row_cands = Vec::with_capacity(v);
         for row in start..start + self.group_size {
             let scores = self.processed_logprobs(row, &logits[row * v..(row + 1) * v], earlier);
             let beam_score = self.beams[row].score;
-            row_cands.clear();
-            row_cands.extend(
-                scores
-                    .into_iter()
-                    .enumerate()
-                    .map(|(t, s)| (s + beam_score, row, t as u32)),
-            );
-            let k = keep.min(row_cands.len());
-            row_cands.select_nth_unstable_by(k - 1, by_rank);
-            all.extend_from_slice(&row_cands[..k]);
+            let mut top: Vec<(f32, usize, u32)> = Vec::with_capacity(keep + 1);
+            for (t, &s) in scores.iter().enumerate() {
+                let c = (s + beam_score, row, t as u32);
+                if top.len() == keep && by_rank(&c, &top[keep - 1]) != std::cmp::Ordering::Less {
+                    continue;
+                }
+                let at = top.partition_point(|x| by_rank(x, &c) == std::cmp::Ordering::Less);
+                top.insert(at, c);
+                top.truncate(keep);
+            }
+            all.extend(top);
         }
         let keep = keep.min(all.len());
         all.select_nth_unstable_by(keep - 1, by_rank);

@@ -337,21 +337,13 @@ fn attention(
         let qv = &q[idx * hd..(idx + 1) * hd];
         let base = (b * nkv + kh) * cap * hd;
         let keys = p + 1;
-        let mut s: Vec<f32> = (0..keys)
-            .map(|j| dot(qv, &k[base + j * hd..base + (j + 1) * hd]) * scale)
-            .collect();
-        let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0f32;
-        for x in s.iter_mut() {
-            *x = (*x - mx).exp();
-            sum += *x;
-        }
-        o.fill(0.0);
-        for (j, &w) in s.iter().enumerate() {
-            let w = w / sum;
-            let vj = &v[base + j * hd..base + (j + 1) * hd];
-            o.iter_mut().zip(vj).for_each(|(o, &v)| *o += w * v);
-        }
+        attend(
+            o,
+            qv,
+            &k[base..base + keys * hd],
+            &v[base..base + keys * hd],
+            scale,
+        );
     };
     if work < 1 << 17 {
         out.chunks_mut(hd).enumerate().for_each(one);
@@ -360,19 +352,24 @@ fn attention(
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (xa, xb) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += xa[i] * xb[i];
+simd_fn! {
+    /// One query against its keys and values (keys × hd each, contiguous): o = softmax(q·kᵀ ·
+    /// scale) v.
+    fn attend(o: &mut [f32], qv: &[f32], k: &[f32], v: &[f32], scale: f32) {
+        let hd = qv.len();
+        let mut s: Vec<f32> = k.chunks_exact(hd).map(|kj| simd::dot(qv, kj) * scale).collect();
+        let mx = simd::max(&s);
+        let mut sum = 0f32;
+        for x in s.iter_mut() {
+            *x = simd::exp(*x - mx);
+            sum += *x;
+        }
+        o.fill(0.0);
+        for (&w, vj) in s.iter().zip(v.chunks_exact(hd)) {
+            let w = w / sum;
+            for (o, &x) in o.iter_mut().zip(vj) {
+                *o += w * x;
+            }
         }
     }
-    acc.iter().sum::<f32>() + tail
 }

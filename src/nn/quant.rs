@@ -222,6 +222,18 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantRows {
     };
     debug_assert_eq!(cols % BLOCK, 0);
     for (blk, q) in x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)) {
+        let (d, sum) = quantize_block(blk, q);
+        let d16 = f16::from_f32(d).to_f32();
+        out.d.push(d16);
+        out.d8.extend([d16; 8]);
+        out.s.push(f16::from_f32(d * sum as f32).to_f32());
+    }
+    out
+}
+
+crate::train::fast::simd::simd_fn! {
+    /// One block of 32 activations to 8-bit codes: returns (d, Σ codes).
+    fn quantize_block(blk: &[f32], q: &mut [i8]) -> (f32, i32) {
         let amax = blk.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
@@ -230,12 +242,8 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantRows {
             *q = (v * id).round() as i8;
             sum += *q as i32;
         }
-        let d16 = f16::from_f32(d).to_f32();
-        out.d.push(d16);
-        out.d8.extend([d16; 8]);
-        out.s.push(f16::from_f32(d * sum as f32).to_f32());
+        (d, sum)
     }
-    out
 }
 
 /// The reference block dot product (and the path on CPUs without AVX512-VNNI).
