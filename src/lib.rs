@@ -18,3 +18,6 @@ pub mod tokenizer;
 pub mod train;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+pub(crate) mod testutil;

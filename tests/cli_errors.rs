@@ -104,24 +104,7 @@ fn unknown_config_key() {
 
 /// Trains a 2-step model into `dir/run` and returns its path.
 fn trained_model(d: &std::path::Path) -> std::path::PathBuf {
-    let cfg = common::write_config(d, "ok.toml", "", "", &[]);
-    let run = d.join("run");
-    let out = decodex(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--max-iters",
-        "2",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    run
+    common::trained_model(d, 2)
 }
 
 #[test]

@@ -21,23 +21,7 @@ fn json_lines(out: &std::process::Output) -> Vec<Value> {
 #[test]
 fn trained_gpt_decodes_with_every_strategy() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = common::write_config(d.path(), "ok.toml", "", "", &[]);
-    let run = d.path().join("run");
-    let out = decodex(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--max-iters",
-        "20",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run = common::trained_model(d.path(), 20);
     let m = run.to_str().unwrap();
     let gen = |extra: &[&str]| {
         let mut args = vec![

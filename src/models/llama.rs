@@ -115,7 +115,8 @@ pub enum RopeStyle {
 #[derive(Debug, Clone)]
 pub enum Linear {
     Dense(Tensor),
-    Blocks(QuantMatrix),
+    /// Shared: a tied head and the token embedding are one matrix.
+    Blocks(std::sync::Arc<QuantMatrix>),
     Quantized(QMatMul),
 }
 
@@ -141,10 +142,17 @@ impl Linear {
     /// quantized matmul otherwise.
     fn quantized(q: QTensor) -> Result<Linear> {
         Ok(match QuantMatrix::from_qtensor(&q)? {
-            Some(m) => Linear::Blocks(m),
+            Some(m) => Linear::Blocks(std::sync::Arc::new(m)),
             None => Linear::Quantized(QMatMul::from_qtensor(q)?),
         })
     }
+}
+
+/// The token embedding table (vocab, hidden): f32, or the GGUF blocks it was stored in.
+#[derive(Debug, Clone)]
+enum Embedding {
+    Dense(Tensor),
+    Blocks(std::sync::Arc<QuantMatrix>),
 }
 
 /// One transformer block.
@@ -164,7 +172,7 @@ struct Block {
 #[derive(Debug, Clone)]
 pub struct Llama {
     pub cfg: LlamaConfig,
-    embed: Tensor,
+    embed: Embedding,
     blocks: Vec<Block>,
     norm: Tensor,
     head: Linear,
@@ -217,8 +225,17 @@ impl Llama {
                 Linear::quantized(q)?
             })
         };
+        // The token embedding stays in its blocks when they are decodex's formats (rows are
+        // dequantized as they are looked up), shared with a tied head.
         let embed_q = get("token_embd.weight")?;
-        let embed = embed_q.dequantize(device)?;
+        let embed_blocks = match dequantize {
+            false => QuantMatrix::from_qtensor(&embed_q)?.map(std::sync::Arc::new),
+            true => None,
+        };
+        let embed = match &embed_blocks {
+            Some(m) => Embedding::Blocks(m.clone()),
+            None => Embedding::Dense(embed_q.dequantize(device)?),
+        };
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let mut w = |n: &str| get(&format!("blk.{l}.{n}.weight"));
@@ -237,6 +254,8 @@ impl Llama {
         let norm = dense(get("output_norm.weight")?)?;
         let head = if content.tensor_infos.contains_key("output.weight") {
             linear(get("output.weight")?)?
+        } else if let Some(m) = embed_blocks {
+            Linear::Blocks(m)
         } else {
             linear(embed_q)?
         };
@@ -281,7 +300,7 @@ impl Llama {
                 })?;
             Ok(t.to_dtype(DType::F32)?)
         };
-        let embed = get("model.embed_tokens.weight")?;
+        let embed_w = get("model.embed_tokens.weight")?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
@@ -301,8 +320,9 @@ impl Llama {
         let norm = get("model.norm.weight")?;
         let head = match get("lm_head.weight") {
             Ok(w) if !cfg.tie_word_embeddings => Linear::Dense(w),
-            _ => Linear::Dense(embed.clone()),
+            _ => Linear::Dense(embed_w.clone()),
         };
+        let embed = Embedding::Dense(embed_w);
         Self::assemble(
             cfg,
             embed,
@@ -318,7 +338,7 @@ impl Llama {
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         cfg: LlamaConfig,
-        embed: Tensor,
+        embed: Embedding,
         blocks: Vec<Block>,
         norm: Tensor,
         head: Linear,
@@ -350,6 +370,31 @@ impl Llama {
             device: device.clone(),
             quantized,
         })
+    }
+
+    /// The embeddings of `ids`, row after row (ids.len() × hidden).
+    pub fn embed_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let c = self.cfg.hidden_size;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(Error::UnknownTokenId {
+                id: bad,
+                vocab_size: self.cfg.vocab_size,
+            });
+        }
+        let mut x = vec![0f32; ids.len() * c];
+        match &self.embed {
+            Embedding::Dense(e) => infer::with_f32(e, |e| {
+                for (row, &id) in x.chunks_exact_mut(c).zip(ids) {
+                    row.copy_from_slice(&e[id as usize * c..(id as usize + 1) * c]);
+                }
+            })?,
+            Embedding::Blocks(m) => {
+                for (row, &id) in x.chunks_exact_mut(c).zip(ids) {
+                    m.dequantize_row(id as usize, row);
+                }
+            }
+        }
+        Ok(x)
     }
 
     /// An empty cache for `forward`.
@@ -384,10 +429,8 @@ impl Llama {
         let mask = (t > 1)
             .then(|| causal_mask(t, start + t, &self.device))
             .transpose()?;
-        let mut x = self
-            .embed
-            .embedding(&ids.flatten_all()?)?
-            .reshape((b, t, ()))?;
+        let rows = self.embed_rows(&ids.flatten_all()?.to_vec1::<u32>()?)?;
+        let mut x = Tensor::from_vec(rows, (b, t, self.cfg.hidden_size), &self.device)?;
         for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
             let heads = |y: Tensor, n: usize| -> Result<Tensor> {

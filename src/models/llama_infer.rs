@@ -87,7 +87,7 @@ impl Cache {
 }
 
 /// Runs `f` on the f32 data of a contiguous CPU tensor, in place.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         return Err(Error::Invalid(
@@ -159,7 +159,7 @@ fn apply_group(lins: &[&Linear], x: &[f32], m: usize, outs: &mut [&mut [f32]]) -
     let blocks: Option<Vec<&QuantMatrix>> = lins
         .iter()
         .map(|l| match l {
-            Linear::Blocks(q) => Some(q),
+            Linear::Blocks(q) => Some(&**q),
             _ => None,
         })
         .collect();
@@ -238,12 +238,7 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         cfg.head_dim(),
     );
     let (inter, n, eps) = (cfg.intermediate_size, batch * t, cfg.rms_norm_eps as f32);
-    let mut x = vec![0f32; n * c];
-    with_f32(&model.embed, |e| {
-        for (row, &id) in x.chunks_exact_mut(c).zip(tokens) {
-            row.copy_from_slice(&e[id as usize * c..(id as usize + 1) * c]);
-        }
-    })?;
+    let mut x = model.embed_rows(tokens)?;
     let (mut h, mut rstd, mut tmp) = (vec![0f32; n * c], vec![0f32; n], vec![0f32; n * c]);
     let (mut q, mut k, mut v) = (
         vec![0f32; n * nh * hd],

@@ -107,6 +107,25 @@ impl QuantMatrix {
         Ok(Some(out))
     }
 
+    /// Row r of the matrix as f32 (an embedding lookup): d·u + m per block.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let nb = self.cols / BLOCK;
+        let code_len = if self.codes == Codes::Nibbles { 16 } else { 32 };
+        let qs = &self.qs[r * nb * code_len..(r + 1) * nb * code_len];
+        for (b, vals) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let (d, m) = (self.d[r * nb + b], self.m[r * nb + b]);
+            let q = &qs[b * code_len..(b + 1) * code_len];
+            for (j, v) in vals.iter_mut().enumerate() {
+                let u = match self.codes {
+                    Codes::Nibbles if j < 16 => q[j] & 0x0f,
+                    Codes::Nibbles => q[j - 16] >> 4,
+                    Codes::Bytes => q[j],
+                };
+                *v = d * u as f32 + m;
+            }
+        }
+    }
+
     /// out (m, rows) = x (m, cols) @ Wᵀ, over rayon's pool.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
         matmul_group(&[self], x, m, &mut [out]);
@@ -375,17 +394,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
-    fn fill(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::testutil::fill;
 
     /// Each format against the dequantized matrix times the exact activations: the only error
     /// is the 8-bit activation rounding (well under 1% of the output scale), and the SIMD path
@@ -403,6 +412,16 @@ mod tests {
                 .to_vec2::<f32>()
                 .unwrap();
             let qm = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+            let mut row = vec![0f32; cols];
+            for (r, want) in deq.iter().enumerate() {
+                qm.dequantize_row(r, &mut row);
+                assert!(
+                    row.iter()
+                        .zip(want)
+                        .all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs().max(1.0)),
+                    "{dtype:?} row {r}"
+                );
+            }
             let mut out = vec![0f32; m * rows];
             qm.matmul(&x, m, &mut out);
             let xq = quantize_rows(&x, cols);

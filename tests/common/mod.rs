@@ -128,3 +128,27 @@ pub fn smollm2() -> PathBuf {
     );
     p
 }
+
+/// Trains a tiny char model for `iters` steps into `dir/run` (config `dir/ok.toml`) and returns
+/// the run's path.
+pub fn trained_model(dir: &Path, iters: usize) -> PathBuf {
+    let cfg = write_config(dir, "ok.toml", "", "", &[]);
+    let run = dir.join("run");
+    let iters = iters.to_string();
+    let out = decodex(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--max-iters",
+        &iters,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run
+}

@@ -707,18 +707,7 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// A deterministic pseudo-random fill in [-1, 1).
-    fn fill(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::testutil::fill;
 
     /// (rs, cs) of an (r, c) matrix stored row-major, or as its row-major transpose.
     fn strides(r: usize, c: usize, trans: bool) -> (usize, usize) {

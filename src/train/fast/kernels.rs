@@ -692,6 +692,21 @@ simd_fn! {
     }
 }
 
+/// Adds head h's slice of the c_attn bias (3C) to its q, k and v columns of T rows of qkv,
+/// `q` pointing at the head's first q value of the first row.
+///
+/// # Safety
+/// The T rows (stride 3C) of the head's three hs-wide column ranges must be inside live memory
+/// that no one else touches meanwhile.
+unsafe fn add_head_bias(q: *mut f32, bias: &[f32], (t, c, h, hs): (usize, usize, usize, usize)) {
+    for r in 0..t {
+        for part in 0..3 {
+            let row = std::slice::from_raw_parts_mut(q.add(r * 3 * c + part * c), hs);
+            add_assign(row, &bias[part * c + h * hs..part * c + (h + 1) * hs]);
+        }
+    }
+}
+
 /// out (B, T, C) = per head softmax(q kᵀ/√hs, causal) v, heads side by side; saves the
 /// log-sum-exp of each row of scores in lse (B, nh, T), all the backward needs to recompute the
 /// probabilities. qkv (B, T, 3C) holds [q | k | v] (head h in columns h·hs..(h+1)·hs of each)
@@ -731,13 +746,7 @@ pub fn attention_forward(
                 let q = qkv.get().add(bi * t * 3 * c + h * hs);
                 let o = out.get().add(bi * t * c + h * hs);
                 if let Some(bias) = bias {
-                    for r in 0..t {
-                        for part in 0..3 {
-                            let row =
-                                std::slice::from_raw_parts_mut(q.add(r * 3 * c + part * c), hs);
-                            add_assign(row, &bias[part * c + h * hs..part * c + (h + 1) * hs]);
-                        }
-                    }
+                    add_head_bias(q, bias, (t, c, h, hs));
                 }
                 let (k, v) = (q.add(c), q.add(2 * c));
                 for r0 in (0..t).step_by(ATT_TILE) {
@@ -913,13 +922,7 @@ fn attention_forward_bf16(
                 let q = qkv.get().add(bi * t * 3 * c + h * hs);
                 let o = out.get().add(bi * t * c + h * hs);
                 if let Some(bias) = bias {
-                    for r in 0..t {
-                        for part in 0..3 {
-                            let row =
-                                std::slice::from_raw_parts_mut(q.add(r * 3 * c + part * c), hs);
-                            add_assign(row, &bias[part * c + h * hs..part * c + (h + 1) * hs]);
-                        }
-                    }
+                    add_head_bias(q, bias, (t, c, h, hs));
                 }
                 let (k, v) = (q.add(c), q.add(2 * c));
                 // Kᵀ (hs, T) and V (T, hs) as B operands, for all tiles of this head.
@@ -1181,18 +1184,7 @@ pub fn cross_entropy_backward(
 mod tests {
     use super::*;
 
-    /// A deterministic pseudo-random fill in [-1, 1).
-    fn fill(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::testutil::fill;
 
     fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
         let diff: f64 = a
