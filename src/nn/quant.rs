@@ -37,14 +37,19 @@ pub struct QuantMatrix {
     /// Per (row, block) scale and offset.
     d: Vec<f32>,
     m: Vec<f32>,
+    /// Whether the offset is a fixed code (Q4_0's 8, Q8_0's 128), which llama.cpp folds into
+    /// exact integer sums: the offset term then uses the activations' exact scale·Σcodes. For
+    /// Q4_1's stored offsets it uses the f16-rounded one, as llama.cpp's `block_q8_1` holds it.
+    exact_offset: bool,
 }
 
 /// Activations quantized like llama.cpp's `block_q8_1`: per block, codes, scale and scale·Σcodes
-/// (both rounded through f16, as llama.cpp stores them).
+/// (both rounded through f16, as llama.cpp stores them), and scale·Σcodes unrounded.
 struct QuantRows {
     qs: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    s_exact: Vec<f32>,
     /// Each block's scale 8 times over, so that two consecutive blocks load as one 16-lane
     /// vector matching `vpdpbusd`'s 16 sums (8 per block).
     d8: Vec<f32>,
@@ -82,6 +87,7 @@ impl QuantMatrix {
             qs: Vec::with_capacity(nb * code_len),
             d: Vec::with_capacity(nb),
             m: Vec::with_capacity(nb),
+            exact_offset: q.dtype() != GgmlDType::Q4_1,
         };
         let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
         for blk in data.chunks_exact(bytes_per_block) {
@@ -140,7 +146,10 @@ impl QuantMatrix {
         let x = XRows {
             qs: &xq.qs[i0 * self.cols..(i0 + n) * self.cols],
             d: &xq.d[i0 * nb..(i0 + n) * nb],
-            s: &xq.s[i0 * nb..(i0 + n) * nb],
+            s: match self.exact_offset {
+                true => &xq.s_exact[i0 * nb..(i0 + n) * nb],
+                false => &xq.s[i0 * nb..(i0 + n) * nb],
+            },
             d8: &xq.d8[i0 * nb * 8..(i0 + n) * nb * 8],
             n,
         };
@@ -237,6 +246,7 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantRows {
         qs: vec![0; x.len()],
         d: Vec::with_capacity(nb),
         s: Vec::with_capacity(nb),
+        s_exact: Vec::with_capacity(nb),
         d8: Vec::with_capacity(nb * 8),
     };
     debug_assert_eq!(cols % BLOCK, 0);
@@ -246,6 +256,7 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantRows {
         out.d.push(d16);
         out.d8.extend([d16; 8]);
         out.s.push(f16::from_f32(d * sum as f32).to_f32());
+        out.s_exact.push(d16 * sum as f32);
     }
     out
 }
@@ -442,7 +453,11 @@ mod tests {
                         &qm.m[r * nb..(r + 1) * nb],
                         &xq.qs[i * cols..(i + 1) * cols],
                         &xq.d[i * nb..(i + 1) * nb],
-                        &xq.s[i * nb..(i + 1) * nb],
+                        if qm.exact_offset {
+                            &xq.s_exact[i * nb..(i + 1) * nb]
+                        } else {
+                            &xq.s[i * nb..(i + 1) * nb]
+                        },
                     );
                     assert!(
                         (got - reference).abs() <= 1e-4 * reference.abs().max(1.0),
