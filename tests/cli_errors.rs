@@ -241,6 +241,17 @@ fn bad_gguf_files_and_long_prompts_are_refused() {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
     let d = tmp();
+    // `generate` on `path` fails with one line holding each of `needles`.
+    let refused = |path: &std::path::Path, needles: &[&str]| {
+        let out = decodex(&[
+            "generate",
+            "--model",
+            path.to_str().unwrap(),
+            "--prompt",
+            "a",
+        ]);
+        assert_clear_error(&out, needles);
+    };
     // A minimal GGUF: one tensor, metadata naming the architecture.
     let write = |name: &str, arch: &str, dtype: GgmlDType| {
         let path = d.path().join(name);
@@ -257,47 +268,19 @@ fn bad_gguf_files_and_long_prompts_are_refused() {
         path
     };
     let gpt2 = write("gpt2.gguf", "gpt2", GgmlDType::F32);
-    let out = decodex(&[
-        "generate",
-        "--model",
-        gpt2.to_str().unwrap(),
-        "--prompt",
-        "a",
-    ]);
-    assert_clear_error(
-        &out,
+    refused(
+        &gpt2,
         &["gpt2.gguf", "architecture \"gpt2\" is not supported"],
     );
     let q81 = write("q81.gguf", "llama", GgmlDType::Q8_1);
-    let out = decodex(&[
-        "generate",
-        "--model",
-        q81.to_str().unwrap(),
-        "--prompt",
-        "a",
-    ]);
-    assert_clear_error(&out, &["q81.gguf", "quantization Q8_1", "not supported"]);
+    refused(&q81, &["q81.gguf", "quantization Q8_1", "not supported"]);
     // Truncated: a real header whose tensor data is cut.
     let full = std::fs::read(write("whole.gguf", "llama", GgmlDType::F32)).unwrap();
     let cut = d.path().join("cut.gguf");
     std::fs::write(&cut, &full[..full.len() - 100]).unwrap();
-    let out = decodex(&[
-        "generate",
-        "--model",
-        cut.to_str().unwrap(),
-        "--prompt",
-        "a",
-    ]);
-    assert_clear_error(&out, &["cut.gguf", "truncated or corrupt"]);
+    refused(&cut, &["cut.gguf", "truncated or corrupt"]);
     std::fs::write(&cut, b"GGUF but not really").unwrap();
-    let out = decodex(&[
-        "generate",
-        "--model",
-        cut.to_str().unwrap(),
-        "--prompt",
-        "a",
-    ]);
-    assert_clear_error(&out, &["cut.gguf", "truncated or corrupt"]);
+    refused(&cut, &["cut.gguf", "truncated or corrupt"]);
     // A prompt longer than a trained GPT's context (16 positions).
     let run = trained_model(d.path());
     let long = "a".repeat(40);
