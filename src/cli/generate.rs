@@ -156,6 +156,10 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     plan.sampling.eos_ids = model.eos_ids.clone();
     plan.beam.eos_ids = model.eos_ids.clone();
     let mut out = std::io::stdout().lock();
+    if let (Network::Llama(m), true) = (&model.network, a.batch_size > 1 && plan.strategy != "beam")
+    {
+        return batched(m, &model, &plan, a, &prompts, &mut out);
+    }
     for (index, prompt) in prompts.iter().enumerate() {
         let text = if a.chat {
             model.chat_prompt(prompt)?
@@ -192,6 +196,72 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
                     text,
                     r["text"].as_str().unwrap_or("")
                 )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// --batch-size: greedy or sampled decoding of the prompts in left-padded batches; one JSON
+/// object (or text line) per prompt, in order.
+fn batched<D: Decoder>(
+    m: &D,
+    model: &Pretrained,
+    plan: &Plan,
+    a: &GenerateArgs,
+    prompts: &[String],
+    out: &mut impl Write,
+) -> Result<()> {
+    let strategy = if plan.strategy == "greedy" {
+        Strategy::Greedy
+    } else {
+        Strategy::Sample
+    };
+    let pad = model.eos_ids.first().copied().unwrap_or(0);
+    for (c, chunk) in prompts.chunks(a.batch_size).enumerate() {
+        let ids = chunk
+            .iter()
+            .map(|p| {
+                let text = if a.chat {
+                    model.chat_prompt(p)?
+                } else {
+                    p.clone()
+                };
+                Ok(model.tokenizer.encode(&text)?)
+            })
+            .collect::<Result<Vec<Vec<u32>>>>()?;
+        let t = Instant::now();
+        let results = decode::generate_batch(
+            m,
+            &ids,
+            &plan.sampling,
+            strategy,
+            a.max_new_tokens,
+            pad,
+            |_, _, _| {},
+        )?;
+        let secs = t.elapsed().as_secs_f64();
+        for (k, g) in results.iter().enumerate() {
+            let kept: Vec<u32> = g
+                .tokens
+                .iter()
+                .copied()
+                .filter(|t| !model.eos_ids.contains(t))
+                .collect();
+            let mut text = model.tokenizer.decode(&kept)?;
+            if let Some(cut) = a.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(cut);
+            }
+            if a.json {
+                let mut v = json!({"index": c * a.batch_size + k, "text": text, "tokens": g.tokens,
+                                   "prompt_tokens": ids[k].len(), "new_tokens": g.tokens.len(),
+                                   "stopped_by": g.stopped_by, "batch_seconds": secs});
+                if a.logprobs {
+                    v["logprobs"] = json!(g.logprobs);
+                }
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(out, "{}{}", chunk[k], text)?;
             }
         }
     }

@@ -232,6 +232,10 @@ pub struct GenerateArgs {
     /// Format the prompt as a user message with the model's chat template.
     #[arg(long)]
     pub chat: bool,
+    /// Greedy or sampled decoding of --prompts in batches of this many (left-padded, one forward
+    /// pass per step for the batch; Llama-family models).
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
     /// A tokenizer.json to use instead of the model's own.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,

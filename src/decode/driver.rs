@@ -83,6 +83,87 @@ pub fn generate_ids<D: Decoder>(
     })
 }
 
+/// `generate_ids` for several prompts at once, as one batch: the prompts are left-padded to the
+/// longest with `pad_id` (masked out by the model, `Decoder::set_padding`), then every step feeds
+/// one token per row; a row that has stopped keeps feeding `pad_id` until all have. Row i samples
+/// with seed `cfg.seed + i`. `on_token(row, id, logprob)` is called as tokens are chosen.
+/// Returns one result per prompt, in order.
+pub fn generate_batch<D: Decoder>(
+    model: &D,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    strategy: Strategy,
+    max_new_tokens: usize,
+    pad_id: u32,
+    mut on_token: impl FnMut(usize, u32, f32),
+) -> Result<Vec<GeneratedIds>> {
+    cfg.validate()?;
+    for p in prompts {
+        check_prompt(p, model.context_len())?;
+    }
+    let strategy = cfg.effective_strategy(strategy);
+    let rows = prompts.len();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut rngs: Vec<ChaCha8Rng> = (0..rows)
+        .map(|i| ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(i as u64)))
+        .collect();
+    let mut cache = model.new_cache(rows)?;
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    model.set_padding(&mut cache, &pads)?;
+    let mut feed: Vec<u32> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(pad_id, longest - p.len()).chain(p.iter().copied()))
+        .collect();
+    let mut contexts: Vec<Vec<u32>> = prompts.to_vec();
+    let mut out: Vec<GeneratedIds> = (0..rows)
+        .map(|_| GeneratedIds {
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            stopped_by: StopReason::MaxNewTokens,
+        })
+        .collect();
+    let mut active = vec![true; rows];
+    let mut fed = longest;
+    while active.iter().any(|&a| a) {
+        if fed >= model.context_len() {
+            for (o, a) in out.iter_mut().zip(&active) {
+                if *a {
+                    o.stopped_by = StopReason::Context;
+                }
+            }
+            break;
+        }
+        let logits = model.step(&feed, rows, &mut cache)?;
+        fed += feed.len() / rows;
+        let v = logits.len() / rows;
+        for (i, row) in logits.chunks_exact(v).enumerate() {
+            feed[i] = pad_id;
+            if !active[i] {
+                continue;
+            }
+            let mut row = row.to_vec();
+            process_logits(&mut row, &contexts[i], out[i].tokens.len(), cfg, strategy);
+            let next = choose(&row, strategy, &mut rngs[i]).ok_or_else(|| {
+                Error::Invalid("the logits processors left no token possible".into())
+            })?;
+            let logprob = log_softmax(&row)[next as usize];
+            on_token(i, next, logprob);
+            out[i].tokens.push(next);
+            out[i].logprobs.push(logprob);
+            contexts[i].push(next);
+            feed[i] = next;
+            if cfg.eos_ids.contains(&next) {
+                out[i].stopped_by = StopReason::Eos;
+                active[i] = false;
+            } else if out[i].tokens.len() == max_new_tokens {
+                active[i] = false;
+            }
+        }
+        feed.truncate(rows);
+    }
+    Ok(out)
+}
+
 /// A prompt must hold at least one id and fit in the context.
 pub(crate) fn check_prompt(prompt_ids: &[u32], context_len: usize) -> Result<()> {
     if prompt_ids.is_empty() {

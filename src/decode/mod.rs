@@ -15,7 +15,7 @@ mod mock;
 pub mod processors;
 
 pub use beam::{beam_search, BeamConfig, BeamHypothesis, EarlyStopping};
-pub use driver::{generate_ids, GeneratedIds, StopReason};
+pub use driver::{generate_batch, generate_ids, GeneratedIds, StopReason};
 pub use processors::{process_logits, SamplingConfig, Strategy};
 
 use candle_core::{Device, Tensor};
@@ -50,6 +50,20 @@ pub trait Decoder {
     /// Replaces the cache rows by rows `rows` of the old cache, in that order (repeats allowed):
     /// how beam search expands one prompt into beams and follows the beams it keeps.
     fn select_rows(&self, cache: &mut Self::Cache, rows: &[usize]) -> Result<()>;
+
+    /// Before the first step: the first `pads[i]` positions of row i are padding (prompts of
+    /// different lengths, left-padded), which the model must never attend to, with positions
+    /// counted from each row's first real token. Models without attention masks refuse padding.
+    fn set_padding(&self, cache: &mut Self::Cache, pads: &[usize]) -> Result<()> {
+        let _ = cache;
+        if pads.iter().any(|&p| p > 0) {
+            return Err(Error::Invalid(
+                "this model decodes prompts of different lengths one at a time (no attention mask)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How the next token is chosen.

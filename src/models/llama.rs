@@ -530,6 +530,10 @@ impl Decoder for Llama {
         cache.select_rows(rows);
         Ok(())
     }
+
+    fn set_padding(&self, cache: &mut infer::Cache, pads: &[usize]) -> Result<()> {
+        cache.set_padding(pads)
+    }
 }
 
 /// Reads a GGUF header, turning a short or malformed file into one clear error.

@@ -27,6 +27,9 @@ pub struct Cache {
     /// Values per (row, head, position): head_dim; and kv heads.
     hd: usize,
     nkv: usize,
+    /// Per row, the leading positions that hold padding (left-padded prompts of different
+    /// lengths): never attended to, and rotary positions count from the first real token.
+    pads: Vec<usize>,
 }
 
 impl Cache {
@@ -39,7 +42,20 @@ impl Cache {
             cap: 0,
             hd: cfg.head_dim(),
             nkv: cfg.n_kv_heads(),
+            pads: vec![0; rows],
         }
+    }
+
+    /// Marks the first `pads[i]` positions of row i as padding; before the first step only.
+    pub fn set_padding(&mut self, pads: &[usize]) -> Result<()> {
+        if self.pos != 0 || pads.len() != self.rows {
+            return Err(Error::Invalid(format!(
+                "padding is set before the first step, one count per row ({} rows)",
+                self.rows
+            )));
+        }
+        self.pads = pads.to_vec();
+        Ok(())
     }
 
     /// Grows the room per (row, head) to at least `need` positions, keeping what is held.
@@ -82,6 +98,7 @@ impl Cache {
             }
             *buf = out;
         }
+        self.pads = rows.iter().map(|&r| self.pads[r]).collect();
         self.rows = rows.len();
     }
 }
@@ -257,7 +274,9 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
             n,
             &mut [&mut q, &mut k, &mut v],
         )?;
-        let pos = |r: usize| start + r % t;
+        // Rotary position: from each row's first real token (padding sits at 0).
+        let pads = &cache.pads;
+        let pos = |r: usize| (start + r % t).saturating_sub(pads[r / t]);
         rope(&mut q, nh, hd, model.rope, cos, sin, pos);
         rope(&mut k, nkv, hd, model.rope, cos, sin, pos);
         // Append k and v at positions start..start + t of each (row, kv head).
@@ -271,14 +290,8 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
                 }
             }
         }
-        attention(
-            &mut att,
-            &q,
-            &cache.k[l],
-            &cache.v[l],
-            (t, start),
-            (nh, nkv, hd, cap),
-        );
+        let (kl, vl, shape) = (&cache.k[l], &cache.v[l], (nh, nkv, hd, cap));
+        attention(&mut att, &q, kl, vl, (t, start), shape, &cache.pads);
         apply(&block.o, &att, n, &mut tmp)?;
         x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
         with_f32(&block.mlp_norm, |w| {
@@ -313,6 +326,7 @@ fn attention(
     v: &[f32],
     (t, start): (usize, usize),
     (nh, nkv, hd, cap): (usize, usize, usize, usize),
+    pads: &[usize],
 ) {
     let scale = 1.0 / (hd as f32).sqrt();
     let group = nh / nkv;
@@ -324,15 +338,13 @@ fn attention(
         let (b, p) = (r / t, start + r % t);
         let kh = head / group;
         let qv = &q[idx * hd..(idx + 1) * hd];
-        let base = (b * nkv + kh) * cap * hd;
-        let keys = p + 1;
-        attend(
-            o,
-            qv,
-            &k[base..base + keys * hd],
-            &v[base..base + keys * hd],
-            scale,
+        // Keys from the row's first real token (a padding query attends to itself only).
+        let first = if p < pads[b] { p } else { pads[b] };
+        let (lo, hi) = (
+            (b * nkv + kh) * cap * hd + first * hd,
+            (b * nkv + kh) * cap * hd + (p + 1) * hd,
         );
+        attend(o, qv, &k[lo..hi], &v[lo..hi], scale);
     };
     if work < 1 << 17 {
         out.chunks_mut(hd).enumerate().for_each(one);
