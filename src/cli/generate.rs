@@ -242,16 +242,7 @@ fn batched<D: Decoder>(
         )?;
         let secs = t.elapsed().as_secs_f64();
         for (k, g) in results.iter().enumerate() {
-            let kept: Vec<u32> = g
-                .tokens
-                .iter()
-                .copied()
-                .filter(|t| !model.eos_ids.contains(t))
-                .collect();
-            let mut text = model.tokenizer.decode(&kept)?;
-            if let Some(cut) = a.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                text.truncate(cut);
-            }
+            let text = new_text(model, &g.tokens, &a.stop)?;
             if a.json {
                 let mut v = json!({"index": c * a.batch_size + k, "text": text, "tokens": g.tokens,
                                    "prompt_tokens": ids[k].len(), "new_tokens": g.tokens.len(),
@@ -268,6 +259,51 @@ fn batched<D: Decoder>(
     Ok(())
 }
 
+/// The text of newly generated `tokens`: EOS ids dropped, cut before the first stop string.
+fn new_text(model: &Pretrained, tokens: &[u32], stop: &[String]) -> Result<String> {
+    let kept: Vec<u32> = tokens
+        .iter()
+        .copied()
+        .filter(|t| !model.eos_ids.contains(t))
+        .collect();
+    let mut text = model.tokenizer.decode(&kept)?;
+    if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+        text.truncate(cut);
+    }
+    Ok(text)
+}
+
+/// Writes generated text as it completes: a token that ends inside a multi-byte character
+/// waits for the next; EOS ids are not shown. The first write error is kept for the caller.
+#[derive(Default)]
+struct Stream {
+    tokens: Vec<u32>,
+    shown: usize,
+    error: Option<std::io::Error>,
+}
+
+impl Stream {
+    fn push(&mut self, model: &Pretrained, tok: u32, out: &mut impl Write) {
+        if model.eos_ids.contains(&tok) || self.error.is_some() {
+            return;
+        }
+        self.tokens.push(tok);
+        if let Ok(text) = model.tokenizer.decode(&self.tokens) {
+            let end = text.trim_end_matches('\u{FFFD}').len();
+            if end > self.shown && text.is_char_boundary(self.shown) {
+                let piece = &text.as_bytes()[self.shown..end];
+                self.error = out.write_all(piece).and_then(|_| out.flush()).err();
+                self.shown = end;
+            }
+        }
+    }
+
+    /// The first write error, if any.
+    fn finish(self) -> Result<()> {
+        self.error.map_or(Ok(()), |e| Err(e.into()))
+    }
+}
+
 /// Greedy search or sampling (`num_return_sequences` seeds) or beam search on one prompt; one
 /// JSON object per returned sequence. Greedy and sampled text streams in human mode.
 fn run<D: Decoder>(
@@ -278,18 +314,7 @@ fn run<D: Decoder>(
     ids: &[u32],
     out: &mut impl Write,
 ) -> Result<Vec<Value>> {
-    let decode_new = |tokens: &[u32]| -> Result<String> {
-        let kept: Vec<u32> = tokens
-            .iter()
-            .copied()
-            .filter(|t| !model.eos_ids.contains(t))
-            .collect();
-        let mut text = model.tokenizer.decode(&kept)?;
-        if let Some(cut) = a.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            text.truncate(cut);
-        }
-        Ok(text)
-    };
+    let decode_new = |tokens: &[u32]| new_text(model, tokens, &a.stop);
     let t0 = Instant::now();
     if plan.strategy == "beam" {
         let hyps = beam_search(m, ids, &plan.beam)?;
@@ -327,31 +352,14 @@ fn run<D: Decoder>(
                 }
             )?;
         }
-        let (mut shown, mut so_far) = (0usize, Vec::new());
-        let mut write_err = None;
+        let mut shown = Stream::default();
         let t = Instant::now();
         let g = generate_ids(m, ids, &cfg, strategy, a.max_new_tokens, |tok, _| {
-            if !stream || model.eos_ids.contains(&tok) {
-                return;
-            }
-            so_far.push(tok);
-            if let Ok(text) = model.tokenizer.decode(&so_far) {
-                // Hold back an incomplete multi-byte character.
-                let end = text.trim_end_matches('\u{FFFD}').len();
-                if end > shown && text.is_char_boundary(shown) {
-                    if let Err(e) = out
-                        .write_all(&text.as_bytes()[shown..end])
-                        .and_then(|_| out.flush())
-                    {
-                        write_err.get_or_insert(e);
-                    }
-                    shown = end;
-                }
+            if stream {
+                shown.push(model, tok, out);
             }
         })?;
-        if let Some(e) = write_err {
-            return Err(e.into());
-        }
+        shown.finish()?;
         let secs = t.elapsed().as_secs_f64();
         let text = decode_new(&g.tokens)?;
         if stream {
@@ -559,36 +567,20 @@ pub fn chat(a: &super::ChatArgs) -> Result<()> {
             seed: sampling.seed.wrapping_add(history.len() as u64),
             ..sampling.clone()
         };
-        let (mut shown, mut so_far) = (0usize, Vec::new());
-        let reply = {
-            let mut emit = |tok: u32| {
-                if a.json || model.eos_ids.contains(&tok) {
-                    return;
-                }
-                so_far.push(tok);
-                if let Ok(text) = model.tokenizer.decode(&so_far) {
-                    let end = text.trim_end_matches('\u{FFFD}').len();
-                    if end > shown && text.is_char_boundary(shown) {
-                        let _ = out
-                            .write_all(&text.as_bytes()[shown..end])
-                            .and_then(|_| out.flush());
-                        shown = end;
-                    }
-                }
-            };
-            let n = a.max_new_tokens;
-            match &model.network {
-                Network::Gpt(m) => generate_ids(m, &ids, &turn, strategy, n, |t, _| emit(t))?,
-                Network::Llama(m) => generate_ids(m, &ids, &turn, strategy, n, |t, _| emit(t))?,
+        let mut shown = Stream::default();
+        let mut emit = |tok: u32| {
+            if !a.json {
+                shown.push(&model, tok, &mut out);
             }
-            .tokens
         };
-        let kept: Vec<u32> = reply
-            .iter()
-            .copied()
-            .filter(|t| !model.eos_ids.contains(t))
-            .collect();
-        let text = model.tokenizer.decode(&kept)?;
+        let n = a.max_new_tokens;
+        let reply = match &model.network {
+            Network::Gpt(m) => generate_ids(m, &ids, &turn, strategy, n, |t, _| emit(t))?,
+            Network::Llama(m) => generate_ids(m, &ids, &turn, strategy, n, |t, _| emit(t))?,
+        }
+        .tokens;
+        shown.finish()?;
+        let text = new_text(&model, &reply, &[])?;
         if a.json {
             writeln!(out, "{}", json!({"reply": text, "tokens": reply}))?;
         } else {

@@ -132,32 +132,8 @@ unsafe fn gemm_raw(
     )
 }
 
-/// One attention tile product on the calling thread, in f32: dst (m, n), row stride `ld`, =
-/// [dst +] scale · a (m, k) @ b (k, n).
-///
-/// # Safety
-/// As for `gemm_raw`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_gemm(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    ld: usize,
-    accumulate: bool,
-    a: Strided,
-    b: Strided,
-    scale: f32,
-) {
-    gemm_raw(
-        (m, n, k),
-        dst,
-        ld,
-        accumulate,
-        a,
-        b,
-        scale,
-        Parallelism::None,
-    )
-}
+/// The attention tiles' products run on the calling thread: the tasks are the parallelism.
+const SERIAL: Parallelism = Parallelism::None;
 
 /// dst (m, n) = [dst +] scale · a (m, k) @ b (k, n) in f32; see `matmul_with`.
 pub fn matmul(
@@ -757,7 +733,7 @@ pub fn attention_forward(
                         let (first, pt) = (k0 == 0, &mut p[..m * n]);
                         // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ
                         let kj = tr(k.add(k0 * 3 * c), 3 * c);
-                        tile_gemm((m, n, hs), pt.as_mut_ptr(), n, false, qi, kj, scale);
+                        gemm_raw((m, n, hs), pt.as_mut_ptr(), n, false, qi, kj, scale, SERIAL);
                         let (mx, sum, alpha) = (&mut mx[..m], &mut sum[..m], &mut alpha[..m]);
                         online_softmax_tile(pt, mx, sum, alpha, (r0, k0, n), first);
                         if !first {
@@ -765,7 +741,7 @@ pub fn attention_forward(
                         }
                         // O[r0..] = alpha · O[r0..] + P @ V[k0..]
                         let (pt, vj) = (rm(pt.as_ptr(), n), rm(v.add(k0 * 3 * c), 3 * c));
-                        tile_gemm((m, hs, n), oi, c, !first, pt, vj, 1.0);
+                        gemm_raw((m, hs, n), oi, c, !first, pt, vj, 1.0, SERIAL);
                     }
                     for (rr, (&mx, &s)) in mx[..m].iter().zip(&sum[..m]).enumerate() {
                         (alpha[rr], lse[r0 + rr]) = (1.0 / s, mx + s.ln());
@@ -834,18 +810,18 @@ pub fn attention_backward(
                         let (kj, vj) = (k.add(k0 * 3 * c), v.add(k0 * 3 * c));
                         // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ, dP (m, n) = dO[r0..] @ V[k0..]ᵀ
                         let (pp, dpp) = (pt.as_mut_ptr(), dpt.as_mut_ptr());
-                        tile_gemm((m, n, hs), pp, n, false, qi, tr(kj, 3 * c), scale);
-                        tile_gemm((m, n, hs), dpp, n, false, doi, tr(vj, 3 * c), 1.0);
+                        gemm_raw((m, n, hs), pp, n, false, qi, tr(kj, 3 * c), scale, SERIAL);
+                        gemm_raw((m, n, hs), dpp, n, false, doi, tr(vj, 3 * c), 1.0, SERIAL);
                         softmax_backward_tile(pt, dpt, &lse[r0..r0 + m], &d[..m], (r0, k0, n));
                         let (ps, ds) = (pt.as_ptr(), dpt.as_ptr());
                         // dQ[r0..] (+)= scale · dS @ K[k0..]
                         let dqi = dq.add(r0 * 3 * c);
                         let kj = rm(kj, 3 * c);
-                        tile_gemm((m, hs, n), dqi, 3 * c, k0 > 0, rm(ds, n), kj, scale);
+                        gemm_raw((m, hs, n), dqi, 3 * c, k0 > 0, rm(ds, n), kj, scale, SERIAL);
                         // dK[k0..] (+)= scale · dSᵀ @ Q[r0..]; dV[k0..] (+)= Pᵀ @ dO[r0..]
                         let (dkj, dvj, acc) = (dk.add(k0 * 3 * c), dv.add(k0 * 3 * c), k0 < r0);
-                        tile_gemm((n, hs, m), dkj, 3 * c, acc, tr(ds, n), qi, scale);
-                        tile_gemm((n, hs, m), dvj, 3 * c, acc, tr(ps, n), doi, 1.0);
+                        gemm_raw((n, hs, m), dkj, 3 * c, acc, tr(ds, n), qi, scale, SERIAL);
+                        gemm_raw((n, hs, m), dvj, 3 * c, acc, tr(ps, n), doi, 1.0, SERIAL);
                     }
                 }
             }
