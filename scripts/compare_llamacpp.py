@@ -9,6 +9,12 @@ and greedy continuations.
       writes tests/fixtures/smollm2_llamacpp.json: the greedy (top-k 1) 32-token continuation of
       each prompt of tests/fixtures/smollm2_generate.json, from the same input ids.
 
+  python3 scripts/compare_llamacpp.py teacher --decodex DIR
+      along llama.cpp's own greedy continuations (the fixture above), compares its logits with
+      decodex's (from `cargo run --release --example teacher_forced_logits -- DIR`) and with
+      llama.cpp's own under the other KV cache type: mean |Δlogit| and how many steps pick the
+      same top token. This measures the numeric gap without the compounding of free decoding.
+
 KV_TYPE=0 runs llama.cpp with an f32 KV cache instead of its default f16 (1).
 
 Needs: pip install llama-cpp-python==0.3.36 (compiles llama.cpp; set
@@ -54,14 +60,50 @@ def greedy(llm, ids, n, eos):
     return out
 
 
+def forced_logits(llm, fx, cpp):
+    """Per prompt, (steps, vocab) logits along llama.cpp's greedy tokens."""
+    out = []
+    for case, want in zip(fx["cases"], cpp["cases"]):
+        llm.reset()
+        llm.eval(case["input_ids"])
+        rows = [last_logits(llm).copy()]
+        for tok in want["greedy"][:-1]:
+            llm.eval([tok])
+            rows.append(last_logits(llm).copy())
+        out.append(np.stack(rows))
+    return out
+
+
+def teacher(args):
+    fx = json.loads((ROOT / "tests/fixtures/smollm2_generate.json").read_text())
+    cpp = json.loads((ROOT / "tests/fixtures/smollm2_llamacpp.json").read_text())
+    kv = int(os.environ.get("KV_TYPE", "1"))
+    ref = forced_logits(load(args.threads), fx, cpp)
+    os.environ["KV_TYPE"] = str(1 - kv)
+    other = forced_logits(load(args.threads), fx, cpp)
+    ours = [np.fromfile(os.path.join(args.decodex, f"{i}.f32"), dtype=np.float32).reshape(r.shape)
+            for i, r in enumerate(ref)]
+    names = {1: "f16", 0: "f32"}
+    for name, got in [("decodex", ours), (f"llama.cpp, {names[1 - kv]} KV", other)]:
+        diff = np.mean([np.abs(g - r).mean() for g, r in zip(got, ref)])
+        same = sum(int((g.argmax(1) == r.argmax(1)).sum()) for g, r in zip(got, ref))
+        steps = sum(len(r) for r in ref)
+        print(json.dumps({"against": f"llama.cpp, {names[kv]} KV", "impl": name,
+                          "mean_abs_logit_diff": round(float(diff), 4),
+                          "same_top_token": same, "steps": steps}))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["speed", "greedy"])
+    ap.add_argument("what", choices=["speed", "greedy", "teacher"])
+    ap.add_argument("--decodex", help="teacher: the folder of decodex's logits")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
+    if args.what == "teacher":
+        return teacher(args)
     llm = load(args.threads)
     if args.what == "greedy":
         fx = json.loads((ROOT / "tests/fixtures/smollm2_generate.json").read_text())
