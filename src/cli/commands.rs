@@ -19,7 +19,15 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Quickstart(a) => quickstart(a),
         Command::Tokenizer(t) => tokenizer(t),
         Command::Data(d) => data_cmd(d),
-        Command::Train(a) => train_cmd(&a).map(|_| ()),
+        Command::Train(a) => {
+            let text = std::fs::read_to_string(&a.config).unwrap_or_default();
+            if train::seq2seq::is_seq2seq_config(&text) {
+                train_seq2seq_cmd(&a)
+            } else {
+                train_cmd(&a).map(|_| ())
+            }
+        }
+        Command::Translate(a) => translate_cmd(&a),
         Command::Generate(a) => super::generate::generate_cmd(&a),
         Command::Chat(a) => super::generate::chat(&a),
         Command::Export(a) => export(&a.model, &a.format, &a.out, a.json),
@@ -234,6 +242,66 @@ fn data_cmd(d: DataCmd) -> Result<()> {
             r.seconds
         ),
     )
+}
+
+/// `decodex train` on a sequence-to-sequence config: one line per logged step (JSON or text),
+/// then the summary.
+fn train_seq2seq_cmd(a: &TrainArgs) -> Result<()> {
+    if a.resume || a.max_iters.is_some() {
+        bail!("--resume and --max-iters apply to language-model configs; a seq2seq config sets epochs and max_minutes");
+    }
+    let json = a.json;
+    let summary = train::seq2seq::train_seq2seq(&a.config, &a.out, |log| {
+        if json {
+            println!("{}", serde_json::to_string(log).unwrap_or_default());
+        } else if let Some(v) = log.val_loss {
+            eprintln!(
+                "epoch {} step {}: val loss {v:.4} (ppl {:.2}), {:.0} tok/s, {:.0} s",
+                log.epoch, log.step, log.val_ppl.unwrap_or(f64::NAN), log.tokens_per_sec, log.elapsed_s
+            );
+        } else if let Some(l) = log.train_loss {
+            eprintln!(
+                "epoch {} step {}: loss {l:.4}, lr {:.2e}, {:.0} tok/s",
+                log.epoch, log.step, log.lr, log.tokens_per_sec
+            );
+        }
+    })?;
+    let human = format!(
+        "trained {:.2}M parameters for {} steps ({:.2} epochs) in {:.0} s: best val loss {:.4} (ppl {:.2}), {:.0} tok/s, peak RSS {:.0} MiB; model in {}",
+        summary.params as f64 / 1e6,
+        summary.steps,
+        summary.epochs_done,
+        summary.elapsed_s,
+        summary.best_val_loss,
+        summary.best_val_ppl,
+        summary.tokens_per_sec,
+        summary.peak_rss_mb,
+        summary.out_dir.display()
+    );
+    emit(json, json!({"event": "done", "summary": summary}), &human)
+}
+
+/// `decodex translate`: one translation per input line, in order.
+fn translate_cmd(a: &super::TranslateArgs) -> Result<()> {
+    let (model, tok) = train::seq2seq::load_seq2seq(&a.model, &candle_core::Device::Cpu)?;
+    let text = std::fs::read_to_string(&a.input).map_err(|e| decodex::error::Error::io(&a.input, e))?;
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let opts = train::seq2seq::TranslateOptions {
+        beam: a.beam,
+        length_penalty: a.length_penalty,
+        batch_size: a.batch_size,
+    };
+    let out = train::seq2seq::translate(&model, &tok, &lines, &opts)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.input.display()))?;
+    let mut stdout = std::io::stdout().lock();
+    for t in out {
+        if a.json {
+            writeln!(stdout, "{}", json!({ "text": t }))?;
+        } else {
+            writeln!(stdout, "{t}")?;
+        }
+    }
+    Ok(())
 }
 
 fn train_cmd(a: &TrainArgs) -> Result<train::TrainSummary> {

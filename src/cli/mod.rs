@@ -50,6 +50,30 @@ pub enum Command {
     Logits(LogitsArgs),
     /// Perplexity of a model on a text file (per token and in bits per byte).
     Eval(EvalArgs),
+    /// Translate a file, one sentence per line, with a sequence-to-sequence model.
+    Translate(TranslateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TranslateArgs {
+    /// A model directory written by `decodex train` on a seq2seq config.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Source sentences, one per line; an empty line translates to an empty line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Beams; 1 is greedy search.
+    #[arg(long, default_value_t = 1)]
+    pub beam: usize,
+    /// Beam scores are log-probability / length^this.
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f64,
+    /// Greedy search: sentences decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// One JSON object per input line: {"text": ...}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@
 
 mod batcher;
 mod corpus;
+pub mod parallel;
 mod token_file;
 
 use std::path::{Path, PathBuf};

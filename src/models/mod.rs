@@ -3,6 +3,7 @@
 pub mod gpt;
 pub mod llama;
 pub mod pretrained;
+pub mod seq2seq;
 
 pub use gpt::Gpt;
 pub use llama::Llama;

@@ -3,7 +3,10 @@
 //! backward, so a training graph that used them would silently cut gradients.
 
 pub mod attention;
+pub mod fused;
 pub mod layers;
+pub mod loss;
+pub mod params;
 /// Inference only: GGUF block-quantized matrix products.
 pub mod quant;
 

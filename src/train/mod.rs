@@ -5,6 +5,7 @@ pub mod bench;
 pub mod config;
 pub mod fast;
 pub mod optim;
+pub mod seq2seq;
 pub mod trainer;
 
 pub use config::TrainConfig;

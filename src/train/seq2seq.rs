@@ -1,0 +1,568 @@
+//! Training sequence-to-sequence models on a parallel corpus, and translating with them.
+//!
+//! `train_seq2seq` reads the TOML config (`configs/multi30k-*.toml`): the corpus, a joint
+//! byte-level BPE trained on the training pairs with `tokenizers`, length-bucketed batches of
+//! at most `max_tokens` padded tokens, AdamW with warm-up then inverse-square-root or cosine
+//! decay, label-smoothed cross-entropy, and a validation pass each epoch. The checkpoint with
+//! the lowest validation loss is kept: `model.safetensors`, `config.json`, `tokenizer.json`,
+//! beside `metrics.jsonl`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::parallel::{self, PairSource, Pairs};
+use crate::decode::{beam_search, generate_batch, BeamConfig, EarlyStopping, SamplingConfig};
+use crate::decode::Strategy;
+use crate::error::{write_atomic, Error, Result};
+use crate::models::seq2seq::{source_batch, Transformer, TransformerConfig};
+use crate::nn::loss::smoothed_cross_entropy;
+use crate::nn::params::Params;
+use crate::tokenizer::Tokenizer;
+use crate::train::config::data_dir;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seq2SeqTrainConfig {
+    pub data: ParallelDataConfig,
+    pub model: TransformerConfig,
+    pub train: Seq2SeqOptim,
+}
+
+/// The corpus: separate train/valid(/test) files, or one corpus split by seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParallelDataConfig {
+    pub train: PairSource,
+    #[serde(default)]
+    pub valid: Option<PairSource>,
+    #[serde(default)]
+    pub test: Option<PairSource>,
+    /// Translate target → source (a TSV of English<TAB>French read as fr→en, say).
+    #[serde(default)]
+    pub reverse: bool,
+    /// Without `valid`: pairs held out of `train` by a seeded permutation.
+    #[serde(default)]
+    pub split: Option<SplitConfig>,
+    /// Joint BPE vocabulary size.
+    pub vocab_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    pub seed: u64,
+    pub valid: usize,
+    pub test: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seq2SeqOptim {
+    /// Padded tokens per batch (rows × longest side).
+    pub max_tokens: usize,
+    pub epochs: usize,
+    /// Stop after this many minutes of training (0 = no limit); the epoch in progress ends early.
+    #[serde(default)]
+    pub max_minutes: f64,
+    pub learning_rate: f64,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// "inverse_sqrt" (after warm-up, lr·√(warmup/step)) or "cosine" (to min_lr at the last
+    /// step of `epochs`).
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default = "default_smoothing")]
+    pub label_smoothing: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub grad_clip: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default = "default_log")]
+    pub log_interval: usize,
+}
+
+fn default_schedule() -> String {
+    "inverse_sqrt".into()
+}
+fn default_smoothing() -> f64 {
+    0.1
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.98
+}
+fn default_eps() -> f64 {
+    1e-9
+}
+fn default_seed() -> u64 {
+    1337
+}
+fn default_log() -> usize {
+    50
+}
+
+impl Seq2SeqTrainConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| Error::BadConfig {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        cfg.model.validate().map_err(|e| Error::BadConfig {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+}
+
+/// Whether a TOML config trains a sequence-to-sequence model (`[model] arch = "...-seq2seq"`).
+pub fn is_seq2seq_config(text: &str) -> bool {
+    toml::from_str::<toml::Value>(text)
+        .ok()
+        .and_then(|v| v.get("model")?.get("arch")?.as_str().map(|s| s.ends_with("seq2seq")))
+        .unwrap_or(false)
+}
+
+/// The train/valid/test pairs a config names.
+pub fn load_splits(cfg: &ParallelDataConfig) -> Result<(Pairs, Pairs, Option<Pairs>)> {
+    let root = data_dir();
+    let orient = |p: Pairs| if cfg.reverse { p.reversed() } else { p };
+    let all = orient(cfg.train.read(&root)?);
+    match (&cfg.valid, &cfg.split) {
+        (Some(v), _) => {
+            let test = cfg.test.as_ref().map(|t| t.read(&root)).transpose()?.map(orient);
+            Ok((all, orient(v.read(&root)?), test))
+        }
+        (None, Some(s)) => {
+            let (tr, v, t) = parallel::split_indices(all.len(), s.seed, s.valid, s.test)?;
+            let test = (s.test > 0).then(|| all.select(&t));
+            Ok((all.select(&tr), all.select(&v), test))
+        }
+        (None, None) => Err(Error::Invalid(
+            "[data] needs a valid corpus or a split { seed, valid, test }".into(),
+        )),
+    }
+}
+
+/// One line of metrics.jsonl.
+#[derive(Debug, Clone, Serialize)]
+pub struct Seq2SeqLog {
+    pub step: usize,
+    pub epoch: usize,
+    pub train_loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub val_ppl: Option<f64>,
+    pub lr: f64,
+    pub tokens_per_sec: f64,
+    pub elapsed_s: f64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Seq2SeqSummary {
+    pub out_dir: PathBuf,
+    pub steps: usize,
+    pub epochs_done: f64,
+    pub best_val_loss: f64,
+    pub best_val_ppl: f64,
+    pub train_pairs: usize,
+    pub dropped_empty: usize,
+    pub dropped_long: usize,
+    pub params: usize,
+    pub tokens_per_sec: f64,
+    pub elapsed_s: f64,
+    pub peak_rss_mb: f64,
+}
+
+fn lr_at(o: &Seq2SeqOptim, step: usize, total: usize) -> f64 {
+    let s = step as f64 + 1.0;
+    let w = o.warmup_steps as f64;
+    if s <= w {
+        return o.learning_rate * s / w;
+    }
+    match o.schedule.as_str() {
+        "cosine" => {
+            let p = ((s - w) / (total as f64 - w).max(1.0)).min(1.0);
+            o.min_lr + 0.5 * (o.learning_rate - o.min_lr) * (1.0 + (std::f64::consts::PI * p).cos())
+        }
+        _ => o.learning_rate * (w.max(1.0) / s).sqrt(),
+    }
+}
+
+/// A batch as tensors: source ids and key mask, decoder inputs (start token + target), targets
+/// (target + end token) and their weights (0 on padding).
+struct Batch {
+    src: Tensor,
+    mask: Tensor,
+    tgt_in: Tensor,
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+    tokens: usize,
+}
+
+fn make_batch(
+    src: &[Vec<u32>],
+    tgt: &[Vec<u32>],
+    idx: &[usize],
+    cfg: &TransformerConfig,
+    device: &Device,
+) -> Result<Batch> {
+    let rows: Vec<Vec<u32>> = idx.iter().map(|&i| src[i].clone()).collect();
+    let (src_t, mask) = source_batch(&rows, cfg.pad_id, device)?;
+    let t = idx.iter().map(|&i| tgt[i].len() + 1).max().unwrap_or(1);
+    let (mut tin, mut tout, mut w) = (Vec::new(), Vec::new(), Vec::new());
+    for &i in idx {
+        let y = &tgt[i];
+        let mut a = vec![cfg.bos_id];
+        a.extend_from_slice(y);
+        let mut b = y.clone();
+        b.push(cfg.eos_id);
+        let pad = t - a.len();
+        w.extend(std::iter::repeat_n(1f32, a.len()).chain(std::iter::repeat_n(0.0, pad)));
+        a.extend(std::iter::repeat_n(cfg.pad_id, pad));
+        b.extend(std::iter::repeat_n(cfg.pad_id, pad));
+        tin.extend(a);
+        tout.extend(b);
+    }
+    let n = idx.len();
+    let tokens = idx.iter().map(|&i| src[i].len() + tgt[i].len() + 1).sum();
+    Ok(Batch {
+        src: src_t,
+        mask,
+        tgt_in: Tensor::from_vec(tin, (n, t), device)?,
+        targets: tout,
+        weights: w,
+        tokens,
+    })
+}
+
+/// Mean validation (NLL, per target token) of `model` over the pairs.
+fn validate(
+    model: &Transformer,
+    src: &[Vec<u32>],
+    tgt: &[Vec<u32>],
+    max_tokens: usize,
+    device: &Device,
+) -> Result<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let (mut sum, mut n) = (0f64, 0f64);
+    for idx in parallel::token_batches(src, tgt, max_tokens, &mut rng) {
+        let b = make_batch(src, tgt, &idx, &model.cfg, device)?;
+        let logits = model.forward(&b.src, &b.mask, &b.tgt_in, None)?;
+        let v = logits.dim(2)?;
+        let (_, nll) = smoothed_cross_entropy(&logits.reshape(((), v))?, &b.targets, &b.weights, 0.0)?;
+        let count = b.weights.iter().sum::<f32>() as f64;
+        sum += nll * count;
+        n += count;
+    }
+    Ok(sum / n.max(1.0))
+}
+
+/// Saves the model's parameters, config and tokenizer to `dir` (each file written atomically).
+fn save(dir: &Path, params: &Params, cfg: &TransformerConfig, tok: &Tokenizer) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = params
+        .vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let tmp = dir.join(".model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    let path = dir.join("model.safetensors");
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    let json = serde_json::to_vec_pretty(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_atomic(&dir.join("config.json"), &json)?;
+    write_atomic(&dir.join("tokenizer.json"), tok.to_json()?.as_bytes())
+}
+
+/// Loads a model directory written by training: (model, tokenizer).
+pub fn load_seq2seq(dir: &Path, device: &Device) -> Result<(Transformer, Tokenizer)> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let cfg: TransformerConfig = serde_json::from_str(&text).map_err(|e| Error::UnsupportedModel {
+        path: cfg_path.clone(),
+        msg: format!("not a sequence-to-sequence model config ({e}); a language model cannot translate"),
+    })?;
+    let weights = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| {
+        Error::CorruptCheckpoint {
+            path: weights.clone(),
+            msg: e.to_string(),
+        }
+    })?;
+    let mut p = Params::load(tensors, device, false);
+    let model = Transformer::new(&cfg, &mut p, device).map_err(|e| Error::CorruptCheckpoint {
+        path: weights.clone(),
+        msg: e.to_string(),
+    })?;
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    Ok((model, tok))
+}
+
+/// Trains from `config` into `out`, calling `on_log` with each metrics line.
+pub fn train_seq2seq(
+    config: &Path,
+    out: &Path,
+    mut on_log: impl FnMut(&Seq2SeqLog),
+) -> Result<Seq2SeqSummary> {
+    let cfg = Seq2SeqTrainConfig::from_file(config)?;
+    let device = Device::Cpu;
+    let t0 = Instant::now();
+    let (train, valid, _test) = load_splits(&cfg.data)?;
+    // The joint vocabulary, learned from the training pairs only.
+    let texts: Vec<&str> = train.src.iter().chain(&train.tgt).map(|s| s.as_str()).collect();
+    let joined = texts.join("\n");
+    let tok = Tokenizer::train_bpe(&[joined.as_str()], cfg.data.vocab_size)?;
+    let special = tok.eos_id().ok_or_else(|| Error::Invalid("the BPE has no end token".into()))?;
+    let mut mcfg = cfg.model.clone();
+    mcfg.vocab_size = tok.vocab_size();
+    (mcfg.bos_id, mcfg.eos_id, mcfg.pad_id) = (special, special, special);
+    let encode = |lines: &[String]| -> Result<Vec<Vec<u32>>> {
+        lines.iter().map(|l| tok.encode(l.trim())).collect()
+    };
+    let tr = parallel::clean(encode(&train.src)?, encode(&train.tgt)?, mcfg.max_len);
+    let va = parallel::clean(encode(&valid.src)?, encode(&valid.tgt)?, mcfg.max_len);
+    if tr.src.is_empty() {
+        return Err(Error::Invalid("no training pair survives the length filter".into()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut params = Params::init(ChaCha8Rng::seed_from_u64(cfg.train.seed), &device);
+    let model = Transformer::new(&mcfg, &mut params, &device)?;
+    let n_params: usize = params.vars.iter().map(|(_, v)| v.elem_count()).sum();
+    let o = &cfg.train;
+    let mut opt = AdamW::new(
+        params.vars.iter().map(|(_, v)| v.clone()).collect(),
+        ParamsAdamW {
+            lr: o.learning_rate,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+        },
+    )?;
+    let drop_rng = RefCell::new(ChaCha8Rng::seed_from_u64(o.seed ^ 0x5eed));
+    let mut batch_rng = ChaCha8Rng::seed_from_u64(o.seed);
+    let per_epoch = parallel::token_batches(&tr.src, &tr.tgt, o.max_tokens, &mut batch_rng.clone()).len();
+    let total = per_epoch * o.epochs;
+    let metrics = out.join("metrics.jsonl");
+    let mut log_lines = String::new();
+    let (mut step, mut best) = (0usize, f64::INFINITY);
+    let (mut tok_count, mut loss_sum, mut loss_n) = (0usize, 0f64, 0usize);
+    let mut window = Instant::now();
+    let train_start = Instant::now();
+    let mut train_tokens = 0usize;
+    let mut epochs_done = 0f64;
+    let deadline = (o.max_minutes > 0.0).then(|| o.max_minutes * 60.0);
+    let mut emit = |log: Seq2SeqLog, lines: &mut String| -> Result<()> {
+        lines.push_str(&serde_json::to_string(&log).map_err(|e| Error::Invalid(e.to_string()))?);
+        lines.push('\n');
+        write_atomic(&metrics, lines.as_bytes())?;
+        on_log(&log);
+        Ok(())
+    };
+    'epochs: for epoch in 0..o.epochs {
+        let batches = parallel::token_batches(&tr.src, &tr.tgt, o.max_tokens, &mut batch_rng);
+        for (bi, idx) in batches.iter().enumerate() {
+            let lr = lr_at(o, step, total);
+            opt.set_learning_rate(lr);
+            let b = make_batch(&tr.src, &tr.tgt, idx, &mcfg, &device)?;
+            let logits = model.forward(&b.src, &b.mask, &b.tgt_in, Some(&drop_rng))?;
+            let v = logits.dim(2)?;
+            let (loss, _) = smoothed_cross_entropy(
+                &logits.reshape(((), v))?,
+                &b.targets,
+                &b.weights,
+                o.label_smoothing,
+            )?;
+            let mut grads = loss.backward()?;
+            if o.grad_clip > 0.0 {
+                clip(&mut grads, &params, o.grad_clip)?;
+            }
+            opt.step(&grads)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            loss_n += 1;
+            tok_count += b.tokens;
+            train_tokens += b.tokens;
+            step += 1;
+            epochs_done = epoch as f64 + (bi + 1) as f64 / batches.len() as f64;
+            if step.is_multiple_of(o.log_interval) {
+                let log = Seq2SeqLog {
+                    step,
+                    epoch,
+                    train_loss: Some(loss_sum / loss_n as f64),
+                    val_loss: None,
+                    val_ppl: None,
+                    lr,
+                    tokens_per_sec: tok_count as f64 / window.elapsed().as_secs_f64(),
+                    elapsed_s: t0.elapsed().as_secs_f64(),
+                };
+                emit(log, &mut log_lines)?;
+                (tok_count, loss_sum, loss_n, window) = (0, 0.0, 0, Instant::now());
+            }
+            if deadline.is_some_and(|d| train_start.elapsed().as_secs_f64() >= d) {
+                break 'epochs;
+            }
+        }
+        let vl = validate(&model, &va.src, &va.tgt, o.max_tokens, &device)?;
+        if vl < best {
+            best = vl;
+            save(out, &params, &mcfg, &tok)?;
+        }
+        let log = Seq2SeqLog {
+            step,
+            epoch,
+            train_loss: None,
+            val_loss: Some(vl),
+            val_ppl: Some(vl.exp()),
+            lr: lr_at(o, step, total),
+            tokens_per_sec: train_tokens as f64 / train_start.elapsed().as_secs_f64(),
+            elapsed_s: t0.elapsed().as_secs_f64(),
+        };
+        emit(log, &mut log_lines)?;
+    }
+    if epochs_done.fract() != 0.0 {
+        // Stopped by the time limit inside an epoch: validate the last state too.
+        let vl = validate(&model, &va.src, &va.tgt, o.max_tokens, &device)?;
+        if vl < best {
+            best = vl;
+            save(out, &params, &mcfg, &tok)?;
+        }
+        let log = Seq2SeqLog {
+            step,
+            epoch: epochs_done as usize,
+            train_loss: None,
+            val_loss: Some(vl),
+            val_ppl: Some(vl.exp()),
+            lr: lr_at(o, step, total),
+            tokens_per_sec: train_tokens as f64 / train_start.elapsed().as_secs_f64(),
+            elapsed_s: t0.elapsed().as_secs_f64(),
+        };
+        emit(log, &mut log_lines)?;
+    }
+    Ok(Seq2SeqSummary {
+        out_dir: out.to_path_buf(),
+        steps: step,
+        epochs_done,
+        best_val_loss: best,
+        best_val_ppl: best.exp(),
+        train_pairs: tr.src.len(),
+        dropped_empty: tr.dropped_empty,
+        dropped_long: tr.dropped_long,
+        params: n_params,
+        tokens_per_sec: train_tokens as f64 / train_start.elapsed().as_secs_f64(),
+        elapsed_s: t0.elapsed().as_secs_f64(),
+        peak_rss_mb: crate::train::bench::peak_rss_mb(),
+    })
+}
+
+/// Scales the gradients so that their global L2 norm is at most `max_norm`.
+fn clip(grads: &mut candle_core::backprop::GradStore, params: &Params, max_norm: f64) -> Result<()> {
+    let mut sq = 0f64;
+    for (_, v) in &params.vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+    }
+    let norm = sq.sqrt();
+    if norm > max_norm {
+        let s = max_norm / (norm + 1e-6);
+        for (_, v) in &params.vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * s)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How `translate` searches.
+#[derive(Debug, Clone)]
+pub struct TranslateOptions {
+    /// 1: greedy (batched); more: beam search with this many beams.
+    pub beam: usize,
+    pub length_penalty: f64,
+    /// Greedy: sources decoded together.
+    pub batch_size: usize,
+}
+
+/// Translates each line; an empty (or all-whitespace) line gives an empty translation. A source
+/// longer than the model's maximum is an error naming its line (1-based).
+pub fn translate(
+    model: &Transformer,
+    tok: &Tokenizer,
+    lines: &[String],
+    opts: &TranslateOptions,
+) -> Result<Vec<String>> {
+    let cfg = &model.cfg;
+    let mut ids = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        let s = tok.encode(l.trim())?;
+        if s.len() > cfg.max_len {
+            return Err(Error::Invalid(format!(
+                "line {}: the source has {} tokens, more than the model's max_len of {}",
+                i + 1,
+                s.len(),
+                cfg.max_len
+            )));
+        }
+        ids.push(s);
+    }
+    let max_new = |src_len: usize| (2 * src_len + 10).min(cfg.max_len - 1);
+    let decode = |t: &[u32]| -> Result<String> {
+        let t: Vec<u32> = t.iter().copied().filter(|&x| x != cfg.eos_id).collect();
+        Ok(tok.decode(&t)?.trim().to_string())
+    };
+    let mut out = vec![String::new(); lines.len()];
+    let todo: Vec<usize> = (0..lines.len()).filter(|&i| !ids[i].is_empty()).collect();
+    if opts.beam <= 1 {
+        let scfg = SamplingConfig {
+            eos_ids: vec![cfg.eos_id],
+            ..Default::default()
+        };
+        for chunk in todo.chunks(opts.batch_size.max(1)) {
+            let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+            let enc = model.encode_sources(&rows)?;
+            let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
+            let prompts = vec![vec![cfg.bos_id]; rows.len()];
+            let res = generate_batch(&enc, &prompts, &scfg, Strategy::Greedy, max_new(longest), cfg.pad_id, |_, _, _| {})?;
+            for (&i, r) in chunk.iter().zip(res) {
+                out[i] = decode(&r.tokens)?;
+            }
+        }
+    } else {
+        for &i in &todo {
+            let enc = model.encode_sources(std::slice::from_ref(&ids[i]))?;
+            let bcfg = BeamConfig {
+                num_beams: opts.beam,
+                length_penalty: opts.length_penalty,
+                early_stopping: EarlyStopping::True,
+                eos_ids: vec![cfg.eos_id],
+                max_new_tokens: max_new(ids[i].len()),
+                ..Default::default()
+            };
+            let best = beam_search(&enc, &[cfg.bos_id], &bcfg)?;
+            out[i] = decode(&best[0].tokens)?;
+        }
+    }
+    Ok(out)
+}
