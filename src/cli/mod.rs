@@ -48,12 +48,40 @@ pub enum Command {
     Bench(BenchCmd),
     /// Write a model's logits for a text to a safetensors file (for parity checks).
     Logits(LogitsArgs),
+    /// Evaluate: a model's perplexity on a text, or translations' BLEU and chrF.
+    #[command(subcommand)]
+    Eval(EvalCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCmd {
     /// Perplexity of a model on a text file (per token and in bits per byte).
-    Eval(EvalArgs),
+    Perplexity(PerplexityArgs),
+    /// Corpus BLEU and chrF2 of a hypothesis file against reference files, as sacreBLEU 2.4.3
+    /// computes them with its defaults (tokenizer 13a, exp smoothing; chrF over character
+    /// 6-grams).
+    Bleu(BleuArgs),
 }
 
 #[derive(Args, Debug)]
-pub struct EvalArgs {
+pub struct BleuArgs {
+    /// Hypotheses (system output): UTF-8 text, one segment per line.
+    #[arg(long, value_name = "FILE")]
+    pub hyp: PathBuf,
+    /// References, one line per hypothesis line; repeat the flag for several references.
+    #[arg(long = "ref", value_name = "FILE", required = true)]
+    pub refs: Vec<PathBuf>,
+    /// Lowercase before BLEU (sacreBLEU's -lc, signature case:lc); chrF stays cased, as in
+    /// sacreBLEU.
+    #[arg(long)]
+    pub lowercase: bool,
+    /// One JSON object: bleu, chrf, signatures, precisions, bp, lengths.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Text file (.txt or .txt.gz) to score, e.g. ../shared/data/lm/gutenberg/valid.txt.
