@@ -41,6 +41,13 @@ pub enum Error {
     Tokenizer { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
     Data { path: PathBuf, msg: String },
+    #[error("{path}: {lines} lines, but the hypothesis file {hyp} has {hyp_lines}; give one reference line per hypothesis line")]
+    LineCount {
+        path: PathBuf,
+        lines: usize,
+        hyp: PathBuf,
+        hyp_lines: usize,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("character {ch:?} (byte offset {offset}) is not in the char tokenizer's vocabulary; prepare the data again from a corpus that contains it, or use the bpe tokenizer")]

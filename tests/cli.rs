@@ -73,6 +73,23 @@ fn train_generate_export_plot_bench_end_to_end() {
     assert!(g[0]["text"].is_string());
     assert_eq!(g[0]["tokens"].as_array().unwrap().len(), 20);
 
+    // Perplexity on a slice of the training text (every char is in the vocabulary).
+    let text = d.path().join("eval.txt");
+    let corpus = std::fs::read_to_string(d.path().join("c.txt")).unwrap();
+    std::fs::write(&text, corpus.chars().take(2000).collect::<String>()).unwrap();
+    let p = json_lines(&decodex(&[
+        "eval",
+        "perplexity",
+        "--model",
+        run_s,
+        "--text-file",
+        text.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(p.len(), 1);
+    assert!(p[0]["perplexity"].as_f64().unwrap() > 1.0);
+    assert!(p[0]["bits_per_byte"].as_f64().unwrap() > 0.0);
+
     let hf = d.path().join("hf");
     json_lines(&decodex(&[
         "export",

@@ -295,3 +295,49 @@ fn bad_gguf_files_and_long_prompts_are_refused() {
     ]);
     assert_clear_error(&out, &["context"]);
 }
+
+#[test]
+fn bleu_reference_with_another_line_count() {
+    let d = tmp();
+    let hyp = d.path().join("hyp.txt");
+    let good = d.path().join("ref.txt");
+    let short = d.path().join("short_ref.txt");
+    std::fs::write(&hyp, "a cat sat\non the mat\n").unwrap();
+    std::fs::write(&good, "a cat sat\non a mat\n").unwrap();
+    std::fs::write(&short, "a cat sat\n").unwrap();
+    let out = decodex(&[
+        "eval",
+        "bleu",
+        "--hyp",
+        hyp.to_str().unwrap(),
+        "--ref",
+        good.to_str().unwrap(),
+        "--ref",
+        short.to_str().unwrap(),
+    ]);
+    assert_clear_error(&out, &["short_ref.txt", "1 lines", "hyp.txt", "has 2"]);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bleu_missing_or_non_utf8_file() {
+    let d = tmp();
+    let hyp = d.path().join("hyp.txt");
+    std::fs::write(&hyp, "a cat\n").unwrap();
+    let missing = d.path().join("nope.txt");
+    let bleu = |hyp: &std::path::Path, r: &std::path::Path| {
+        decodex(&[
+            "eval",
+            "bleu",
+            "--hyp",
+            hyp.to_str().unwrap(),
+            "--ref",
+            r.to_str().unwrap(),
+        ])
+    };
+    assert_clear_error(&bleu(&hyp, &missing), &["nope.txt"]);
+    assert_clear_error(&bleu(&missing, &hyp), &["nope.txt"]);
+    let latin1 = d.path().join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9\n").unwrap();
+    assert_clear_error(&bleu(&hyp, &latin1), &["latin1.txt", "UTF-8"]);
+}

@@ -12,7 +12,9 @@ use decodex::data::{self, PrepareOptions};
 use decodex::tokenizer::{Tokenizer, TokenizerKind};
 use decodex::train::{self, Event, TrainOptions};
 
-use super::{BenchCmd, Command, DataCmd, GenerateArgs, Kind, TokenizerCmd, TrainArgs};
+use super::{
+    BenchCmd, BleuArgs, Command, DataCmd, EvalCmd, GenerateArgs, Kind, TokenizerCmd, TrainArgs,
+};
 
 pub fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
@@ -82,7 +84,8 @@ pub fn dispatch(cmd: Command) -> Result<()> {
             emit(json, serde_json::to_value(&r)?, &human)
         }
         Command::Logits(a) => logits(&a.model, &a.text, &a.out, a.json),
-        Command::Eval(a) => {
+        Command::Eval(EvalCmd::Bleu(a)) => bleu(&a),
+        Command::Eval(EvalCmd::Perplexity(a)) => {
             if a.batch_size == 0 {
                 bail!("--batch-size must be at least 1");
             }
@@ -104,6 +107,41 @@ pub fn dispatch(cmd: Command) -> Result<()> {
             emit(a.json, serde_json::to_value(&r)?, &human)
         }
     }
+}
+
+fn bleu(a: &BleuArgs) -> Result<()> {
+    let opts = decodex::eval::bleu::BleuOptions {
+        lowercase: a.lowercase,
+    };
+    let r = decodex::eval::bleu::evaluate_files(&a.hyp, &a.refs, &opts)?;
+    let (b, c) = (&r.bleu, &r.chrf);
+    let human = format!(
+        "{}\n{}\nBLEU signature: {}\nchrF2 signature: {}",
+        b.line(),
+        c.line(),
+        b.signature,
+        c.signature
+    );
+    emit(
+        a.json,
+        json!({
+            "hyp": r.hyp,
+            "refs": r.refs,
+            "lines": r.lines,
+            "bleu": b.score,
+            "chrf": c.score,
+            "signature_bleu": b.signature,
+            "signature_chrf": c.signature,
+            "precisions": b.precisions,
+            "counts": b.counts,
+            "totals": b.totals,
+            "bp": b.bp,
+            "ratio": b.ratio,
+            "sys_len": b.sys_len,
+            "ref_len": b.ref_len,
+        }),
+        &human,
+    )
 }
 
 /// Prints `value` as one JSON line, or `human`.

@@ -48,36 +48,42 @@ pub enum Command {
     Bench(BenchCmd),
     /// Write a model's logits for a text to a safetensors file (for parity checks).
     Logits(LogitsArgs),
-    /// Perplexity of a model on a text file (per token and in bits per byte).
-    Eval(EvalArgs),
+    /// Evaluate: a model's perplexity on a text, or translations' BLEU and chrF.
+    #[command(subcommand)]
+    Eval(EvalCmd),
     /// Translate a file, one sentence per line, with a sequence-to-sequence model.
     Translate(TranslateArgs),
 }
 
+#[derive(Subcommand, Debug)]
+pub enum EvalCmd {
+    /// Perplexity of a model on a text file (per token and in bits per byte).
+    Perplexity(PerplexityArgs),
+    /// Corpus BLEU and chrF2 of a hypothesis file against reference files, as sacreBLEU 2.4.3
+    /// computes them with its defaults (tokenizer 13a, exp smoothing; chrF over character
+    /// 6-grams).
+    Bleu(BleuArgs),
+}
+
 #[derive(Args, Debug)]
-pub struct TranslateArgs {
-    /// A model directory written by `decodex train` on a seq2seq config.
+pub struct BleuArgs {
+    /// Hypotheses (system output): UTF-8 text, one segment per line.
+    #[arg(long, value_name = "FILE")]
+    pub hyp: PathBuf,
+    /// References, one line per hypothesis line; repeat the flag for several references.
+    #[arg(long = "ref", value_name = "FILE", required = true)]
+    pub refs: Vec<PathBuf>,
+    /// Lowercase before BLEU (sacreBLEU's -lc, signature case:lc); chrF stays cased, as in
+    /// sacreBLEU.
     #[arg(long)]
-    pub model: PathBuf,
-    /// Source sentences, one per line; an empty line translates to an empty line.
-    #[arg(long)]
-    pub input: PathBuf,
-    /// Beams; 1 is greedy search.
-    #[arg(long, default_value_t = 1)]
-    pub beam: usize,
-    /// Beam scores are log-probability / length^this.
-    #[arg(long, default_value_t = 1.0)]
-    pub length_penalty: f64,
-    /// Greedy search: sentences decoded together.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    /// One JSON object per input line: {"text": ...}.
+    pub lowercase: bool,
+    /// One JSON object: bleu, chrf, signatures, precisions, bp, lengths.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
-pub struct EvalArgs {
+pub struct PerplexityArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Text file (.txt or .txt.gz) to score, e.g. ../shared/data/lm/gutenberg/valid.txt.
@@ -425,4 +431,26 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[derive(Args, Debug)]
+pub struct TranslateArgs {
+    /// A model directory written by `decodex train` on a seq2seq config.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Source sentences, one per line; an empty line translates to an empty line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Beams; 1 is greedy search.
+    #[arg(long, default_value_t = 1)]
+    pub beam: usize,
+    /// Beam scores are log-probability / length^this.
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f64,
+    /// Greedy search: sentences decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// One JSON object per input line: {"text": ...}.
+    #[arg(long)]
+    pub json: bool,
 }

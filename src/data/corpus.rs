@@ -16,14 +16,26 @@ pub(super) struct Corpus {
 }
 
 /// Reads `path`, decompressing it when it starts with the gzip magic bytes (`.txt.gz`). Errors:
-/// missing or unreadable file (`Io`), corrupt gzip (`Data`), invalid UTF-8 (`NotUtf8`, with the
-/// offset into the decompressed text) and an empty text (`EmptyCorpus`).
+/// those of [`decode_text`], and an empty text (`EmptyCorpus`).
 pub(super) fn read_corpus(path: &Path) -> Result<Corpus> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let sha256 = Sha256::digest(&raw)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    let text = decode_text(path, raw)?;
+    if text.is_empty() {
+        return Err(Error::EmptyCorpus {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(Corpus { text, sha256 })
+}
+
+/// The text of `raw`, the bytes of `path`: gunzipped when they start with the gzip magic bytes,
+/// then checked as UTF-8. Errors: corrupt gzip (`Data`), invalid UTF-8 (`NotUtf8`, with the
+/// offset into the decompressed text).
+pub(super) fn decode_text(path: &Path, raw: Vec<u8>) -> Result<String> {
     // 0x1f 0x8b cannot start UTF-8 text (0x8b is a continuation byte), so sniffing is unambiguous.
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 3);
@@ -37,16 +49,10 @@ pub(super) fn read_corpus(path: &Path) -> Result<Corpus> {
     } else {
         raw
     };
-    let text = String::from_utf8(bytes).map_err(|e| Error::NotUtf8 {
+    String::from_utf8(bytes).map_err(|e| Error::NotUtf8 {
         path: path.to_path_buf(),
         offset: e.utf8_error().valid_up_to(),
-    })?;
-    if text.is_empty() {
-        return Err(Error::EmptyCorpus {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(Corpus { text, sha256 })
+    })
 }
 
 /// Splits `text` at char index `floor(n_chars * (1 - val_fraction))`, nanoGPT's

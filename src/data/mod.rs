@@ -135,6 +135,13 @@ pub fn read_corpus(path: &Path) -> Result<String> {
     Ok(corpus::read_corpus(path)?.text)
 }
 
+/// Reads a UTF-8 text, plain or gzip-compressed, that may be empty (a file of hypotheses or
+/// references, say). Errors name the file, as [`read_corpus`]'s do.
+pub fn read_text(path: &Path) -> Result<String> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    corpus::decode_text(path, raw)
+}
+
 /// Names of the files [`prepare`] writes into its output folder.
 pub const TRAIN_FILE: &str = "train.bin";
 pub const VAL_FILE: &str = "val.bin";
