@@ -5,10 +5,21 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::train::StepLog;
+
+/// One line of a `metrics.jsonl`: the step and whichever losses it logged (language-model
+/// training logs a train loss every line; sequence-to-sequence training logs train and
+/// validation lines separately).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct LossPoint {
+    pub step: usize,
+    #[serde(default)]
+    pub train_loss: Option<f64>,
+    #[serde(default)]
+    pub val_loss: Option<f64>,
+}
 
 /// Reads the metrics lines written by `decodex train`.
-pub fn read_metrics(path: &Path) -> Result<Vec<StepLog>> {
+pub fn read_metrics(path: &Path) -> Result<Vec<LossPoint>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
@@ -23,7 +34,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepLog>> {
 }
 
 /// Draws train and val loss against step into `out` (`.png` or `.svg`, by extension).
-pub fn plot_losses(logs: &[StepLog], title: &str, out: &Path) -> Result<()> {
+pub fn plot_losses(logs: &[LossPoint], title: &str, out: &Path) -> Result<()> {
     if logs.is_empty() {
         return Err(Error::Invalid("no metrics to plot".into()));
     }
@@ -53,7 +64,7 @@ pub fn plot_losses(logs: &[StepLog], title: &str, out: &Path) -> Result<()> {
 
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
-    logs: &[StepLog],
+    logs: &[LossPoint],
     title: &str,
 ) -> std::result::Result<(), String>
 where
@@ -63,11 +74,11 @@ where
     root.fill(&WHITE).map_err(e)?;
     let train: Vec<(f64, f64)> = logs
         .iter()
-        .map(|l| (l.step as f64, l.train_loss as f64))
+        .filter_map(|l| l.train_loss.map(|v| (l.step as f64, v)))
         .collect();
     let val: Vec<(f64, f64)> = logs
         .iter()
-        .filter_map(|l| l.val_loss.map(|v| (l.step as f64, v as f64)))
+        .filter_map(|l| l.val_loss.map(|v| (l.step as f64, v)))
         .collect();
     let max_step = logs.iter().map(|l| l.step).max().unwrap_or(1).max(1) as f64;
     let losses = train.iter().chain(val.iter()).map(|p| p.1);
@@ -108,6 +119,123 @@ where
         .border_style(BLACK)
         .draw()
         .map_err(e)?;
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+/// Draws attention weights as a grid, the source tokens along the bottom axis and the
+/// target tokens down the side, brighter for more weight (as the figures of Bahdanau et al.,
+/// 2015). `weights` has one row of `src.len()` weights per target token. PNG or SVG by extension.
+pub fn attention_heatmap(
+    src: &[String],
+    tgt: &[String],
+    weights: &[Vec<f32>],
+    title: &str,
+    out: &Path,
+) -> Result<()> {
+    if src.is_empty() || tgt.is_empty() || weights.len() != tgt.len() {
+        return Err(Error::Invalid(format!(
+            "{}: {} weight rows for {} target and {} source tokens",
+            out.display(),
+            weights.len(),
+            tgt.len(),
+            src.len()
+        )));
+    }
+    let _ =
+        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    let cell = 36u32;
+    let size = (180 + cell * src.len() as u32, 140 + cell * tgt.len() as u32);
+    let err =
+        |e: String| Error::Invalid(format!("{}: cannot draw the heatmap: {e}", out.display()));
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "png" => draw_heatmap(
+            BitMapBackend::new(out, size).into_drawing_area(),
+            src,
+            tgt,
+            weights,
+            title,
+        )
+        .map_err(err),
+        "svg" => draw_heatmap(
+            SVGBackend::new(out, size).into_drawing_area(),
+            src,
+            tgt,
+            weights,
+            title,
+        )
+        .map_err(err),
+        _ => Err(Error::Invalid(format!(
+            "{}: the heatmap file must end in .png or .svg",
+            out.display()
+        ))),
+    }
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    src: &[String],
+    tgt: &[String],
+    weights: &[Vec<f32>],
+    title: &str,
+) -> std::result::Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let (s, t) = (src.len(), tgt.len());
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(90)
+        .y_label_area_size(120)
+        .build_cartesian_2d(0f64..s as f64, 0f64..t as f64)
+        .map_err(e)?;
+    let label = |tokens: &[String], v: f64, flip: bool| -> String {
+        let i = v.floor() as usize;
+        let frac = v - v.floor();
+        if (frac - 0.5).abs() > 1e-6 || i >= tokens.len() {
+            return String::new();
+        }
+        let i = if flip { tokens.len() - 1 - i } else { i };
+        tokens[i].clone()
+    };
+    let x_fmt = |v: &f64| label(src, *v, false);
+    let y_fmt = |v: &f64| label(tgt, *v, true);
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(2 * s + 1)
+        .y_labels(2 * t + 1)
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .x_label_style(
+            ("sans-serif", 15)
+                .into_font()
+                .transform(FontTransform::Rotate90),
+        )
+        .y_label_style(("sans-serif", 15))
+        .x_desc("source")
+        .y_desc("translation")
+        .draw()
+        .map_err(e)?;
+    let cells = weights.iter().enumerate().flat_map(|(i, row)| {
+        row.iter().enumerate().map(move |(j, &w)| {
+            let y = (t - 1 - i) as f64;
+            let c = (255.0 * w.clamp(0.0, 1.0)).round() as u8;
+            Rectangle::new(
+                [(j as f64, y), (j as f64 + 1.0, y + 1.0)],
+                RGBColor(c, c, c).filled(),
+            )
+        })
+    });
+    chart.draw_series(cells).map_err(e)?;
     root.present().map_err(e)?;
     Ok(())
 }

@@ -295,7 +295,11 @@ fn train_seq2seq_cmd(a: &TrainArgs) -> Result<()> {
         } else if let Some(v) = log.val_loss {
             eprintln!(
                 "epoch {} step {}: val loss {v:.4} (ppl {:.2}), {:.0} tok/s, {:.0} s",
-                log.epoch, log.step, log.val_ppl.unwrap_or(f64::NAN), log.tokens_per_sec, log.elapsed_s
+                log.epoch,
+                log.step,
+                log.val_ppl.unwrap_or(f64::NAN),
+                log.tokens_per_sec,
+                log.elapsed_s
             );
         } else if let Some(l) = log.train_loss {
             eprintln!(
@@ -322,15 +326,48 @@ fn train_seq2seq_cmd(a: &TrainArgs) -> Result<()> {
 /// `decodex translate`: one translation per input line, in order.
 fn translate_cmd(a: &super::TranslateArgs) -> Result<()> {
     let (model, tok) = train::seq2seq::load_seq2seq(&a.model, &candle_core::Device::Cpu)?;
-    let text = std::fs::read_to_string(&a.input).map_err(|e| decodex::error::Error::io(&a.input, e))?;
+    let text =
+        std::fs::read_to_string(&a.input).map_err(|e| decodex::error::Error::io(&a.input, e))?;
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     let opts = train::seq2seq::TranslateOptions {
         beam: a.beam,
         length_penalty: a.length_penalty,
         batch_size: a.batch_size,
     };
-    let out = train::seq2seq::translate(&model, &tok, &lines, &opts)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.input.display()))?;
+    let out = train::seq2seq::translate(&model, &tok, &a.input, &lines, &opts)?;
+    if let Some(png) = &a.attention_png {
+        let i = a.attention_line.saturating_sub(1);
+        let (Some(line), Some(hyp)) = (lines.get(i), out.get(i)) else {
+            bail!(
+                "{}: --attention-line {} is past the last line",
+                a.input.display(),
+                a.attention_line
+            );
+        };
+        let src = tok.encode(line.trim())?;
+        let mut tgt = tok.encode(hyp)?;
+        tgt.extend(tok.eos_id());
+        if src.is_empty() {
+            bail!(
+                "{}: line {} is empty; there is no attention to draw",
+                a.input.display(),
+                a.attention_line
+            );
+        }
+        let weights = model.attention_map(&src, &tgt)?;
+        let label = |ids: &[u32]| -> Result<Vec<String>> {
+            ids.iter()
+                .map(|&t| {
+                    Ok(if Some(t) == tok.eos_id() {
+                        "</s>".to_string()
+                    } else {
+                        tok.decode(&[t])?.trim().to_string()
+                    })
+                })
+                .collect()
+        };
+        decodex::plot::attention_heatmap(&label(&src)?, &label(&tgt)?, &weights, hyp, png)?;
+    }
     let mut stdout = std::io::stdout().lock();
     for t in out {
         if a.json {

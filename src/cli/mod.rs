@@ -450,6 +450,12 @@ pub struct TranslateArgs {
     /// Greedy search: sentences decoded together.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// Draw the attention weights of one translated line as a heatmap (.png or .svg).
+    #[arg(long, value_name = "FILE")]
+    pub attention_png: Option<PathBuf>,
+    /// The input line (1-based) whose attention --attention-png draws.
+    #[arg(long, default_value_t = 1)]
+    pub attention_line: usize,
     /// One JSON object per input line: {"text": ...}.
     #[arg(long)]
     pub json: bool,

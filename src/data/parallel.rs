@@ -253,7 +253,10 @@ mod tests {
         let a = write(dir.path(), "a.de", "eins\nzwei\n");
         let b = write(dir.path(), "b.en", "one\n");
         let err = read_aligned(&a, &b).unwrap_err().to_string();
-        assert!(err.contains("a.de") && err.contains("b.en") && err.contains("2 lines"), "{err}");
+        assert!(
+            err.contains("a.de") && err.contains("b.en") && err.contains("2 lines"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -302,7 +305,11 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, (0..200).collect::<Vec<_>>());
         for b in &batches {
-            let longest = b.iter().map(|&i| src[i].len().max(tgt[i].len() + 1)).max().unwrap();
+            let longest = b
+                .iter()
+                .map(|&i| src[i].len().max(tgt[i].len() + 1))
+                .max()
+                .unwrap();
             assert!(b.len() == 1 || longest * b.len() <= 256);
         }
     }

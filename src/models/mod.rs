@@ -3,6 +3,7 @@
 pub mod gpt;
 pub mod llama;
 pub mod pretrained;
+pub mod rnn_seq2seq;
 pub mod seq2seq;
 
 pub use gpt::Gpt;

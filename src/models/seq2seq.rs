@@ -38,8 +38,6 @@ pub enum Positions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransformerConfig {
-    /// "transformer-seq2seq".
-    pub arch: String,
     /// Filled in from the tokenizer when training starts.
     #[serde(default)]
     pub vocab_size: usize,
@@ -94,12 +92,6 @@ fn default_activation() -> String {
 
 impl TransformerConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.arch != "transformer-seq2seq" {
-            return Err(Error::Invalid(format!(
-                "arch {:?} is not transformer-seq2seq",
-                self.arch
-            )));
-        }
         if self.d_model == 0 || !self.d_model.is_multiple_of(self.n_heads.max(1)) {
             return Err(Error::Invalid(format!(
                 "d_model ({}) must be a positive multiple of n_heads ({})",
@@ -345,8 +337,16 @@ impl Transformer {
             Positions::Learned => {
                 let init = Init::Normal(0.02);
                 (
-                    p.get("model.encoder.embed_positions.weight", &[cfg.max_len, d], init)?,
-                    p.get("model.decoder.embed_positions.weight", &[cfg.max_len, d], init)?,
+                    p.get(
+                        "model.encoder.embed_positions.weight",
+                        &[cfg.max_len, d],
+                        init,
+                    )?,
+                    p.get(
+                        "model.decoder.embed_positions.weight",
+                        &[cfg.max_len, d],
+                        init,
+                    )?,
                 )
             }
         };
@@ -396,7 +396,9 @@ impl Transformer {
             )));
         }
         let d = self.cfg.d_model;
-        let x = table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, d))?;
+        let x = table
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, d))?;
         let x = (x * (d as f64).sqrt())?;
         Ok(x.broadcast_add(&pos.narrow(0, start, t)?.unsqueeze(0)?)?)
     }
@@ -445,14 +447,21 @@ impl Transformer {
         let p = self.cfg.dropout;
         let t = tgt_in.dim(1)?;
         let causal = causal_mask(t, 0, src.device())?;
-        let mut x = drop(&self.embed(&self.tgt_embed, &self.tgt_pos, tgt_in, 0)?, p, rng)?;
+        let mut x = drop(
+            &self.embed(&self.tgt_embed, &self.tgt_pos, tgt_in, 0)?,
+            p,
+            rng,
+        )?;
         for layer in &self.decoder {
             let sa = &layer.self_attn;
             x = residual(&x, &layer.self_norm, self.cfg.pre_norm, p, rng, |h| {
                 let (k, v) = sa.keys_values(h)?;
                 sa.attend(h, &k, &v, &causal)
             })?;
-            let (ca, cn) = layer.cross.as_ref().expect("decoder layers attend to the source");
+            let (ca, cn) = layer
+                .cross
+                .as_ref()
+                .expect("decoder layers attend to the source");
             x = residual(&x, cn, self.cfg.pre_norm, p, rng, |h| {
                 let (k, v) = ca.keys_values(&memory)?;
                 ca.attend(h, &k, &v, src_mask)
@@ -462,6 +471,59 @@ impl Transformer {
             })?;
         }
         self.logits(&x)
+    }
+
+    /// Cross-attention weights of the last decoder layer, averaged over heads, while decoding
+    /// `tgt` (the generated tokens, without the start token) after `src`: one row of source
+    /// weights per target token.
+    pub fn attention_map(&self, src: &[u32], tgt: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let device = self.src_embed.device();
+        let (ids, mask) = source_batch(&[src.to_vec()], self.cfg.pad_id, device)?;
+        let memory = self.encode(&ids, &mask, None)?;
+        let mut input = vec![self.cfg.bos_id];
+        input.extend_from_slice(&tgt[..tgt.len().saturating_sub(1)]);
+        let t = input.len();
+        let tgt_in = Tensor::from_vec(input, (1, t), device)?;
+        let causal = causal_mask(t, 0, device)?;
+        let mut x = self.embed(&self.tgt_embed, &self.tgt_pos, &tgt_in, 0)?;
+        let pre = self.cfg.pre_norm;
+        let last = self.decoder.len() - 1;
+        let mut weights = None;
+        for (l, layer) in self.decoder.iter().enumerate() {
+            let sa = &layer.self_attn;
+            x = residual(&x, &layer.self_norm, pre, 0.0, None, |h| {
+                let (k, v) = sa.keys_values(h)?;
+                sa.attend(h, &k, &v, &causal)
+            })?;
+            let (ca, cn) = layer
+                .cross
+                .as_ref()
+                .expect("decoder layers attend to the source");
+            if l == last {
+                // The weights themselves: softmax(q kᵀ/√d + mask), averaged over heads.
+                let h = if pre { cn.forward(&x)? } else { x.clone() };
+                let q = ca.split(&ca.q.forward(&h)?)?;
+                let (k, _) = ca.keys_values(&memory)?;
+                let d = (self.cfg.d_model / self.cfg.n_heads) as f64;
+                let att = (q.matmul(&k.t()?.contiguous()?)? / d.sqrt())?.broadcast_add(&mask)?;
+                let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+                weights = Some(att.mean(1)?.squeeze(0)?.to_vec2::<f32>()?);
+            }
+            x = residual(&x, cn, pre, 0.0, None, |h| {
+                let (k, v) = ca.keys_values(&memory)?;
+                ca.attend(h, &k, &v, &mask)
+            })?;
+            x = residual(&x, &layer.ffn_norm, pre, 0.0, None, |h| {
+                layer.ffn.forward(h, 0.0, None)
+            })?;
+        }
+        Ok(weights.unwrap_or_default())
+    }
+
+    /// `forward` from source id rows (right-padded and masked here).
+    pub fn forward_rows(&self, rows: &[Vec<u32>], tgt_in: &Tensor, rng: Dropout) -> Result<Tensor> {
+        let (src, mask) = source_batch(rows, self.cfg.pad_id, self.src_embed.device())?;
+        self.forward(&src, &mask, tgt_in, rng)
     }
 
     /// Encodes source id rows (each at most max_len, non-empty) for decoding.
@@ -546,7 +608,10 @@ impl Decoder for EncodedSource<'_> {
             .decoder
             .iter()
             .map(|l| {
-                let (ca, _) = l.cross.as_ref().expect("decoder layers attend to the source");
+                let (ca, _) = l
+                    .cross
+                    .as_ref()
+                    .expect("decoder layers attend to the source");
                 ca.keys_values(&self.memory)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -586,12 +651,13 @@ impl Decoder for EncodedSource<'_> {
                 *slot = Some((k, v));
                 Ok(y)
             })?;
-            let (ca, cn) = layer.cross.as_ref().expect("decoder layers attend to the source");
+            let (ca, cn) = layer
+                .cross
+                .as_ref()
+                .expect("decoder layers attend to the source");
             let (ck, cv) = &cache.cross_kv[l];
             let mask = &cache.mask;
-            x = residual(&x, cn, pre, 0.0, None, |h| {
-                ca.attend(h, ck, cv, mask)
-            })?;
+            x = residual(&x, cn, pre, 0.0, None, |h| ca.attend(h, ck, cv, mask))?;
             x = residual(&x, &layer.ffn_norm, pre, 0.0, None, |h| {
                 layer.ffn.forward(h, 0.0, None)
             })?;
@@ -649,7 +715,6 @@ mod tests {
 
     fn tiny() -> TransformerConfig {
         TransformerConfig {
-            arch: "transformer-seq2seq".into(),
             vocab_size: 11,
             d_model: 8,
             n_heads: 2,
@@ -695,15 +760,29 @@ mod tests {
             let tgt_in = Tensor::from_vec([tgt, tgt].concat(), (2, 4), &Device::Cpu).unwrap();
             let full = m.forward(&ids, &mask, &tgt_in, None).unwrap();
             for (i, s) in steps.iter().enumerate() {
-                let want: Vec<f32> = full.i((.., i, ..)).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-                let diff = s.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let want: Vec<f32> = full
+                    .i((.., i, ..))
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let diff = s
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
                 assert!(diff < 1e-4, "pre_norm {pre}, position {i}: {diff}");
             }
             // The short source alone gives row 1's logits.
             let alone = m.encode_sources(&src[1..]).unwrap();
             let mut c1 = alone.new_cache(1).unwrap();
             let got = alone.step(&[0], 1, &mut c1).unwrap();
-            let diff = got.iter().zip(&steps[0][11..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let diff = got
+                .iter()
+                .zip(&steps[0][11..])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(diff < 1e-4, "padding changed the result: {diff}");
         }
     }

@@ -229,7 +229,13 @@ impl AttentionOp {
     fn dims(&self, q: &Layout, k: &Layout) -> candle_core::Result<Dims> {
         let (b, h, t, d) = q.shape().dims4()?;
         let s = k.shape().dims4()?.2;
-        Ok(Dims { _bh: b * h, t, s, d, h })
+        Ok(Dims {
+            _bh: b * h,
+            t,
+            s,
+            d,
+            h,
+        })
     }
 
     fn masks(&self, dims: Dims, bh: usize) -> Vec<&[f32]> {
@@ -280,7 +286,11 @@ impl CustomOp3 for AttentionOp {
         let dims = self.dims(q.layout(), k.layout())?;
         let (qs, ks, vs, dout) = (to_vec(q)?, to_vec(k)?, to_vec(v)?, to_vec(grad)?);
         let (t, s, d) = (dims.t, dims.s, dims.d);
-        let (mut dq, mut dk, mut dv) = (vec![0f32; qs.len()], vec![0f32; ks.len()], vec![0f32; vs.len()]);
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; qs.len()],
+            vec![0f32; ks.len()],
+            vec![0f32; vs.len()],
+        );
         dq.par_chunks_mut(t * d)
             .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
             .enumerate()
@@ -344,13 +354,19 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         let (a, b) = (to_vec(a).unwrap(), to_vec(b).unwrap());
-        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
     }
 
     #[test]
     fn layer_norm_matches_composed_with_gradients() {
         let (x, w, b) = (var(&[6, 16], 1), var(&[16], 2), var(&[16], 3));
-        let g = Tensor::new(fill(96, 4), &Device::Cpu).unwrap().reshape((6, 16)).unwrap();
+        let g = Tensor::new(fill(96, 4), &Device::Cpu)
+            .unwrap()
+            .reshape((6, 16))
+            .unwrap();
         let fused = layer_norm(&x, &w, &b, 1e-5).unwrap();
         let mean = x.mean_keepdim(D::Minus1).unwrap();
         let xc = x.broadcast_sub(&mean).unwrap();
@@ -364,7 +380,12 @@ mod tests {
             .unwrap();
         assert!(max_diff(&fused, &composed) < 1e-5);
         let gf = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let gc = (composed * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (composed * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for p in [&x, &w, &b] {
             let d = max_diff(gf.get(p).unwrap(), gc.get(p).unwrap());
             assert!(d < 1e-4, "gradient differs by {d}");
@@ -374,25 +395,39 @@ mod tests {
     #[test]
     fn attention_matches_composed_with_gradients() {
         let (b, h, t, s, d) = (2, 3, 5, 7, 8);
-        let (q, k, v) = (var(&[b, h, t, d], 1), var(&[b, h, s, d], 2), var(&[b, h, s, d], 3));
+        let (q, k, v) = (
+            var(&[b, h, t, d], 1),
+            var(&[b, h, s, d], 2),
+            var(&[b, h, s, d], 3),
+        );
         let g = Tensor::new(fill(b * h * t * d, 4), &Device::Cpu)
             .unwrap()
             .reshape((b, h, t, d))
             .unwrap();
         // A padding mask per batch row and a causal-style mask per query.
-        let pad: Vec<f32> = (0..b * s).map(|i| if i % s >= 5 + i / s { -1e9 } else { 0.0 }).collect();
-        let causal: Vec<f32> = (0..t * s).map(|i| if i % s > i / s + 2 { -1e9 } else { 0.0 }).collect();
+        let pad: Vec<f32> = (0..b * s)
+            .map(|i| if i % s >= 5 + i / s { -1e9 } else { 0.0 })
+            .collect();
+        let causal: Vec<f32> = (0..t * s)
+            .map(|i| if i % s > i / s + 2 { -1e9 } else { 0.0 })
+            .collect();
         for mask in [
             Tensor::from_vec(pad, (b, 1, 1, s), &Device::Cpu).unwrap(),
             Tensor::from_vec(causal, (1, 1, t, s), &Device::Cpu).unwrap(),
         ] {
             let fused = masked_attention(&q, &k, &v, &mask).unwrap();
             let att = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
-            let att = candle_nn::ops::softmax(&att.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+            let att =
+                candle_nn::ops::softmax(&att.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
             let composed = att.matmul(&v).unwrap();
             assert!(max_diff(&fused, &composed) < 1e-5);
             let gf = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            let gc = (composed * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gc = (composed * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for p in [&q, &k, &v] {
                 let d = max_diff(gf.get(p).unwrap(), gc.get(p).unwrap());
                 assert!(d < 1e-4, "gradient differs by {d}");

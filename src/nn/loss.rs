@@ -36,7 +36,11 @@ impl CustomOp1 for SmoothedCe {
         "smoothed-cross-entropy"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, v) = layout.shape().dims2()?;
         let (start, end) = layout
             .contiguous_offsets()
@@ -61,9 +65,16 @@ impl CustomOp1 for SmoothedCe {
         Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let (_, v) = arg.dims2()?;
-        let g = grad_res.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let g = grad_res
+            .to_dtype(candle_core::DType::F32)?
+            .to_scalar::<f32>()?;
         let x = cpu_f32(arg).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let eps = self.smoothing;
         let uniform = eps / v as f32;
@@ -105,10 +116,16 @@ pub fn smoothed_cross_entropy(
         )));
     }
     if let Some(&t) = targets.iter().find(|&&t| t as usize >= v) {
-        return Err(Error::UnknownTokenId { id: t, vocab_size: v });
+        return Err(Error::UnknownTokenId {
+            id: t,
+            vocab_size: v,
+        });
     }
     let total: f32 = weights.iter().sum();
-    let scale = weights.iter().map(|&w| w / total.max(f32::MIN_POSITIVE)).collect();
+    let scale = weights
+        .iter()
+        .map(|&w| w / total.max(f32::MIN_POSITIVE))
+        .collect();
     let nll = Arc::new(Mutex::new(0.0));
     let op = SmoothedCe {
         targets: targets.to_vec(),
@@ -135,21 +152,47 @@ mod tests {
     #[test]
     fn fused_matches_composed() {
         let (n, v) = (5, 7);
-        let vals: Vec<f32> = (0..n * v).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3).collect();
+        let vals: Vec<f32> = (0..n * v)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3)
+            .collect();
         let x = Var::from_vec(vals, (n, v), &Device::Cpu).unwrap();
         let targets = [1u32, 6, 0, 3, 3];
         let weights = [1f32, 1.0, 0.0, 1.0, 1.0];
         for eps in [0.0, 0.1] {
-            let (fused, nll) = smoothed_cross_entropy(x.as_tensor(), &targets, &weights, eps).unwrap();
+            let (fused, nll) =
+                smoothed_cross_entropy(x.as_tensor(), &targets, &weights, eps).unwrap();
             let t = Tensor::new(&targets, &Device::Cpu).unwrap();
             let w = Tensor::new(&weights, &Device::Cpu).unwrap();
             let (composed, cnll) = smoothed_loss(x.as_tensor(), &t, &w, eps).unwrap();
-            let (a, b) = (fused.to_scalar::<f32>().unwrap(), composed.to_scalar::<f32>().unwrap());
+            let (a, b) = (
+                fused.to_scalar::<f32>().unwrap(),
+                composed.to_scalar::<f32>().unwrap(),
+            );
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
             assert!((nll as f32 - cnll.to_scalar::<f32>().unwrap()).abs() < 1e-5);
-            let ga = fused.backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let gb = composed.backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let diff = ga.iter().zip(&gb).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let ga = fused
+                .backward()
+                .unwrap()
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let gb = composed
+                .backward()
+                .unwrap()
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let diff = ga
+                .iter()
+                .zip(&gb)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(diff < 1e-6, "eps {eps}: gradient differs by {diff}");
         }
     }

@@ -24,7 +24,7 @@ pub enum Init {
 }
 
 enum Source {
-    Init(ChaCha8Rng),
+    Init(Box<ChaCha8Rng>),
     Load(HashMap<String, Tensor>),
 }
 
@@ -42,7 +42,7 @@ impl Params {
     /// New parameters drawn from `rng`, trainable.
     pub fn init(rng: ChaCha8Rng, device: &Device) -> Self {
         Params {
-            source: Source::Init(rng),
+            source: Source::Init(Box::new(rng)),
             device: device.clone(),
             train: true,
             vars: Vec::new(),

@@ -20,19 +20,108 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::parallel::{self, PairSource, Pairs};
 use crate::decode::{beam_search, generate_batch, BeamConfig, EarlyStopping, SamplingConfig};
-use crate::decode::Strategy;
+use crate::decode::{Decoder, Strategy};
 use crate::error::{write_atomic, Error, Result};
-use crate::models::seq2seq::{source_batch, Transformer, TransformerConfig};
+use crate::models::rnn_seq2seq::{RnnConfig, RnnSeq2Seq};
+use crate::models::seq2seq::{Dropout, Transformer, TransformerConfig};
 use crate::nn::loss::smoothed_cross_entropy;
 use crate::nn::params::Params;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::data_dir;
 
+/// A sequence-to-sequence architecture and its settings, named by `arch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch")]
+pub enum ModelConfig {
+    #[serde(rename = "transformer-seq2seq")]
+    Transformer(TransformerConfig),
+    #[serde(rename = "rnn-seq2seq")]
+    Rnn(RnnConfig),
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ModelConfig::Transformer(c) => c.validate(),
+            ModelConfig::Rnn(c) => c.validate(),
+        }
+    }
+
+    pub fn max_len(&self) -> usize {
+        match self {
+            ModelConfig::Transformer(c) => c.max_len,
+            ModelConfig::Rnn(c) => c.max_len,
+        }
+    }
+
+    /// Sets the vocabulary size and the start, end and padding ids from the tokenizer.
+    fn set_vocab(&mut self, vocab: usize, special: u32) {
+        match self {
+            ModelConfig::Transformer(c) => {
+                c.vocab_size = vocab;
+                (c.bos_id, c.eos_id, c.pad_id) = (special, special, special);
+            }
+            ModelConfig::Rnn(c) => {
+                c.vocab_size = vocab;
+                (c.bos_id, c.eos_id, c.pad_id) = (special, special, special);
+            }
+        }
+    }
+
+    /// (start, end, padding) ids.
+    fn ids(&self) -> (u32, u32, u32) {
+        match self {
+            ModelConfig::Transformer(c) => (c.bos_id, c.eos_id, c.pad_id),
+            ModelConfig::Rnn(c) => (c.bos_id, c.eos_id, c.pad_id),
+        }
+    }
+}
+
+/// A trained sequence-to-sequence model of either architecture.
+pub enum Seq2Seq {
+    Transformer(Transformer),
+    Rnn(RnnSeq2Seq),
+}
+
+impl Seq2Seq {
+    pub fn new(cfg: &ModelConfig, p: &mut Params, device: &Device) -> Result<Self> {
+        Ok(match cfg {
+            ModelConfig::Transformer(c) => Seq2Seq::Transformer(Transformer::new(c, p, device)?),
+            ModelConfig::Rnn(c) => Seq2Seq::Rnn(RnnSeq2Seq::new(c, p)?),
+        })
+    }
+
+    pub fn config(&self) -> ModelConfig {
+        match self {
+            Seq2Seq::Transformer(m) => ModelConfig::Transformer(m.cfg.clone()),
+            Seq2Seq::Rnn(m) => ModelConfig::Rnn(m.cfg.clone()),
+        }
+    }
+
+    /// Attention weights (target tokens × source tokens) of decoding `tgt` after `src`: the
+    /// last decoder layer's cross-attention averaged over heads (Transformer), or the
+    /// attention of each step (RNN).
+    pub fn attention_map(&self, src: &[u32], tgt: &[u32]) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Seq2Seq::Transformer(m) => m.attention_map(src, tgt),
+            Seq2Seq::Rnn(m) => m.attention_map(src, tgt),
+        }
+    }
+
+    /// Training logits (B, T, V) for source id rows and decoder inputs (B, T).
+    pub fn forward(&self, src: &[Vec<u32>], tgt_in: &Tensor, rng: Dropout) -> Result<Tensor> {
+        match self {
+            Seq2Seq::Transformer(m) => m.forward_rows(src, tgt_in, rng),
+            Seq2Seq::Rnn(m) => m.forward(src, tgt_in, rng),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Seq2SeqTrainConfig {
     pub data: ParallelDataConfig,
-    pub model: TransformerConfig,
+    pub model: ModelConfig,
     pub train: Seq2SeqOptim,
 }
 
@@ -140,7 +229,12 @@ impl Seq2SeqTrainConfig {
 pub fn is_seq2seq_config(text: &str) -> bool {
     toml::from_str::<toml::Value>(text)
         .ok()
-        .and_then(|v| v.get("model")?.get("arch")?.as_str().map(|s| s.ends_with("seq2seq")))
+        .and_then(|v| {
+            v.get("model")?
+                .get("arch")?
+                .as_str()
+                .map(|s| s.ends_with("seq2seq"))
+        })
         .unwrap_or(false)
 }
 
@@ -151,7 +245,12 @@ pub fn load_splits(cfg: &ParallelDataConfig) -> Result<(Pairs, Pairs, Option<Pai
     let all = orient(cfg.train.read(&root)?);
     match (&cfg.valid, &cfg.split) {
         (Some(v), _) => {
-            let test = cfg.test.as_ref().map(|t| t.read(&root)).transpose()?.map(orient);
+            let test = cfg
+                .test
+                .as_ref()
+                .map(|t| t.read(&root))
+                .transpose()?
+                .map(orient);
             Ok((all, orient(v.read(&root)?), test))
         }
         (None, Some(s)) => {
@@ -213,8 +312,7 @@ fn lr_at(o: &Seq2SeqOptim, step: usize, total: usize) -> f64 {
 /// A batch as tensors: source ids and key mask, decoder inputs (start token + target), targets
 /// (target + end token) and their weights (0 on padding).
 struct Batch {
-    src: Tensor,
-    mask: Tensor,
+    src: Vec<Vec<u32>>,
     tgt_in: Tensor,
     targets: Vec<u32>,
     weights: Vec<f32>,
@@ -225,31 +323,30 @@ fn make_batch(
     src: &[Vec<u32>],
     tgt: &[Vec<u32>],
     idx: &[usize],
-    cfg: &TransformerConfig,
+    cfg: &ModelConfig,
     device: &Device,
 ) -> Result<Batch> {
+    let (bos_id, eos_id, pad_id) = cfg.ids();
     let rows: Vec<Vec<u32>> = idx.iter().map(|&i| src[i].clone()).collect();
-    let (src_t, mask) = source_batch(&rows, cfg.pad_id, device)?;
     let t = idx.iter().map(|&i| tgt[i].len() + 1).max().unwrap_or(1);
     let (mut tin, mut tout, mut w) = (Vec::new(), Vec::new(), Vec::new());
     for &i in idx {
         let y = &tgt[i];
-        let mut a = vec![cfg.bos_id];
+        let mut a = vec![bos_id];
         a.extend_from_slice(y);
         let mut b = y.clone();
-        b.push(cfg.eos_id);
+        b.push(eos_id);
         let pad = t - a.len();
         w.extend(std::iter::repeat_n(1f32, a.len()).chain(std::iter::repeat_n(0.0, pad)));
-        a.extend(std::iter::repeat_n(cfg.pad_id, pad));
-        b.extend(std::iter::repeat_n(cfg.pad_id, pad));
+        a.extend(std::iter::repeat_n(pad_id, pad));
+        b.extend(std::iter::repeat_n(pad_id, pad));
         tin.extend(a);
         tout.extend(b);
     }
     let n = idx.len();
     let tokens = idx.iter().map(|&i| src[i].len() + tgt[i].len() + 1).sum();
     Ok(Batch {
-        src: src_t,
-        mask,
+        src: rows,
         tgt_in: Tensor::from_vec(tin, (n, t), device)?,
         targets: tout,
         weights: w,
@@ -259,7 +356,7 @@ fn make_batch(
 
 /// Mean validation (NLL, per target token) of `model` over the pairs.
 fn validate(
-    model: &Transformer,
+    model: &Seq2Seq,
     src: &[Vec<u32>],
     tgt: &[Vec<u32>],
     max_tokens: usize,
@@ -268,10 +365,11 @@ fn validate(
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let (mut sum, mut n) = (0f64, 0f64);
     for idx in parallel::token_batches(src, tgt, max_tokens, &mut rng) {
-        let b = make_batch(src, tgt, &idx, &model.cfg, device)?;
-        let logits = model.forward(&b.src, &b.mask, &b.tgt_in, None)?;
+        let b = make_batch(src, tgt, &idx, &model.config(), device)?;
+        let logits = model.forward(&b.src, &b.tgt_in, None)?;
         let v = logits.dim(2)?;
-        let (_, nll) = smoothed_cross_entropy(&logits.reshape(((), v))?, &b.targets, &b.weights, 0.0)?;
+        let (_, nll) =
+            smoothed_cross_entropy(&logits.reshape(((), v))?, &b.targets, &b.weights, 0.0)?;
         let count = b.weights.iter().sum::<f32>() as f64;
         sum += nll * count;
         n += count;
@@ -280,7 +378,7 @@ fn validate(
 }
 
 /// Saves the model's parameters, config and tokenizer to `dir` (each file written atomically).
-fn save(dir: &Path, params: &Params, cfg: &TransformerConfig, tok: &Tokenizer) -> Result<()> {
+fn save(dir: &Path, params: &Params, cfg: &ModelConfig, tok: &Tokenizer) -> Result<()> {
     let tensors: HashMap<String, Tensor> = params
         .vars
         .iter()
@@ -296,22 +394,23 @@ fn save(dir: &Path, params: &Params, cfg: &TransformerConfig, tok: &Tokenizer) -
 }
 
 /// Loads a model directory written by training: (model, tokenizer).
-pub fn load_seq2seq(dir: &Path, device: &Device) -> Result<(Transformer, Tokenizer)> {
+pub fn load_seq2seq(dir: &Path, device: &Device) -> Result<(Seq2Seq, Tokenizer)> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let cfg: TransformerConfig = serde_json::from_str(&text).map_err(|e| Error::UnsupportedModel {
+    let cfg: ModelConfig = serde_json::from_str(&text).map_err(|e| Error::UnsupportedModel {
         path: cfg_path.clone(),
-        msg: format!("not a sequence-to-sequence model config ({e}); a language model cannot translate"),
+        msg: format!(
+            "not a sequence-to-sequence model config ({e}); a language model cannot translate"
+        ),
     })?;
     let weights = dir.join("model.safetensors");
-    let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| {
-        Error::CorruptCheckpoint {
+    let tensors =
+        candle_core::safetensors::load(&weights, device).map_err(|e| Error::CorruptCheckpoint {
             path: weights.clone(),
             msg: e.to_string(),
-        }
-    })?;
+        })?;
     let mut p = Params::load(tensors, device, false);
-    let model = Transformer::new(&cfg, &mut p, device).map_err(|e| Error::CorruptCheckpoint {
+    let model = Seq2Seq::new(&cfg, &mut p, device).map_err(|e| Error::CorruptCheckpoint {
         path: weights.clone(),
         msg: e.to_string(),
     })?;
@@ -328,26 +427,48 @@ pub fn train_seq2seq(
     let cfg = Seq2SeqTrainConfig::from_file(config)?;
     let device = Device::Cpu;
     let t0 = Instant::now();
-    let (train, valid, _test) = load_splits(&cfg.data)?;
+    let (train, valid, test) = load_splits(&cfg.data)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // The held-out pairs as plain files, for `decodex translate` and `decodex eval bleu`.
+    for (name, pairs) in [("valid", Some(&valid)), ("test", test.as_ref())] {
+        if let Some(p) = pairs {
+            write_atomic(
+                &out.join(format!("{name}.src")),
+                (p.src.join("\n") + "\n").as_bytes(),
+            )?;
+            write_atomic(
+                &out.join(format!("{name}.ref")),
+                (p.tgt.join("\n") + "\n").as_bytes(),
+            )?;
+        }
+    }
     // The joint vocabulary, learned from the training pairs only.
-    let texts: Vec<&str> = train.src.iter().chain(&train.tgt).map(|s| s.as_str()).collect();
+    let texts: Vec<&str> = train
+        .src
+        .iter()
+        .chain(&train.tgt)
+        .map(|s| s.as_str())
+        .collect();
     let joined = texts.join("\n");
     let tok = Tokenizer::train_bpe(&[joined.as_str()], cfg.data.vocab_size)?;
-    let special = tok.eos_id().ok_or_else(|| Error::Invalid("the BPE has no end token".into()))?;
+    let special = tok
+        .eos_id()
+        .ok_or_else(|| Error::Invalid("the BPE has no end token".into()))?;
     let mut mcfg = cfg.model.clone();
-    mcfg.vocab_size = tok.vocab_size();
-    (mcfg.bos_id, mcfg.eos_id, mcfg.pad_id) = (special, special, special);
+    mcfg.set_vocab(tok.vocab_size(), special);
     let encode = |lines: &[String]| -> Result<Vec<Vec<u32>>> {
         lines.iter().map(|l| tok.encode(l.trim())).collect()
     };
-    let tr = parallel::clean(encode(&train.src)?, encode(&train.tgt)?, mcfg.max_len);
-    let va = parallel::clean(encode(&valid.src)?, encode(&valid.tgt)?, mcfg.max_len);
+    let tr = parallel::clean(encode(&train.src)?, encode(&train.tgt)?, mcfg.max_len());
+    let va = parallel::clean(encode(&valid.src)?, encode(&valid.tgt)?, mcfg.max_len());
     if tr.src.is_empty() {
-        return Err(Error::Invalid("no training pair survives the length filter".into()));
+        return Err(Error::Invalid(
+            "no training pair survives the length filter".into(),
+        ));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut params = Params::init(ChaCha8Rng::seed_from_u64(cfg.train.seed), &device);
-    let model = Transformer::new(&mcfg, &mut params, &device)?;
+    let model = Seq2Seq::new(&mcfg, &mut params, &device)?;
     let n_params: usize = params.vars.iter().map(|(_, v)| v.elem_count()).sum();
     let o = &cfg.train;
     let mut opt = AdamW::new(
@@ -362,7 +483,8 @@ pub fn train_seq2seq(
     )?;
     let drop_rng = RefCell::new(ChaCha8Rng::seed_from_u64(o.seed ^ 0x5eed));
     let mut batch_rng = ChaCha8Rng::seed_from_u64(o.seed);
-    let per_epoch = parallel::token_batches(&tr.src, &tr.tgt, o.max_tokens, &mut batch_rng.clone()).len();
+    let per_epoch =
+        parallel::token_batches(&tr.src, &tr.tgt, o.max_tokens, &mut batch_rng.clone()).len();
     let total = per_epoch * o.epochs;
     let metrics = out.join("metrics.jsonl");
     let mut log_lines = String::new();
@@ -372,7 +494,7 @@ pub fn train_seq2seq(
     let train_start = Instant::now();
     let mut train_tokens = 0usize;
     let mut epochs_done = 0f64;
-    let deadline = (o.max_minutes > 0.0).then(|| o.max_minutes * 60.0);
+    let deadline = (o.max_minutes > 0.0).then_some(o.max_minutes * 60.0);
     let mut emit = |log: Seq2SeqLog, lines: &mut String| -> Result<()> {
         lines.push_str(&serde_json::to_string(&log).map_err(|e| Error::Invalid(e.to_string()))?);
         lines.push('\n');
@@ -386,7 +508,7 @@ pub fn train_seq2seq(
             let lr = lr_at(o, step, total);
             opt.set_learning_rate(lr);
             let b = make_batch(&tr.src, &tr.tgt, idx, &mcfg, &device)?;
-            let logits = model.forward(&b.src, &b.mask, &b.tgt_in, Some(&drop_rng))?;
+            let logits = model.forward(&b.src, &b.tgt_in, Some(&drop_rng))?;
             let v = logits.dim(2)?;
             let (loss, _) = smoothed_cross_entropy(
                 &logits.reshape(((), v))?,
@@ -476,7 +598,11 @@ pub fn train_seq2seq(
 }
 
 /// Scales the gradients so that their global L2 norm is at most `max_norm`.
-fn clip(grads: &mut candle_core::backprop::GradStore, params: &Params, max_norm: f64) -> Result<()> {
+fn clip(
+    grads: &mut candle_core::backprop::GradStore,
+    params: &Params,
+    max_norm: f64,
+) -> Result<()> {
     let mut sq = 0f64;
     for (_, v) in &params.vars {
         if let Some(g) = grads.get(v.as_tensor()) {
@@ -505,63 +631,98 @@ pub struct TranslateOptions {
     pub batch_size: usize,
 }
 
-/// Translates each line; an empty (or all-whitespace) line gives an empty translation. A source
-/// longer than the model's maximum is an error naming its line (1-based).
+/// Translates each line of `input` (named in errors); an empty (or all-whitespace) line gives
+/// an empty translation. A source longer than the model's maximum is an error naming its line
+/// (1-based).
 pub fn translate(
-    model: &Transformer,
+    model: &Seq2Seq,
     tok: &Tokenizer,
+    input: &Path,
     lines: &[String],
     opts: &TranslateOptions,
 ) -> Result<Vec<String>> {
-    let cfg = &model.cfg;
+    let cfg = model.config();
+    let max_len = cfg.max_len();
     let mut ids = Vec::with_capacity(lines.len());
     for (i, l) in lines.iter().enumerate() {
         let s = tok.encode(l.trim())?;
-        if s.len() > cfg.max_len {
-            return Err(Error::Invalid(format!(
-                "line {}: the source has {} tokens, more than the model's max_len of {}",
-                i + 1,
-                s.len(),
-                cfg.max_len
-            )));
+        if s.len() > max_len {
+            return Err(Error::Data {
+                path: input.to_path_buf(),
+                msg: format!(
+                    "line {}: the source has {} tokens, more than the model's max_len of {max_len}",
+                    i + 1,
+                    s.len()
+                ),
+            });
         }
         ids.push(s);
     }
-    let max_new = |src_len: usize| (2 * src_len + 10).min(cfg.max_len - 1);
-    let decode = |t: &[u32]| -> Result<String> {
-        let t: Vec<u32> = t.iter().copied().filter(|&x| x != cfg.eos_id).collect();
-        Ok(tok.decode(&t)?.trim().to_string())
-    };
-    let mut out = vec![String::new(); lines.len()];
     let todo: Vec<usize> = (0..lines.len()).filter(|&i| !ids[i].is_empty()).collect();
+    let found = match model {
+        Seq2Seq::Transformer(m) => search(|r| m.encode_sources(r), &ids, &todo, &cfg, opts)?,
+        Seq2Seq::Rnn(m) => search(|r| m.encode_sources(r), &ids, &todo, &cfg, opts)?,
+    };
+    let (_, eos, _) = cfg.ids();
+    let mut out = vec![String::new(); lines.len()];
+    for (i, t) in todo.into_iter().zip(found) {
+        let t: Vec<u32> = t.into_iter().filter(|&x| x != eos).collect();
+        out[i] = tok.decode(&t)?.trim().to_string();
+    }
+    Ok(out)
+}
+
+/// The new tokens for sources `todo` of `ids`: greedy in batches, or beam search one source at
+/// a time, through the shared decoding engine.
+fn search<D: Decoder>(
+    encode: impl Fn(&[Vec<u32>]) -> Result<D>,
+    ids: &[Vec<u32>],
+    todo: &[usize],
+    cfg: &ModelConfig,
+    opts: &TranslateOptions,
+) -> Result<Vec<Vec<u32>>> {
+    let (bos, eos, pad) = cfg.ids();
+    let max_new = |src_len: usize| (2 * src_len + 10).min(cfg.max_len() - 1);
+    let mut out = Vec::with_capacity(todo.len());
     if opts.beam <= 1 {
         let scfg = SamplingConfig {
-            eos_ids: vec![cfg.eos_id],
+            eos_ids: vec![eos],
             ..Default::default()
         };
         for chunk in todo.chunks(opts.batch_size.max(1)) {
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-            let enc = model.encode_sources(&rows)?;
+            let enc = encode(&rows)?;
             let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
-            let prompts = vec![vec![cfg.bos_id]; rows.len()];
-            let res = generate_batch(&enc, &prompts, &scfg, Strategy::Greedy, max_new(longest), cfg.pad_id, |_, _, _| {})?;
-            for (&i, r) in chunk.iter().zip(res) {
-                out[i] = decode(&r.tokens)?;
-            }
+            let prompts = vec![vec![bos]; rows.len()];
+            let res = generate_batch(
+                &enc,
+                &prompts,
+                &scfg,
+                Strategy::Greedy,
+                max_new(longest),
+                pad,
+                |_, _, _| {},
+            )?;
+            out.extend(res.into_iter().map(|r| r.tokens));
         }
     } else {
-        for &i in &todo {
-            let enc = model.encode_sources(std::slice::from_ref(&ids[i]))?;
+        for &i in todo {
+            let enc = encode(std::slice::from_ref(&ids[i]))?;
             let bcfg = BeamConfig {
                 num_beams: opts.beam,
                 length_penalty: opts.length_penalty,
                 early_stopping: EarlyStopping::True,
-                eos_ids: vec![cfg.eos_id],
+                eos_ids: vec![eos],
                 max_new_tokens: max_new(ids[i].len()),
                 ..Default::default()
             };
-            let best = beam_search(&enc, &[cfg.bos_id], &bcfg)?;
-            out[i] = decode(&best[0].tokens)?;
+            let best = beam_search(&enc, &[bos], &bcfg)?;
+            out.push(
+                best.into_iter()
+                    .next()
+                    .map(|h| h.tokens)
+                    .unwrap_or_default(),
+            );
         }
     }
     Ok(out)
