@@ -244,6 +244,40 @@ fn translate_contract_and_bad_input() {
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
 
+    // n-best from beam search, and seeded sampling, both one object per line.
+    for extra in [
+        &["--beam", "3", "--n-best", "3"][..],
+        &["--sample", "--seed", "5"][..],
+    ] {
+        let mut args = vec![
+            "translate",
+            "--model",
+            run.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = decodex(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v.len(), 4);
+        if extra[0] == "--beam" {
+            let nbest = v[0]["nbest"].as_array().unwrap();
+            assert_eq!(nbest.len(), 3);
+            let scores: Vec<f64> = nbest.iter().map(|h| h["score"].as_f64().unwrap()).collect();
+            assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+        }
+    }
+
     let long = d.path().join("long.txt");
     std::fs::write(
         &long,

@@ -329,12 +329,27 @@ fn translate_cmd(a: &super::TranslateArgs) -> Result<()> {
     let text =
         std::fs::read_to_string(&a.input).map_err(|e| decodex::error::Error::io(&a.input, e))?;
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if a.sample && a.beam > 1 {
+        bail!("--sample decodes with --beam 1; choose one search");
+    }
     let opts = train::seq2seq::TranslateOptions {
         beam: a.beam,
         length_penalty: a.length_penalty,
+        n_best: a.n_best,
+        sampling: a.sample.then(|| decodex::decode::SamplingConfig {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+            ..Default::default()
+        }),
         batch_size: a.batch_size,
     };
-    let out = train::seq2seq::translate(&model, &tok, &a.input, &lines, &opts)?;
+    let found = train::seq2seq::translate_n(&model, &tok, &a.input, &lines, &opts)?;
+    let out: Vec<String> = found
+        .iter()
+        .map(|h| h.first().map(|h| h.text.clone()).unwrap_or_default())
+        .collect();
     if let Some(png) = &a.attention_png {
         let i = a.attention_line.saturating_sub(1);
         let (Some(line), Some(hyp)) = (lines.get(i), out.get(i)) else {
@@ -369,11 +384,25 @@ fn translate_cmd(a: &super::TranslateArgs) -> Result<()> {
         decodex::plot::attention_heatmap(&label(&src)?, &label(&tgt)?, &weights, hyp, png)?;
     }
     let mut stdout = std::io::stdout().lock();
-    for t in out {
+    for (i, hyps) in found.iter().enumerate() {
+        let best = hyps.first().map(|h| h.text.as_str()).unwrap_or_default();
         if a.json {
-            writeln!(stdout, "{}", json!({ "text": t }))?;
+            let mut v = json!({ "text": best });
+            if let Some(score) = hyps.first().and_then(|h| h.score) {
+                v["score"] = json!(score);
+            }
+            if a.n_best > 1 {
+                v["nbest"] = json!(hyps);
+            }
+            writeln!(stdout, "{v}")?;
+        } else if a.n_best > 1 {
+            // n-best: one "line ||| text ||| score" per hypothesis (0-based line), Moses style.
+            for h in hyps {
+                let score = h.score.map_or(String::new(), |s| s.to_string());
+                writeln!(stdout, "{i} ||| {} ||| {score}", h.text)?;
+            }
         } else {
-            writeln!(stdout, "{t}")?;
+            writeln!(stdout, "{best}")?;
         }
     }
     Ok(())

@@ -447,7 +447,25 @@ pub struct TranslateArgs {
     /// Beam scores are log-probability / length^this.
     #[arg(long, default_value_t = 1.0)]
     pub length_penalty: f64,
-    /// Greedy search: sentences decoded together.
+    /// Beam search: translations printed per line, best first (JSON: "nbest" holds all).
+    #[arg(long, default_value_t = 1)]
+    pub n_best: usize,
+    /// Sample each token (with --beam 1) instead of taking the most likely one.
+    #[arg(long)]
+    pub sample: bool,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Sampling: keep the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sampling: keep the smallest set of tokens whose probability reaches p (1 = all).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sampling seed (line i of a batch uses seed + i).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Greedy search and sampling: sentences decoded together.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Draw the attention weights of one translated line as a heatmap (.png or .svg).
