@@ -325,14 +325,14 @@ fn train_seq2seq_cmd(a: &TrainArgs) -> Result<()> {
 
 /// `decodex translate`: one translation per input line, in order.
 fn translate_cmd(a: &super::TranslateArgs) -> Result<()> {
-    let (model, tok) = train::seq2seq::load_seq2seq(&a.model, &candle_core::Device::Cpu)?;
+    let (model, tok) = decodex::models::seq2seq::load_seq2seq(&a.model, &candle_core::Device::Cpu)?;
     let text =
         std::fs::read_to_string(&a.input).map_err(|e| decodex::error::Error::io(&a.input, e))?;
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     if a.sample && a.beam > 1 {
         bail!("--sample decodes with --beam 1; choose one search");
     }
-    let opts = train::seq2seq::TranslateOptions {
+    let opts = decodex::decode::translate::TranslateOptions {
         beam: a.beam,
         length_penalty: a.length_penalty,
         n_best: a.n_best,
@@ -345,7 +345,7 @@ fn translate_cmd(a: &super::TranslateArgs) -> Result<()> {
         }),
         batch_size: a.batch_size,
     };
-    let found = train::seq2seq::translate_n(&model, &tok, &a.input, &lines, &opts)?;
+    let found = decodex::decode::translate::translate_n(&model, &tok, &a.input, &lines, &opts)?;
     let out: Vec<String> = found
         .iter()
         .map(|h| h.first().map(|h| h.text.clone()).unwrap_or_default())

@@ -13,6 +13,7 @@ pub mod driver;
 #[cfg(test)]
 mod mock;
 pub mod processors;
+pub mod translate;
 
 pub use beam::{beam_search, BeamConfig, BeamHypothesis, EarlyStopping};
 pub use driver::{generate_batch, generate_ids, GeneratedIds, StopReason};

@@ -5,6 +5,7 @@ pub mod llama;
 pub mod pretrained;
 pub mod rnn_seq2seq;
 pub mod seq2seq;
+pub mod transformer_seq2seq;
 
 pub use gpt::Gpt;
 pub use llama::Llama;

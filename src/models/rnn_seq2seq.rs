@@ -417,7 +417,8 @@ impl RnnSeq2Seq {
 
     fn memory(&self, src_rows: &[Vec<u32>], rng: Dropout) -> Result<(Memory, State)> {
         let device = self.src_embed.device();
-        let (ids, mask) = crate::models::seq2seq::source_batch(src_rows, self.cfg.pad_id, device)?;
+        let (ids, mask) =
+            crate::models::transformer_seq2seq::source_batch(src_rows, self.cfg.pad_id, device)?;
         let lens: Vec<usize> = src_rows.iter().map(Vec::len).collect();
         let (memory, st) = self.encode(&ids, &lens, rng)?;
         let keys = self.mem_proj.forward(&memory)?;

@@ -145,7 +145,7 @@ pub fn smoothed_cross_entropy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::seq2seq::smoothed_loss;
+    use crate::models::transformer_seq2seq::smoothed_loss;
     use candle_core::{Device, Var};
 
     /// Value and gradient equal the composed, autograd version.
