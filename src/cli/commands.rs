@@ -325,13 +325,23 @@ fn train_seq2seq_cmd(a: &TrainArgs) -> Result<()> {
 
 /// `decodex translate`: one translation per input line, in order.
 fn translate_cmd(a: &super::TranslateArgs) -> Result<()> {
+    if a.beam == 0 {
+        bail!("--beam must be at least 1 (1 is greedy search)");
+    }
+    if a.n_best == 0 || a.n_best > a.beam {
+        bail!(
+            "--n-best ({}) must be between 1 and --beam ({})",
+            a.n_best,
+            a.beam
+        );
+    }
+    if a.sample && a.beam > 1 {
+        bail!("--sample decodes with --beam 1; choose one search");
+    }
     let (model, tok) = decodex::models::seq2seq::load_seq2seq(&a.model, &candle_core::Device::Cpu)?;
     let text =
         std::fs::read_to_string(&a.input).map_err(|e| decodex::error::Error::io(&a.input, e))?;
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
-    if a.sample && a.beam > 1 {
-        bail!("--sample decodes with --beam 1; choose one search");
-    }
     let opts = decodex::decode::translate::TranslateOptions {
         beam: a.beam,
         length_penalty: a.length_penalty,

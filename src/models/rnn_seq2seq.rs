@@ -101,6 +101,12 @@ impl RnnConfig {
                 "emb_dim, enc_hidden and dec_hidden must be positive".into(),
             ));
         }
+        if self.max_len < 2 {
+            return Err(Error::Invalid(format!(
+                "max_len ({}) must be at least 2",
+                self.max_len
+            )));
+        }
         if !(0.0..=1.0).contains(&self.teacher_forcing) {
             return Err(Error::Invalid(format!(
                 "teacher_forcing ({}) must be between 0 and 1",

@@ -69,6 +69,13 @@ pub enum Seq2Seq {
 
 impl Seq2Seq {
     pub fn new(cfg: &ModelConfig, p: &mut Params, device: &Device) -> Result<Self> {
+        let vocab = match cfg {
+            ModelConfig::Transformer(c) => c.vocab_size,
+            ModelConfig::Rnn(c) => c.vocab_size,
+        };
+        if vocab == 0 {
+            return Err(Error::Invalid("the model's vocab_size is 0".into()));
+        }
         Ok(match cfg {
             ModelConfig::Transformer(c) => Seq2Seq::Transformer(Transformer::new(c, p, device)?),
             ModelConfig::Rnn(c) => Seq2Seq::Rnn(RnnSeq2Seq::new(c, p)?),

@@ -92,20 +92,33 @@ fn default_activation() -> String {
 
 impl TransformerConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.d_model == 0 || !self.d_model.is_multiple_of(self.n_heads.max(1)) {
-            return Err(Error::Invalid(format!(
+        let bad = |msg: String| Err(Error::Invalid(msg));
+        if self.n_heads == 0 || self.d_model == 0 || !self.d_model.is_multiple_of(self.n_heads) {
+            return bad(format!(
                 "d_model ({}) must be a positive multiple of n_heads ({})",
                 self.d_model, self.n_heads
-            )));
+            ));
+        }
+        if self.positions == Positions::Sinusoidal && !self.d_model.is_multiple_of(2) {
+            return bad(format!(
+                "sinusoidal positions need an even d_model, not {}",
+                self.d_model
+            ));
+        }
+        if self.encoder_layers == 0 || self.decoder_layers == 0 || self.d_ff == 0 {
+            return bad(format!(
+                "encoder_layers ({}), decoder_layers ({}) and d_ff ({}) must be at least 1",
+                self.encoder_layers, self.decoder_layers, self.d_ff
+            ));
+        }
+        if self.max_len < 2 {
+            return bad(format!("max_len ({}) must be at least 2", self.max_len));
         }
         if !matches!(self.activation.as_str(), "relu" | "gelu") {
-            return Err(Error::Invalid(format!(
+            return bad(format!(
                 "activation {:?}: use relu or gelu",
                 self.activation
-            )));
-        }
-        if self.tie_output && !self.share_embeddings && self.vocab_size == 0 {
-            return Err(Error::Invalid("vocab_size is 0".into()));
+            ));
         }
         Ok(())
     }

@@ -73,10 +73,8 @@ pub struct Seq2SeqOptim {
     pub learning_rate: f64,
     #[serde(default)]
     pub warmup_steps: usize,
-    /// "inverse_sqrt" (after warm-up, lr·√(warmup/step)) or "cosine" (to min_lr at the last
-    /// step of `epochs`).
-    #[serde(default = "default_schedule")]
-    pub schedule: String,
+    #[serde(default)]
+    pub schedule: Schedule,
     #[serde(default)]
     pub min_lr: f64,
     #[serde(default = "default_smoothing")]
@@ -97,8 +95,17 @@ pub struct Seq2SeqOptim {
     pub log_interval: usize,
 }
 
-fn default_schedule() -> String {
-    "inverse_sqrt".into()
+/// The learning rate after warm-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// lr·√(warmup/step), the original Transformer's.
+    #[default]
+    InverseSqrt,
+    /// Cosine from lr to min_lr over the run: its progress is the larger of steps done over
+    /// the steps of `epochs` and time spent over `max_minutes`, so a time-limited run still
+    /// ends annealed.
+    Cosine,
 }
 fn default_smoothing() -> f64 {
     0.1
@@ -126,6 +133,12 @@ impl Seq2SeqTrainConfig {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
+        if cfg.train.epochs == 0 || cfg.train.log_interval == 0 || cfg.train.max_tokens == 0 {
+            return Err(Error::BadConfig {
+                path: path.to_path_buf(),
+                msg: "epochs, log_interval and max_tokens must be at least 1".into(),
+            });
+        }
         cfg.model.validate().map_err(|e| Error::BadConfig {
             path: path.to_path_buf(),
             msg: e.to_string(),
@@ -178,7 +191,10 @@ pub fn load_splits(cfg: &ParallelDataConfig) -> Result<(Pairs, Pairs, Option<Pai
 pub struct Seq2SeqLog {
     pub step: usize,
     pub epoch: usize,
+    /// Mean NLL per target token since the last line (comparable with `val_loss`).
     pub train_loss: Option<f64>,
+    /// The optimized objective: label-smoothed cross-entropy.
+    pub train_objective: Option<f64>,
     pub val_loss: Option<f64>,
     pub val_ppl: Option<f64>,
     pub lr: f64,
@@ -203,18 +219,21 @@ pub struct Seq2SeqSummary {
     pub peak_rss_mb: f64,
 }
 
-fn lr_at(o: &Seq2SeqOptim, step: usize, total: usize) -> f64 {
+/// The learning rate before step `step` (0-based) of `total`, with `time_frac` of the time
+/// limit spent (0 without one).
+fn lr_at(o: &Seq2SeqOptim, step: usize, total: usize, time_frac: f64) -> f64 {
     let s = step as f64 + 1.0;
     let w = o.warmup_steps as f64;
     if s <= w {
         return o.learning_rate * s / w;
     }
-    match o.schedule.as_str() {
-        "cosine" => {
-            let p = ((s - w) / (total as f64 - w).max(1.0)).min(1.0);
+    match o.schedule {
+        Schedule::Cosine => {
+            let by_steps = (s - w) / (total as f64 - w).max(1.0);
+            let p = by_steps.max(time_frac).min(1.0);
             o.min_lr + 0.5 * (o.learning_rate - o.min_lr) * (1.0 + (std::f64::consts::PI * p).cos())
         }
-        _ => o.learning_rate * (w.max(1.0) / s).sqrt(),
+        Schedule::InverseSqrt => o.learning_rate * (w.max(1.0) / s).sqrt(),
     }
 }
 
@@ -293,9 +312,13 @@ fn save(dir: &Path, params: &Params, cfg: &ModelConfig, tok: &Tokenizer) -> Resu
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
-    let tmp = dir.join(".model.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
+    // candle writes the file; a unique temporary name, synced, then renamed over the old one.
     let path = dir.join("model.safetensors");
+    let tmp = dir.join(format!(".model.safetensors.{}.tmp", std::process::id()));
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     let json = serde_json::to_vec_pretty(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
     write_atomic(&dir.join("config.json"), &json)?;
@@ -345,6 +368,13 @@ pub fn train_seq2seq(
     };
     let tr = parallel::clean(encode(&train.src)?, encode(&train.tgt)?, mcfg.max_len());
     let va = parallel::clean(encode(&valid.src)?, encode(&valid.tgt)?, mcfg.max_len());
+    if va.src.is_empty() {
+        return Err(Error::Invalid(
+            "no validation pair survives the length filter; the best checkpoint is chosen on them"
+                .into(),
+        ));
+    }
+    mcfg.validate()?;
     if tr.src.is_empty() {
         return Err(Error::Invalid(
             "no training pair survives the length filter".into(),
@@ -386,15 +416,38 @@ pub fn train_seq2seq(
         on_log(&log);
         Ok(())
     };
+    let time_frac = || deadline.map_or(0.0, |d| train_start.elapsed().as_secs_f64() / d);
+    // Validates, keeps the checkpoint if it is the best so far, and logs.
+    let evaluate =
+        |step: usize, epoch: usize, train_tokens: usize, best: &mut f64| -> Result<Seq2SeqLog> {
+            let vl = validate(&model, &va.src, &va.tgt, o.max_tokens, &device)?;
+            if vl < *best {
+                *best = vl;
+                save(out, &params, &mcfg, &tok)?;
+            }
+            let log = Seq2SeqLog {
+                step,
+                epoch,
+                train_loss: None,
+                train_objective: None,
+                val_loss: Some(vl),
+                val_ppl: Some(vl.exp()),
+                lr: lr_at(o, step, total, time_frac()),
+                tokens_per_sec: train_tokens as f64 / train_start.elapsed().as_secs_f64(),
+                elapsed_s: t0.elapsed().as_secs_f64(),
+            };
+            Ok(log)
+        };
+    let (mut obj_sum, mut out_of_time) = (0f64, false);
     'epochs: for epoch in 0..o.epochs {
         let batches = parallel::token_batches(&tr.src, &tr.tgt, o.max_tokens, &mut batch_rng);
         for (bi, idx) in batches.iter().enumerate() {
-            let lr = lr_at(o, step, total);
+            let lr = lr_at(o, step, total, time_frac());
             opt.set_learning_rate(lr);
             let b = make_batch(&tr.src, &tr.tgt, idx, &mcfg, &device)?;
             let logits = model.forward(&b.src, &b.tgt_in, Some(&drop_rng))?;
             let v = logits.dim(2)?;
-            let (loss, _) = smoothed_cross_entropy(
+            let (loss, nll) = smoothed_cross_entropy(
                 &logits.reshape(((), v))?,
                 &b.targets,
                 &b.weights,
@@ -405,7 +458,8 @@ pub fn train_seq2seq(
                 clip(&mut grads, &params, o.grad_clip)?;
             }
             opt.step(&grads)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
+            obj_sum += loss.to_scalar::<f32>()? as f64;
+            loss_sum += nll;
             loss_n += 1;
             tok_count += b.tokens;
             train_tokens += b.tokens;
@@ -416,6 +470,7 @@ pub fn train_seq2seq(
                     step,
                     epoch,
                     train_loss: Some(loss_sum / loss_n as f64),
+                    train_objective: Some(obj_sum / loss_n as f64),
                     val_loss: None,
                     val_ppl: None,
                     lr,
@@ -423,47 +478,20 @@ pub fn train_seq2seq(
                     elapsed_s: t0.elapsed().as_secs_f64(),
                 };
                 emit(log, &mut log_lines)?;
-                (tok_count, loss_sum, loss_n, window) = (0, 0.0, 0, Instant::now());
+                (tok_count, loss_sum, obj_sum, loss_n, window) = (0, 0.0, 0.0, 0, Instant::now());
             }
-            if deadline.is_some_and(|d| train_start.elapsed().as_secs_f64() >= d) {
-                break 'epochs;
+            if time_frac() >= 1.0 {
+                out_of_time = true;
+                break;
             }
         }
-        let vl = validate(&model, &va.src, &va.tgt, o.max_tokens, &device)?;
-        if vl < best {
-            best = vl;
-            save(out, &params, &mcfg, &tok)?;
+        emit(
+            evaluate(step, epoch, train_tokens, &mut best)?,
+            &mut log_lines,
+        )?;
+        if out_of_time {
+            break 'epochs;
         }
-        let log = Seq2SeqLog {
-            step,
-            epoch,
-            train_loss: None,
-            val_loss: Some(vl),
-            val_ppl: Some(vl.exp()),
-            lr: lr_at(o, step, total),
-            tokens_per_sec: train_tokens as f64 / train_start.elapsed().as_secs_f64(),
-            elapsed_s: t0.elapsed().as_secs_f64(),
-        };
-        emit(log, &mut log_lines)?;
-    }
-    if epochs_done.fract() != 0.0 {
-        // Stopped by the time limit inside an epoch: validate the last state too.
-        let vl = validate(&model, &va.src, &va.tgt, o.max_tokens, &device)?;
-        if vl < best {
-            best = vl;
-            save(out, &params, &mcfg, &tok)?;
-        }
-        let log = Seq2SeqLog {
-            step,
-            epoch: epochs_done as usize,
-            train_loss: None,
-            val_loss: Some(vl),
-            val_ppl: Some(vl.exp()),
-            lr: lr_at(o, step, total),
-            tokens_per_sec: train_tokens as f64 / train_start.elapsed().as_secs_f64(),
-            elapsed_s: t0.elapsed().as_secs_f64(),
-        };
-        emit(log, &mut log_lines)?;
     }
     Ok(Seq2SeqSummary {
         out_dir: out.to_path_buf(),
