@@ -19,16 +19,13 @@
 //! attention projections are computed once per source and live in the cache with the decoder
 //! state, so beam search reorders them together.
 
-use std::cell::RefCell;
-
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::Decoder;
 use crate::error::{Error, Result};
-use crate::nn::layers::dropout;
+use crate::nn::linear::{maybe_dropout, Dropout, Linear};
 use crate::nn::params::{Init, Params};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,48 +111,6 @@ impl RnnConfig {
             )));
         }
         Ok(())
-    }
-}
-
-type Dropout<'a> = Option<&'a RefCell<ChaCha8Rng>>;
-
-fn drop(x: &Tensor, p: f32, rng: Dropout) -> Result<Tensor> {
-    match rng {
-        Some(r) if p > 0.0 => Ok(dropout(x, p, &mut *r.borrow_mut())?),
-        _ => Ok(x.clone()),
-    }
-}
-
-/// x Wᵀ (+ b) over the last dimension.
-#[derive(Debug, Clone)]
-struct Linear {
-    w: Tensor,
-    b: Option<Tensor>,
-}
-
-impl Linear {
-    fn new(p: &mut Params, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
-        Ok(Linear {
-            w: p.get(&format!("{name}.weight"), &[d_out, d_in], Init::Xavier)?,
-            b: match bias {
-                true => Some(p.get(&format!("{name}.bias"), &[d_out], Init::Zeros)?),
-                false => None,
-            },
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let y = x
-            .reshape(((), dims[dims.len() - 1]))?
-            .matmul(&self.w.t()?)?;
-        let y = match &self.b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out = dims;
-        *out.last_mut().unwrap() = self.w.dim(0)?;
-        Ok(y.reshape(out)?)
     }
 }
 
@@ -306,7 +261,7 @@ impl RnnSeq2Seq {
             .src_embed
             .index_select(&src.flatten_all()?, 0)?
             .reshape((b, s, e))?;
-        let x = drop(&x, self.cfg.dropout, rng)?;
+        let x = maybe_dropout(&x, self.cfg.dropout, rng)?;
         let xf = self.fwd.ih.forward(&x)?;
         let xb = self.bwd.ih.forward(&x)?;
         // valid[t] (B, 1): 1 where position t is a real token.
@@ -397,7 +352,7 @@ impl RnnSeq2Seq {
         enc: &Memory,
         rng: Dropout,
     ) -> Result<(Tensor, State, Tensor)> {
-        let emb = drop(&self.tgt_embed.index_select(tok, 0)?, self.cfg.dropout, rng)?;
+        let emb = maybe_dropout(&self.tgt_embed.index_select(tok, 0)?, self.cfg.dropout, rng)?;
         let (next, w, ctx) = match self.cfg.attention {
             AttentionKind::Bahdanau => {
                 let (w, ctx) = self.attend(&st.h, &enc.memory, &enc.keys, &enc.mask)?;
@@ -414,7 +369,7 @@ impl RnnSeq2Seq {
             .pre_out
             .forward(&Tensor::cat(&[&next.h, &ctx, &emb], 1)?)?
             .tanh()?;
-        let pre = drop(&pre, self.cfg.dropout, rng)?;
+        let pre = maybe_dropout(&pre, self.cfg.dropout, rng)?;
         let logits = pre
             .matmul(&self.tgt_embed.t()?)?
             .broadcast_add(&self.out_bias)?;
@@ -423,8 +378,7 @@ impl RnnSeq2Seq {
 
     fn memory(&self, src_rows: &[Vec<u32>], rng: Dropout) -> Result<(Memory, State)> {
         let device = self.src_embed.device();
-        let (ids, mask) =
-            crate::models::transformer_seq2seq::source_batch(src_rows, self.cfg.pad_id, device)?;
+        let (ids, mask) = crate::models::seq2seq::source_batch(src_rows, self.cfg.pad_id, device)?;
         let lens: Vec<usize> = src_rows.iter().map(Vec::len).collect();
         let (memory, st) = self.encode(&ids, &lens, rng)?;
         let keys = self.mem_proj.forward(&memory)?;
@@ -589,6 +543,7 @@ impl Decoder for EncodedRnn<'_> {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     fn tiny(cell: CellKind, attention: AttentionKind) -> RnnConfig {
         RnnConfig {

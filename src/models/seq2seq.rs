@@ -9,9 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::models::rnn_seq2seq::{RnnConfig, RnnSeq2Seq};
-use crate::models::transformer_seq2seq::{Dropout, Transformer, TransformerConfig};
+use crate::models::transformer_seq2seq::{Transformer, TransformerConfig};
+use crate::nn::linear::Dropout;
 use crate::nn::params::Params;
 use crate::tokenizer::Tokenizer;
+
+/// Additive mask value for positions that must not be attended to.
+pub const MASKED: f32 = -1e9;
 
 /// A sequence-to-sequence architecture and its settings, named by `arch`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,4 +135,22 @@ pub fn load_seq2seq(dir: &Path, device: &Device) -> Result<(Seq2Seq, Tokenizer)>
     })?;
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
     Ok((model, tok))
+}
+
+/// Source ids (B, S) right-padded with `pad`, and the additive key mask (B, 1, 1, S) that hides
+/// the padding.
+pub fn source_batch(rows: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Tensor)> {
+    let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
+    let (ids, s, lens) = crate::data::parallel::pad_rows(&refs, pad);
+    if s == 0 {
+        return Err(Error::Invalid("cannot encode an empty source".into()));
+    }
+    let mask: Vec<f32> = lens
+        .iter()
+        .flat_map(|&l| (0..s).map(move |j| if j < l { 0.0 } else { MASKED }))
+        .collect();
+    Ok((
+        Tensor::from_vec(ids, (rows.len(), s), device)?,
+        Tensor::from_vec(mask, (rows.len(), 1, 1, s), device)?,
+    ))
 }

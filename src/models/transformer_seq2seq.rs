@@ -13,20 +13,15 @@
 //! encoder output is computed once per source, each decoder layer's cross-attention keys and
 //! values once from it, and self-attention keys and values grow by one position per step.
 
-use std::cell::RefCell;
-
 use candle_core::{DType, Device, IndexOp, Tensor, D};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::Decoder;
 use crate::error::{Error, Result};
+use crate::models::seq2seq::{source_batch, MASKED};
 use crate::nn::fused;
-use crate::nn::layers::dropout;
+use crate::nn::linear::{maybe_dropout, Dropout, Linear};
 use crate::nn::params::{Init, Params};
-
-/// Additive mask value for positions that must not be attended to.
-const MASKED: f32 = -1e9;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,41 +119,6 @@ impl TransformerConfig {
     }
 }
 
-/// Dropout's random source during training; `None` at evaluation.
-pub type Dropout<'a> = Option<&'a RefCell<ChaCha8Rng>>;
-
-fn drop(x: &Tensor, p: f32, rng: Dropout) -> Result<Tensor> {
-    match rng {
-        Some(r) if p > 0.0 => Ok(dropout(x, p, &mut *r.borrow_mut())?),
-        _ => Ok(x.clone()),
-    }
-}
-
-/// y = x Wᵀ + b over the last dimension.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    w: Tensor,
-    b: Tensor,
-}
-
-impl Linear {
-    fn new(p: &mut Params, name: &str, d_in: usize, d_out: usize) -> Result<Self> {
-        Ok(Linear {
-            w: p.get(&format!("{name}.weight"), &[d_out, d_in], Init::Xavier)?,
-            b: p.get(&format!("{name}.bias"), &[d_out], Init::Zeros)?,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let x2 = x.reshape(((), dims[dims.len() - 1]))?;
-        let y = x2.matmul(&self.w.t()?)?.broadcast_add(&self.b)?;
-        let mut out = dims;
-        *out.last_mut().unwrap() = self.w.dim(0)?;
-        Ok(y.reshape(out)?)
-    }
-}
-
 #[derive(Debug, Clone)]
 struct LayerNorm {
     w: Tensor,
@@ -191,10 +151,10 @@ struct Attention {
 impl Attention {
     fn new(p: &mut Params, name: &str, d: usize, heads: usize) -> Result<Self> {
         Ok(Attention {
-            q: Linear::new(p, &format!("{name}.q_proj"), d, d)?,
-            k: Linear::new(p, &format!("{name}.k_proj"), d, d)?,
-            v: Linear::new(p, &format!("{name}.v_proj"), d, d)?,
-            o: Linear::new(p, &format!("{name}.out_proj"), d, d)?,
+            q: Linear::new(p, &format!("{name}.q_proj"), d, d, true)?,
+            k: Linear::new(p, &format!("{name}.k_proj"), d, d, true)?,
+            v: Linear::new(p, &format!("{name}.v_proj"), d, d, true)?,
+            o: Linear::new(p, &format!("{name}.out_proj"), d, d, true)?,
             heads,
         })
     }
@@ -237,7 +197,7 @@ impl FeedForward {
     fn forward(&self, x: &Tensor, p: f32, rng: Dropout) -> Result<Tensor> {
         let h = self.fc1.forward(x)?;
         let h = if self.gelu { h.gelu_erf()? } else { h.relu()? };
-        self.fc2.forward(&drop(&h, p, rng)?)
+        self.fc2.forward(&maybe_dropout(&h, p, rng)?)
     }
 }
 
@@ -267,8 +227,8 @@ impl Layer {
             self_norm: LayerNorm::new(p, &format!("{name}.self_attn_layer_norm"), d)?,
             cross,
             ffn: FeedForward {
-                fc1: Linear::new(p, &format!("{name}.fc1"), d, cfg.d_ff)?,
-                fc2: Linear::new(p, &format!("{name}.fc2"), cfg.d_ff, d)?,
+                fc1: Linear::new(p, &format!("{name}.fc1"), d, cfg.d_ff, true)?,
+                fc2: Linear::new(p, &format!("{name}.fc2"), cfg.d_ff, d, true)?,
                 gelu: cfg.activation == "gelu",
             },
             ffn_norm: LayerNorm::new(p, &format!("{name}.final_layer_norm"), d)?,
@@ -287,10 +247,10 @@ fn residual(
 ) -> Result<Tensor> {
     if pre {
         let y = f(&norm.forward(x)?)?;
-        Ok((x + drop(&y, p, rng)?)?)
+        Ok((x + maybe_dropout(&y, p, rng)?)?)
     } else {
         let y = f(x)?;
-        norm.forward(&(x + drop(&y, p, rng)?)?)
+        norm.forward(&(x + maybe_dropout(&y, p, rng)?)?)
     }
 }
 
@@ -419,7 +379,7 @@ impl Transformer {
     /// The encoder output (B, S, D) for source ids (B, S) with additive key mask (B, 1, 1, S).
     pub fn encode(&self, src: &Tensor, mask: &Tensor, rng: Dropout) -> Result<Tensor> {
         let p = self.cfg.dropout;
-        let mut x = drop(&self.embed(&self.src_embed, &self.src_pos, src, 0)?, p, rng)?;
+        let mut x = maybe_dropout(&self.embed(&self.src_embed, &self.src_pos, src, 0)?, p, rng)?;
         for layer in &self.encoder {
             let sa = &layer.self_attn;
             x = residual(&x, &layer.self_norm, self.cfg.pre_norm, p, rng, |h| {
@@ -460,7 +420,7 @@ impl Transformer {
         let p = self.cfg.dropout;
         let t = tgt_in.dim(1)?;
         let causal = causal_mask(t, 0, src.device())?;
-        let mut x = drop(
+        let mut x = maybe_dropout(
             &self.embed(&self.tgt_embed, &self.tgt_pos, tgt_in, 0)?,
             p,
             rng,
@@ -550,24 +510,6 @@ impl Transformer {
             mask,
         })
     }
-}
-
-/// Source ids (B, S) right-padded with `pad`, and the additive key mask (B, 1, 1, S) that hides
-/// the padding.
-pub fn source_batch(rows: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Tensor)> {
-    let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
-    let (ids, s, lens) = crate::data::parallel::pad_rows(&refs, pad);
-    if s == 0 {
-        return Err(Error::Invalid("cannot encode an empty source".into()));
-    }
-    let mask: Vec<f32> = lens
-        .iter()
-        .flat_map(|&l| (0..s).map(move |j| if j < l { 0.0 } else { MASKED }))
-        .collect();
-    Ok((
-        Tensor::from_vec(ids, (rows.len(), s), device)?,
-        Tensor::from_vec(mask, (rows.len(), 1, 1, s), device)?,
-    ))
 }
 
 /// Additive causal mask (1, 1, T, start + T) for T queries at positions start.. over keys
@@ -725,6 +667,7 @@ pub fn smoothed_loss(
 mod tests {
     use super::*;
     use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     fn tiny() -> TransformerConfig {
         TransformerConfig {

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod fused;
 pub mod layers;
+pub mod linear;
 pub mod loss;
 pub mod params;
 /// Inference only: GGUF block-quantized matrix products.

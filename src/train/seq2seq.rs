@@ -532,3 +532,53 @@ fn clip(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn optim(schedule: Schedule) -> Seq2SeqOptim {
+        toml::from_str(&format!(
+            "max_tokens = 100\nepochs = 1\nlearning_rate = 1e-3\nmin_lr = 1e-5\nwarmup_steps = 10\nschedule = \"{}\"",
+            match schedule {
+                Schedule::Cosine => "cosine",
+                Schedule::InverseSqrt => "inverse_sqrt",
+            }
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn schedules_warm_up_then_decay_by_steps_or_time() {
+        let o = optim(Schedule::Cosine);
+        assert!((lr_at(&o, 4, 100, 0.0) - 5e-4).abs() < 1e-12);
+        assert!((lr_at(&o, 9, 100, 0.0) - 1e-3).abs() < 1e-12);
+        assert!((lr_at(&o, 99, 100, 0.0) - 1e-5).abs() < 1e-9);
+        // Half the time spent anneals as far as half the steps would.
+        let by_time = lr_at(&o, 20, 100, 0.5);
+        let by_steps = lr_at(&o, 54, 100, 0.0);
+        assert!((by_time - by_steps).abs() < 1e-9 && by_time < 6e-4);
+        let o = optim(Schedule::InverseSqrt);
+        assert!((lr_at(&o, 39, 100, 0.0) - 1e-3 * (10f64 / 40.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn batches_shift_targets_and_weight_out_padding() {
+        let cfg: ModelConfig = serde_json::from_str(
+            r#"{"arch": "rnn-seq2seq", "cell": "gru", "attention": "bahdanau", "emb_dim": 4,
+                "enc_hidden": 4, "dec_hidden": 4, "bos_id": 1, "eos_id": 2, "pad_id": 0}"#,
+        )
+        .unwrap();
+        let src = vec![vec![5, 6], vec![7]];
+        let tgt = vec![vec![8, 9, 10], vec![11]];
+        let b = make_batch(&src, &tgt, &[0, 1], &cfg, &Device::Cpu).unwrap();
+        assert_eq!(
+            b.tgt_in.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 8, 9, 10], vec![1, 11, 0, 0]]
+        );
+        assert_eq!(b.targets, vec![8, 9, 10, 2, 11, 2, 0, 0]);
+        assert_eq!(b.weights, vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(b.src, src);
+        assert_eq!(b.tokens, 2 + 3 + 1 + 1 + 1 + 1);
+    }
+}
