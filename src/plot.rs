@@ -193,7 +193,7 @@ where
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
-        .x_label_area_size(90)
+        .x_label_area_size(60)
         .y_label_area_size(120)
         .build_cartesian_2d(0f64..s as f64, 0f64..t as f64)
         .map_err(e)?;
@@ -215,11 +215,7 @@ where
         .y_labels(2 * t + 1)
         .x_label_formatter(&x_fmt)
         .y_label_formatter(&y_fmt)
-        .x_label_style(
-            ("sans-serif", 15)
-                .into_font()
-                .transform(FontTransform::Rotate90),
-        )
+        .x_label_style(("sans-serif", 15))
         .y_label_style(("sans-serif", 15))
         .x_desc("source")
         .y_desc("translation")
