@@ -12,3 +12,12 @@ pub fn fill(len: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The largest |a_i − b_i|.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared slices differ in length");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}

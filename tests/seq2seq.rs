@@ -189,24 +189,48 @@ fn held_out_bleu(dir: &Path, run: &Path, beam: usize) -> f64 {
     v["bleu"].as_f64().unwrap()
 }
 
-#[test]
-fn transformer_learns_a_toy_translation() {
+/// Trains `model` on the toy corpus and checks greedy and beam translations of held-out pairs.
+fn assert_learns(name: &str, model: &str) {
     let d = tempfile::tempdir().unwrap();
-    let run = train(d.path(), TRANSFORMER, 8);
+    let run = train(d.path(), model, 8);
     let greedy = held_out_bleu(d.path(), &run, 1);
     let beam = held_out_bleu(d.path(), &run, 4);
-    println!("transformer toy BLEU: greedy {greedy:.1}, beam {beam:.1}");
+    println!("{name} toy BLEU: greedy {greedy:.1}, beam {beam:.1}");
     assert!(greedy > 80.0 && beam > 80.0, "greedy {greedy}, beam {beam}");
 }
 
 #[test]
+fn transformer_learns_a_toy_translation() {
+    assert_learns("transformer", TRANSFORMER);
+}
+
+#[test]
 fn gru_with_attention_learns_a_toy_translation() {
-    let d = tempfile::tempdir().unwrap();
-    let run = train(d.path(), GRU, 8);
-    let greedy = held_out_bleu(d.path(), &run, 1);
-    let beam = held_out_bleu(d.path(), &run, 4);
-    println!("gru toy BLEU: greedy {greedy:.1}, beam {beam:.1}");
-    assert!(greedy > 80.0 && beam > 80.0, "greedy {greedy}, beam {beam}");
+    assert_learns("gru", GRU);
+}
+
+/// `decodex translate --model RUN --input INPUT --json EXTRA...`: one JSON object per line.
+fn translate_json(run: &Path, input: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![
+        "translate",
+        "--model",
+        run.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = decodex(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Empty lines translate to empty lines, --json gives one object per line, the heatmap is a
@@ -218,26 +242,7 @@ fn translate_contract_and_bad_input() {
     let input = d.path().join("in.txt");
     std::fs::write(&input, "der hund\n\n  \nkatze mag ball\n").unwrap();
     let png = d.path().join("att.png");
-    let out = decodex(&[
-        "translate",
-        "--model",
-        run.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--json",
-        "--attention-png",
-        png.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = translate_json(&run, &input, &["--attention-png", png.to_str().unwrap()]);
     assert_eq!(lines.len(), 4);
     assert_eq!(lines[1]["text"], "");
     assert_eq!(lines[2]["text"], "");
@@ -249,26 +254,7 @@ fn translate_contract_and_bad_input() {
         &["--beam", "3", "--n-best", "3"][..],
         &["--sample", "--seed", "5"][..],
     ] {
-        let mut args = vec![
-            "translate",
-            "--model",
-            run.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let out = decodex(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let v = translate_json(&run, &input, extra);
         assert_eq!(v.len(), 4);
         if extra[0] == "--beam" {
             let nbest = v[0]["nbest"].as_array().unwrap();

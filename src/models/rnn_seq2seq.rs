@@ -542,6 +542,7 @@ impl Decoder for EncodedRnn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::max_abs_diff;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -592,22 +593,14 @@ mod tests {
                         .unwrap()
                         .to_vec1()
                         .unwrap();
-                    let d = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
+                    let d = max_abs_diff(&got, &want);
                     assert!(d < 1e-5, "{cell:?} {att:?} step {i}: {d}");
                 }
                 let alone = m.encode_sources(&src[1..]).unwrap();
                 let mut c1 = alone.new_cache(1).unwrap();
                 let got = alone.step(&[0], 1, &mut c1).unwrap();
                 let want: Vec<f32> = full.i((1, 0, ..)).unwrap().to_vec1().unwrap();
-                let d = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let d = max_abs_diff(&got, &want);
                 assert!(
                     d < 1e-5,
                     "{cell:?} {att:?}: padding changed the result by {d}"

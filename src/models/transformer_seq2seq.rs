@@ -666,6 +666,7 @@ pub fn smoothed_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::max_abs_diff;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -723,22 +724,14 @@ mod tests {
                     .unwrap()
                     .to_vec1()
                     .unwrap();
-                let diff = s
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let diff = max_abs_diff(s, &want);
                 assert!(diff < 1e-4, "pre_norm {pre}, position {i}: {diff}");
             }
             // The short source alone gives row 1's logits.
             let alone = m.encode_sources(&src[1..]).unwrap();
             let mut c1 = alone.new_cache(1).unwrap();
             let got = alone.step(&[0], 1, &mut c1).unwrap();
-            let diff = got
-                .iter()
-                .zip(&steps[0][11..])
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let diff = max_abs_diff(&got, &steps[0][11..]);
             assert!(diff < 1e-4, "padding changed the result: {diff}");
         }
     }
