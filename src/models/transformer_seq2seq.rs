@@ -417,17 +417,33 @@ impl Transformer {
         rng: Dropout,
     ) -> Result<Tensor> {
         let memory = self.encode(src, src_mask, rng)?;
-        let p = self.cfg.dropout;
-        let t = tgt_in.dim(1)?;
-        let causal = causal_mask(t, 0, src.device())?;
+        let (x, _) = self.decode_all(&memory, src_mask, tgt_in, rng, false)?;
+        self.logits(&x)
+    }
+
+    /// The decoder stack over all target inputs (B, T) at once: its final states (B, T, D)
+    /// and, with `weights`, the last layer's cross-attention weights averaged over heads
+    /// (B, T, S), computed beside the fused op that uses them.
+    fn decode_all(
+        &self,
+        memory: &Tensor,
+        src_mask: &Tensor,
+        tgt_in: &Tensor,
+        rng: Dropout,
+        weights: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (p, pre) = (self.cfg.dropout, self.cfg.pre_norm);
+        let causal = causal_mask(tgt_in.dim(1)?, 0, memory.device())?;
         let mut x = maybe_dropout(
             &self.embed(&self.tgt_embed, &self.tgt_pos, tgt_in, 0)?,
             p,
             rng,
         )?;
-        for layer in &self.decoder {
+        let mut captured = None;
+        let last = self.decoder.len() - 1;
+        for (l, layer) in self.decoder.iter().enumerate() {
             let sa = &layer.self_attn;
-            x = residual(&x, &layer.self_norm, self.cfg.pre_norm, p, rng, |h| {
+            x = residual(&x, &layer.self_norm, pre, p, rng, |h| {
                 let (k, v) = sa.keys_values(h)?;
                 sa.attend(h, &k, &v, &causal)
             })?;
@@ -435,15 +451,23 @@ impl Transformer {
                 .cross
                 .as_ref()
                 .expect("decoder layers attend to the source");
-            x = residual(&x, cn, self.cfg.pre_norm, p, rng, |h| {
-                let (k, v) = ca.keys_values(&memory)?;
+            x = residual(&x, cn, pre, p, rng, |h| {
+                let (k, v) = ca.keys_values(memory)?;
+                if weights && l == last {
+                    // softmax(q kᵀ/√d + mask), averaged over heads.
+                    let q = ca.split(&ca.q.forward(h)?)?;
+                    let d = (self.cfg.d_model / self.cfg.n_heads) as f64;
+                    let att = (q.matmul(&k.t()?.contiguous()?)? / d.sqrt())?;
+                    let att = candle_nn::ops::softmax(&att.broadcast_add(src_mask)?, D::Minus1)?;
+                    captured = Some(att.mean(1)?);
+                }
                 ca.attend(h, &k, &v, src_mask)
             })?;
-            x = residual(&x, &layer.ffn_norm, self.cfg.pre_norm, p, rng, |h| {
+            x = residual(&x, &layer.ffn_norm, pre, p, rng, |h| {
                 layer.ffn.forward(h, p, rng)
             })?;
         }
-        self.logits(&x)
+        Ok((x, captured))
     }
 
     /// Cross-attention weights of the last decoder layer, averaged over heads, while decoding
@@ -457,40 +481,11 @@ impl Transformer {
         input.extend_from_slice(&tgt[..tgt.len().saturating_sub(1)]);
         let t = input.len();
         let tgt_in = Tensor::from_vec(input, (1, t), device)?;
-        let causal = causal_mask(t, 0, device)?;
-        let mut x = self.embed(&self.tgt_embed, &self.tgt_pos, &tgt_in, 0)?;
-        let pre = self.cfg.pre_norm;
-        let last = self.decoder.len() - 1;
-        let mut weights = None;
-        for (l, layer) in self.decoder.iter().enumerate() {
-            let sa = &layer.self_attn;
-            x = residual(&x, &layer.self_norm, pre, 0.0, None, |h| {
-                let (k, v) = sa.keys_values(h)?;
-                sa.attend(h, &k, &v, &causal)
-            })?;
-            let (ca, cn) = layer
-                .cross
-                .as_ref()
-                .expect("decoder layers attend to the source");
-            if l == last {
-                // The weights themselves: softmax(q kᵀ/√d + mask), averaged over heads.
-                let h = if pre { cn.forward(&x)? } else { x.clone() };
-                let q = ca.split(&ca.q.forward(&h)?)?;
-                let (k, _) = ca.keys_values(&memory)?;
-                let d = (self.cfg.d_model / self.cfg.n_heads) as f64;
-                let att = (q.matmul(&k.t()?.contiguous()?)? / d.sqrt())?.broadcast_add(&mask)?;
-                let att = candle_nn::ops::softmax(&att, D::Minus1)?;
-                weights = Some(att.mean(1)?.squeeze(0)?.to_vec2::<f32>()?);
-            }
-            x = residual(&x, cn, pre, 0.0, None, |h| {
-                let (k, v) = ca.keys_values(&memory)?;
-                ca.attend(h, &k, &v, &mask)
-            })?;
-            x = residual(&x, &layer.ffn_norm, pre, 0.0, None, |h| {
-                layer.ffn.forward(h, 0.0, None)
-            })?;
+        let (_, weights) = self.decode_all(&memory, &mask, &tgt_in, None, true)?;
+        match weights {
+            Some(w) => Ok(w.squeeze(0)?.to_vec2::<f32>()?),
+            None => Ok(Vec::new()),
         }
-        Ok(weights.unwrap_or_default())
     }
 
     /// `forward` from source id rows (right-padded and masked here).
