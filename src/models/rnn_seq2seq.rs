@@ -353,27 +353,39 @@ impl RnnSeq2Seq {
         rng: Dropout,
     ) -> Result<(Tensor, State, Tensor)> {
         let emb = maybe_dropout(&self.tgt_embed.index_select(tok, 0)?, self.cfg.dropout, rng)?;
-        let (next, w, ctx) = match self.cfg.attention {
+        let (next, w, ctx) = self.recur(&emb, st, enc)?;
+        let logits = self.output(&next.h, &ctx, &emb, rng)?;
+        Ok((logits, next, w))
+    }
+
+    /// The recurrent half of a decoder step, from the input embedding (B, E): the new state,
+    /// the attention weights (B, S) and the context (B, 2·H).
+    fn recur(&self, emb: &Tensor, st: &State, enc: &Memory) -> Result<(State, Tensor, Tensor)> {
+        Ok(match self.cfg.attention {
             AttentionKind::Bahdanau => {
                 let (w, ctx) = self.attend(&st.h, &enc.memory, &enc.keys, &enc.mask)?;
-                let xi = self.dec.ih.forward(&Tensor::cat(&[&emb, &ctx], 1)?)?;
+                let xi = self.dec.ih.forward(&Tensor::cat(&[emb, &ctx], 1)?)?;
                 (self.dec.step(&xi, st)?, w, ctx)
             }
             _ => {
-                let next = self.dec.step(&self.dec.ih.forward(&emb)?, st)?;
+                let next = self.dec.step(&self.dec.ih.forward(emb)?, st)?;
                 let (w, ctx) = self.attend(&next.h, &enc.memory, &enc.keys, &enc.mask)?;
                 (next, w, ctx)
             }
-        };
+        })
+    }
+
+    /// The output half: logits (N, V) from the states (N, dec_hidden), contexts (N, 2·H) and
+    /// input embeddings (N, E) of any number of steps at once.
+    fn output(&self, h: &Tensor, ctx: &Tensor, emb: &Tensor, rng: Dropout) -> Result<Tensor> {
         let pre = self
             .pre_out
-            .forward(&Tensor::cat(&[&next.h, &ctx, &emb], 1)?)?
+            .forward(&Tensor::cat(&[h, ctx, emb], 1)?)?
             .tanh()?;
         let pre = maybe_dropout(&pre, self.cfg.dropout, rng)?;
-        let logits = pre
+        Ok(pre
             .matmul(&self.tgt_embed.t()?)?
-            .broadcast_add(&self.out_bias)?;
-        Ok((logits, next, w))
+            .broadcast_add(&self.out_bias)?)
     }
 
     fn memory(&self, src_rows: &[Vec<u32>], rng: Dropout) -> Result<(Memory, State)> {
@@ -398,7 +410,30 @@ impl RnnSeq2Seq {
     /// with that probability and the model's previous best token otherwise.
     pub fn forward(&self, src_rows: &[Vec<u32>], tgt_in: &Tensor, rng: Dropout) -> Result<Tensor> {
         let (enc, mut st) = self.memory(src_rows, rng)?;
-        let t = tgt_in.dim(1)?;
+        let (b, t) = tgt_in.dims2()?;
+        let forced = rng.is_none() || self.cfg.teacher_forcing >= 1.0;
+        if forced {
+            // Every input is known up front: look the embeddings up once, run only the
+            // recurrence step by step, and compute the output layer for all steps in one
+            // product (one gradient for the tied table instead of one per step).
+            let e = self.cfg.emb_dim;
+            let emb = self
+                .tgt_embed
+                .index_select(&tgt_in.flatten_all()?, 0)?
+                .reshape((b, t, e))?;
+            let emb = maybe_dropout(&emb, self.cfg.dropout, rng)?;
+            let (mut hs, mut ctxs) = (Vec::with_capacity(t), Vec::with_capacity(t));
+            for i in 0..t {
+                let (next, _, ctx) = self.recur(&emb.i((.., i))?, &st, &enc)?;
+                hs.push(next.h.clone());
+                ctxs.push(ctx);
+                st = next;
+            }
+            let h = Tensor::stack(&hs, 1)?.reshape((b * t, ()))?;
+            let ctx = Tensor::stack(&ctxs, 1)?.reshape((b * t, ()))?;
+            let logits = self.output(&h, &ctx, &emb.reshape((b * t, e))?, rng)?;
+            return Ok(logits.reshape((b, t, ()))?);
+        }
         let mut logits = Vec::with_capacity(t);
         let mut tok = tgt_in.i((.., 0))?.contiguous()?;
         for i in 0..t {
@@ -406,10 +441,8 @@ impl RnnSeq2Seq {
             st = next;
             if i + 1 < t {
                 let forced = match rng {
-                    Some(r) if self.cfg.teacher_forcing < 1.0 => {
-                        r.borrow_mut().gen::<f64>() < self.cfg.teacher_forcing
-                    }
-                    _ => true,
+                    Some(r) => r.borrow_mut().gen::<f64>() < self.cfg.teacher_forcing,
+                    None => true,
                 };
                 tok = if forced {
                     tgt_in.i((.., i + 1))?.contiguous()?
