@@ -642,6 +642,48 @@ mod tests {
         }
     }
 
+    /// Training's two decoder paths agree: with the reference fed at every step, the per-step
+    /// path (teacher forcing below 1) gives the batched path's logits; with teacher forcing 0
+    /// each step is fed the previous step's best token, so the logits are greedy decoding's.
+    #[test]
+    fn teacher_forcing_paths_match() {
+        let dev = Device::Cpu;
+        for att in [AttentionKind::Bahdanau, AttentionKind::LuongGeneral] {
+            let mut cfg = tiny(CellKind::Gru, att);
+            let mut p = Params::init(ChaCha8Rng::seed_from_u64(7), &dev);
+            let m = RnnSeq2Seq::new(&cfg, &mut p).unwrap();
+            let src = vec![vec![3, 4, 5, 6]];
+            let tgt_in = Tensor::new(&[[0u32, 5, 2, 9, 4]], &dev).unwrap();
+            let batched = m.forward(&src, &tgt_in, None).unwrap();
+            let rng = std::cell::RefCell::new(ChaCha8Rng::seed_from_u64(1));
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+
+            // A ratio this close to 1 feeds the reference on every one of these few draws.
+            cfg.teacher_forcing = 1.0 - 1e-9;
+            let per_step = RnnSeq2Seq {
+                cfg: cfg.clone(),
+                ..m.clone()
+            };
+            let got = per_step.forward(&src, &tgt_in, Some(&rng)).unwrap();
+            let d = max_abs_diff(&flat(&got), &flat(&batched));
+            assert!(d < 1e-6, "{att:?}: per-step vs batched {d}");
+
+            cfg.teacher_forcing = 0.0;
+            let free = RnnSeq2Seq { cfg, ..m.clone() };
+            let got = free.forward(&src, &tgt_in, Some(&rng)).unwrap();
+            let enc = m.encode_sources(&src).unwrap();
+            let mut cache = enc.new_cache(1).unwrap();
+            let mut tok = 0u32;
+            for i in 0..5 {
+                let want = enc.step(&[tok], 1, &mut cache).unwrap();
+                let row: Vec<f32> = got.i((0, i)).unwrap().to_vec1().unwrap();
+                let d = max_abs_diff(&row, &want);
+                assert!(d < 1e-5, "{att:?} step {i}: {d}");
+                tok = crate::decode::processors::argmax(&want);
+            }
+        }
+    }
+
     /// The GRU cell is PyTorch's: h' = (1 − z) n + z h, n = tanh(x_n + r (W_hn h + b_hn)).
     #[test]
     fn gru_cell_matches_its_formula() {
