@@ -256,11 +256,7 @@ impl RnnSeq2Seq {
     fn encode(&self, src: &Tensor, lens: &[usize], rng: Dropout) -> Result<(Tensor, State)> {
         let (b, s) = src.dims2()?;
         let dev = src.device();
-        let e = self.cfg.emb_dim;
-        let x = self
-            .src_embed
-            .index_select(&src.flatten_all()?, 0)?
-            .reshape((b, s, e))?;
+        let x = embed(&self.src_embed, src)?;
         let x = maybe_dropout(&x, self.cfg.dropout, rng)?;
         let xf = self.fwd.ih.forward(&x)?;
         let xb = self.bwd.ih.forward(&x)?;
@@ -411,17 +407,12 @@ impl RnnSeq2Seq {
     pub fn forward(&self, src_rows: &[Vec<u32>], tgt_in: &Tensor, rng: Dropout) -> Result<Tensor> {
         let (enc, mut st) = self.memory(src_rows, rng)?;
         let (b, t) = tgt_in.dims2()?;
-        let forced = rng.is_none() || self.cfg.teacher_forcing >= 1.0;
-        if forced {
+        if rng.is_none() || self.cfg.teacher_forcing >= 1.0 {
             // Every input is known up front: look the embeddings up once, run only the
             // recurrence step by step, and compute the output layer for all steps in one
             // product (one gradient for the tied table instead of one per step).
             let e = self.cfg.emb_dim;
-            let emb = self
-                .tgt_embed
-                .index_select(&tgt_in.flatten_all()?, 0)?
-                .reshape((b, t, e))?;
-            let emb = maybe_dropout(&emb, self.cfg.dropout, rng)?;
+            let emb = maybe_dropout(&embed(&self.tgt_embed, tgt_in)?, self.cfg.dropout, rng)?;
             let (mut hs, mut ctxs) = (Vec::with_capacity(t), Vec::with_capacity(t));
             for i in 0..t {
                 let (next, _, ctx) = self.recur(&emb.i((.., i))?, &st, &enc)?;
@@ -483,6 +474,14 @@ impl RnnSeq2Seq {
     }
 }
 
+/// Rows of `table` for the ids (B, T): (B, T, E).
+fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    Ok(table
+        .index_select(&ids.flatten_all()?, 0)?
+        .reshape((b, t, table.dim(1)?))?)
+}
+
 /// Encoder states of a batch of sources, their attention projections, and the padding mask.
 #[derive(Debug, Clone)]
 pub struct Memory {
@@ -539,16 +538,20 @@ impl Decoder for EncodedRnn<'_> {
             )));
         }
         let dev = self.enc.memory.device();
-        let mut logits = None;
-        for i in 0..t {
+        // Only the last token's logits are returned: earlier ones run the recurrence alone.
+        for i in 0..t - 1 {
             let col: Vec<u32> = (0..batch).map(|r| tokens[r * t + i]).collect();
-            let tok = Tensor::from_vec(col, batch, dev)?;
-            let (l, next, _) = self.model.dec_step(&tok, &cache.state, &cache.enc, None)?;
-            cache.state = next;
-            logits = Some(l);
+            let emb = self
+                .model
+                .tgt_embed
+                .index_select(&Tensor::from_vec(col, batch, dev)?, 0)?;
+            cache.state = self.model.recur(&emb, &cache.state, &cache.enc)?.0;
         }
+        let col: Vec<u32> = (0..batch).map(|r| tokens[r * t + t - 1]).collect();
+        let tok = Tensor::from_vec(col, batch, dev)?;
+        let (l, next, _) = self.model.dec_step(&tok, &cache.state, &cache.enc, None)?;
+        cache.state = next;
         cache.pos += t;
-        let l = logits.expect("t ≥ 1 steps ran");
         Ok(l.flatten_all()?.to_vec1()?)
     }
 
@@ -655,6 +658,15 @@ mod tests {
             let src = vec![vec![3, 4, 5, 6]];
             let tgt_in = Tensor::new(&[[0u32, 5, 2, 9, 4]], &dev).unwrap();
             let batched = m.forward(&src, &tgt_in, None).unwrap();
+            // Several tokens in one decoder step return the last one's logits.
+            let enc = m.encode_sources(&src).unwrap();
+            let mut cache = enc.new_cache(1).unwrap();
+            let got = enc.step(&[0, 5, 2, 9, 4], 1, &mut cache).unwrap();
+            let want: Vec<f32> = batched.i((0, 4)).unwrap().to_vec1().unwrap();
+            assert!(
+                max_abs_diff(&got, &want) < 1e-5,
+                "{att:?}: multi-token step"
+            );
             let rng = std::cell::RefCell::new(ChaCha8Rng::seed_from_u64(1));
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
 
