@@ -85,6 +85,36 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Logits(a) => logits(&a.model, &a.text, &a.out, a.json),
         Command::Eval(EvalCmd::Bleu(a)) => bleu(&a),
+        Command::Eval(EvalCmd::Rouge(a)) => {
+            let r = decodex::eval::rouge::evaluate_files(&a.hyp, &a.refs, !a.no_stemmer)?;
+            let human = format!(
+                "ROUGE-1 {:.2}  ROUGE-2 {:.2}  ROUGE-L {:.2}  ({} summaries, stemmer {})",
+                r.rouge1,
+                r.rouge2,
+                r.rouge_l,
+                r.pairs,
+                if r.stemmer { "on" } else { "off" }
+            );
+            emit(a.json, serde_json::to_value(&r)?, &human)
+        }
+        Command::Eval(EvalCmd::Squad(a)) => {
+            use decodex::eval::squad;
+            let ds = squad::read_dataset(&a.data)?;
+            let preds = squad::read_predictions(&a.predictions)?;
+            let r = squad::evaluate(&ds, &preds);
+            if r.answered < r.total {
+                tracing::warn!(
+                    "{} of {} questions have no prediction and score 0",
+                    r.total - r.answered,
+                    r.total
+                );
+            }
+            let human = format!(
+                "exact match {:.2}  F1 {:.2}  ({} questions, {} answered)",
+                r.exact_match, r.f1, r.total, r.answered
+            );
+            emit(a.json, serde_json::to_value(&r)?, &human)
+        }
         Command::Eval(EvalCmd::Perplexity(a)) => {
             if a.batch_size == 0 {
                 bail!("--batch-size must be at least 1");

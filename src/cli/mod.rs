@@ -63,6 +63,41 @@ pub enum EvalCmd {
     /// computes them with its defaults (tokenizer 13a, exp smoothing; chrF over character
     /// 6-grams).
     Bleu(BleuArgs),
+    /// ROUGE-1/2/L F-measure (mean over summaries, ×100) of a summary file against reference
+    /// files, as Google's rouge-score 0.1.2 computes them (Porter stemming on by default).
+    Rouge(RougeArgs),
+    /// Exact match and F1 (×100) of SQuAD predictions, as the official v1.1 script computes them.
+    Squad(SquadArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RougeArgs {
+    /// Summaries to score: UTF-8 text, one summary per line.
+    #[arg(long, value_name = "FILE")]
+    pub hyp: PathBuf,
+    /// References, one line per summary; repeat the flag for several references (each metric
+    /// then takes the best-scoring one, as rouge-score's score_multi).
+    #[arg(long = "ref", value_name = "FILE", required = true)]
+    pub refs: Vec<PathBuf>,
+    /// Turn Porter stemming off (rouge-score's use_stemmer=False).
+    #[arg(long)]
+    pub no_stemmer: bool,
+    /// One JSON object: rouge1, rouge2, rougeL, pairs, stemmer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SquadArgs {
+    /// The dataset in SQuAD's JSON form, e.g. ../shared/data/qa/squad/dev-v1.1.json.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// Predictions: one JSON object {question id: answer text}.
+    #[arg(long, value_name = "FILE")]
+    pub predictions: PathBuf,
+    /// One JSON object: exact_match, f1, total, answered.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

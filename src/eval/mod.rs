@@ -5,6 +5,9 @@
 //! [`bleu`]: corpus BLEU and chrF of translations, as sacreBLEU 2.4.3 computes them.
 
 pub mod bleu;
+pub mod porter;
+pub mod rouge;
+pub mod squad;
 
 use std::path::Path;
 
