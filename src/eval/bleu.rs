@@ -37,7 +37,7 @@ pub fn is_py_space(c: char) -> bool {
 }
 
 /// Python's `s.split()`: the runs of non-whitespace.
-fn py_split(s: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn py_split(s: &str) -> impl Iterator<Item = &str> {
     s.split(is_py_space).filter(|w| !w.is_empty())
 }
 
@@ -498,6 +498,25 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The lines of a hypothesis file and of each reference file, which must have as many.
+pub fn read_aligned(hyp: &Path, refs: &[PathBuf]) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let hyps = read_lines(hyp)?;
+    let mut streams = Vec::with_capacity(refs.len());
+    for r in refs {
+        let lines = read_lines(r)?;
+        if lines.len() != hyps.len() {
+            return Err(Error::LineCount {
+                path: r.clone(),
+                lines: lines.len(),
+                hyp: hyp.to_path_buf(),
+                hyp_lines: hyps.len(),
+            });
+        }
+        streams.push(lines);
+    }
+    Ok((hyps, streams))
+}
+
 /// BLEU and chrF of a hypothesis file against reference files, the figures of `sacrebleu REF...
 /// -i HYP -m bleu chrf` (`-lc` with `opts.lowercase`; as there, chrF stays cased).
 #[derive(Debug, Clone, Serialize)]
@@ -513,20 +532,7 @@ pub struct BleuReport {
 /// Reads the files and scores them. Errors name the file: missing, unreadable or not UTF-8,
 /// and a reference file whose line count differs from the hypothesis file's (`LineCount`).
 pub fn evaluate_files(hyp: &Path, refs: &[PathBuf], opts: &BleuOptions) -> Result<BleuReport> {
-    let hyps = read_lines(hyp)?;
-    let mut streams = Vec::with_capacity(refs.len());
-    for r in refs {
-        let lines = read_lines(r)?;
-        if lines.len() != hyps.len() {
-            return Err(Error::LineCount {
-                path: r.clone(),
-                lines: lines.len(),
-                hyp: hyp.to_path_buf(),
-                hyp_lines: hyps.len(),
-            });
-        }
-        streams.push(lines);
-    }
+    let (hyps, streams) = read_aligned(hyp, refs)?;
     Ok(BleuReport {
         hyp: hyp.to_path_buf(),
         refs: refs.to_vec(),

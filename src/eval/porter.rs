@@ -106,51 +106,28 @@ fn ends_cvc(w: &[u8]) -> bool {
 }
 
 /// A rule's condition on the stem left by removing its suffix.
-type StemTest = Box<dyn Fn(&[u8]) -> bool>;
+type Cond = Option<fn(&[u8]) -> bool>;
 
-enum Cond {
-    None,
-    PositiveMeasure,
-    MeasureGt1,
-    Fn(StemTest),
+/// One rule: suffix, replacement, condition on the stem.
+type Rule = (&'static str, &'static str, Cond);
+
+fn m_gt0(s: &[u8]) -> bool {
+    measure(s) > 0
 }
 
-impl Cond {
-    fn holds(&self, stem: &[u8]) -> bool {
-        match self {
-            Cond::None => true,
-            Cond::PositiveMeasure => measure(stem) > 0,
-            Cond::MeasureGt1 => measure(stem) > 1,
-            Cond::Fn(f) => f(stem),
-        }
-    }
-}
-
-/// One rule: suffix (`*d` = a double consonant), replacement, condition on the stem.
-struct Rule(&'static str, String, Cond);
-
-fn rule(suffix: &'static str, rep: &str, cond: Cond) -> Rule {
-    Rule(suffix, rep.to_string(), cond)
+fn m_gt1(s: &[u8]) -> bool {
+    measure(s) > 1
 }
 
 /// NLTK's `_apply_rule_list`: the first rule whose suffix matches decides, whether or not its
 /// condition holds.
 fn apply_rules(w: Vec<u8>, rules: &[Rule]) -> Vec<u8> {
-    for Rule(suffix, rep, cond) in rules {
-        if *suffix == "*d" && ends_double_consonant(&w) {
-            let stem = &w[..w.len() - 2];
-            return if cond.holds(stem) {
-                [stem, rep.as_bytes()].concat()
-            } else {
-                w
-            };
-        }
+    for &(suffix, rep, cond) in rules {
         if w.ends_with(suffix.as_bytes()) {
             let stem = &w[..w.len() - suffix.len()];
-            return if cond.holds(stem) {
-                [stem, rep.as_bytes()].concat()
-            } else {
-                w
+            return match cond {
+                Some(holds) if !holds(stem) => w,
+                _ => [stem, rep.as_bytes()].concat(),
             };
         }
     }
@@ -161,19 +138,18 @@ fn replace_suffix(w: &[u8], suffix: &str, rep: &str) -> Vec<u8> {
     [&w[..w.len() - suffix.len()], rep.as_bytes()].concat()
 }
 
+const STEP1A: &[Rule] = &[
+    ("sses", "ss", None),
+    ("ies", "i", None),
+    ("ss", "ss", None),
+    ("s", "", None),
+];
+
 fn step1a(w: Vec<u8>) -> Vec<u8> {
     if w.ends_with(b"ies") && w.len() == 4 {
         return replace_suffix(&w, "ies", "ie");
     }
-    apply_rules(
-        w,
-        &[
-            rule("sses", "ss", Cond::None),
-            rule("ies", "i", Cond::None),
-            rule("ss", "ss", Cond::None),
-            rule("s", "", Cond::None),
-        ],
-    )
+    apply_rules(w, STEP1A)
 }
 
 fn step1b(w: Vec<u8>) -> Vec<u8> {
@@ -192,139 +168,122 @@ fn step1b(w: Vec<u8>) -> Vec<u8> {
             w
         };
     }
-    let mut inter = None;
-    for suffix in ["ed", "ing"] {
-        if w.ends_with(suffix.as_bytes()) {
-            let s = w[..w.len() - suffix.len()].to_vec();
-            if contains_vowel(&s) {
-                inter = Some(s);
-                break;
-            }
-        }
-    }
-    let Some(inter) = inter else {
+    let Some(inter) = ["ed", "ing"].iter().find_map(|suffix| {
+        let stem = w.strip_suffix(suffix.as_bytes())?;
+        contains_vowel(stem).then(|| stem.to_vec())
+    }) else {
         return w;
     };
-    let last = *inter.last().unwrap_or(&b' ');
-    let last_s = (last as char).to_string();
-    apply_rules(
-        inter,
-        &[
-            rule("at", "ate", Cond::None),
-            rule("bl", "ble", Cond::None),
-            rule("iz", "ize", Cond::None),
-            rule(
-                "*d",
-                &last_s,
-                Cond::Fn(Box::new(move |_| !matches!(last, b'l' | b's' | b'z'))),
-            ),
-            rule(
-                "",
-                "e",
-                Cond::Fn(Box::new(|s| measure(s) == 1 && ends_cvc(s))),
-            ),
-        ],
-    )
+    // NLTK's rule list here: at → ate, bl → ble, iz → ize; a double consonant other than l, s
+    // or z loses one letter; a stem of measure 1 ending consonant-vowel-consonant gains an e.
+    for (suffix, rep) in [("at", "ate"), ("bl", "ble"), ("iz", "ize")] {
+        if inter.ends_with(suffix.as_bytes()) {
+            return replace_suffix(&inter, suffix, rep);
+        }
+    }
+    if ends_double_consonant(&inter) {
+        let last = inter[inter.len() - 1];
+        return if matches!(last, b'l' | b's' | b'z') {
+            inter
+        } else {
+            inter[..inter.len() - 1].to_vec()
+        };
+    }
+    if measure(&inter) == 1 && ends_cvc(&inter) {
+        return [&inter[..], b"e"].concat();
+    }
+    inter
 }
 
+const STEP1C: &[Rule] = &[(
+    "y",
+    "i",
+    Some(|s| s.len() > 1 && is_consonant(s, s.len() - 1)),
+)];
+
 fn step1c(w: Vec<u8>) -> Vec<u8> {
-    apply_rules(
-        w,
-        &[rule(
-            "y",
-            "i",
-            Cond::Fn(Box::new(|s| s.len() > 1 && is_consonant(s, s.len() - 1))),
-        )],
-    )
+    apply_rules(w, STEP1C)
 }
+
+const STEP2: &[Rule] = &[
+    ("ational", "ate", Some(m_gt0)),
+    ("tional", "tion", Some(m_gt0)),
+    ("enci", "ence", Some(m_gt0)),
+    ("anci", "ance", Some(m_gt0)),
+    ("izer", "ize", Some(m_gt0)),
+    ("bli", "ble", Some(m_gt0)),
+    ("alli", "al", Some(m_gt0)),
+    ("entli", "ent", Some(m_gt0)),
+    ("eli", "e", Some(m_gt0)),
+    ("ousli", "ous", Some(m_gt0)),
+    ("ization", "ize", Some(m_gt0)),
+    ("ation", "ate", Some(m_gt0)),
+    ("ator", "ate", Some(m_gt0)),
+    ("alism", "al", Some(m_gt0)),
+    ("iveness", "ive", Some(m_gt0)),
+    ("fulness", "ful", Some(m_gt0)),
+    ("ousness", "ous", Some(m_gt0)),
+    ("aliti", "al", Some(m_gt0)),
+    ("iviti", "ive", Some(m_gt0)),
+    ("biliti", "ble", Some(m_gt0)),
+    ("fulli", "ful", Some(m_gt0)),
+    // NLTK tests the word less its last three letters: the stem with "l" kept.
+    ("logi", "log", Some(|s| m_gt0(&[s, b"l"].concat()))),
+];
 
 fn step2(w: Vec<u8>) -> Vec<u8> {
     if w.ends_with(b"alli") && measure(&w[..w.len() - 4]) > 0 {
         return step2(replace_suffix(&w, "alli", "al"));
     }
-    let p = || Cond::PositiveMeasure;
-    let logi_ok = w.len() >= 3 && measure(&w[..w.len() - 3]) > 0;
-    let rules = [
-        rule("ational", "ate", p()),
-        rule("tional", "tion", p()),
-        rule("enci", "ence", p()),
-        rule("anci", "ance", p()),
-        rule("izer", "ize", p()),
-        rule("bli", "ble", p()),
-        rule("alli", "al", p()),
-        rule("entli", "ent", p()),
-        rule("eli", "e", p()),
-        rule("ousli", "ous", p()),
-        rule("ization", "ize", p()),
-        rule("ation", "ate", p()),
-        rule("ator", "ate", p()),
-        rule("alism", "al", p()),
-        rule("iveness", "ive", p()),
-        rule("fulness", "ful", p()),
-        rule("ousness", "ous", p()),
-        rule("aliti", "al", p()),
-        rule("iviti", "ive", p()),
-        rule("biliti", "ble", p()),
-        rule("fulli", "ful", p()),
-        // NLTK tests the measure of the word less "logi"'s last three letters ("l" kept).
-        rule("logi", "log", Cond::Fn(Box::new(move |_| logi_ok))),
-    ];
-    apply_rules(w, &rules)
+    apply_rules(w, STEP2)
 }
+
+const STEP3: &[Rule] = &[
+    ("icate", "ic", Some(m_gt0)),
+    ("ative", "", Some(m_gt0)),
+    ("alize", "al", Some(m_gt0)),
+    ("iciti", "ic", Some(m_gt0)),
+    ("ical", "ic", Some(m_gt0)),
+    ("ful", "", Some(m_gt0)),
+    ("ness", "", Some(m_gt0)),
+];
 
 fn step3(w: Vec<u8>) -> Vec<u8> {
-    let p = || Cond::PositiveMeasure;
-    apply_rules(
-        w,
-        &[
-            rule("icate", "ic", p()),
-            rule("ative", "", p()),
-            rule("alize", "al", p()),
-            rule("iciti", "ic", p()),
-            rule("ical", "ic", p()),
-            rule("ful", "", p()),
-            rule("ness", "", p()),
-        ],
-    )
+    apply_rules(w, STEP3)
 }
 
+const STEP4: &[Rule] = &[
+    ("al", "", Some(m_gt1)),
+    ("ance", "", Some(m_gt1)),
+    ("ence", "", Some(m_gt1)),
+    ("er", "", Some(m_gt1)),
+    ("ic", "", Some(m_gt1)),
+    ("able", "", Some(m_gt1)),
+    ("ible", "", Some(m_gt1)),
+    ("ant", "", Some(m_gt1)),
+    ("ement", "", Some(m_gt1)),
+    ("ment", "", Some(m_gt1)),
+    ("ent", "", Some(m_gt1)),
+    (
+        "ion",
+        "",
+        Some(|s| m_gt1(s) && matches!(s.last(), Some(b's' | b't'))),
+    ),
+    ("ou", "", Some(m_gt1)),
+    ("ism", "", Some(m_gt1)),
+    ("ate", "", Some(m_gt1)),
+    ("iti", "", Some(m_gt1)),
+    ("ous", "", Some(m_gt1)),
+    ("ive", "", Some(m_gt1)),
+    ("ize", "", Some(m_gt1)),
+];
+
 fn step4(w: Vec<u8>) -> Vec<u8> {
-    let g = || Cond::MeasureGt1;
-    apply_rules(
-        w,
-        &[
-            rule("al", "", g()),
-            rule("ance", "", g()),
-            rule("ence", "", g()),
-            rule("er", "", g()),
-            rule("ic", "", g()),
-            rule("able", "", g()),
-            rule("ible", "", g()),
-            rule("ant", "", g()),
-            rule("ement", "", g()),
-            rule("ment", "", g()),
-            rule("ent", "", g()),
-            rule(
-                "ion",
-                "",
-                Cond::Fn(Box::new(|s| {
-                    measure(s) > 1 && matches!(s.last(), Some(b's' | b't'))
-                })),
-            ),
-            rule("ou", "", g()),
-            rule("ism", "", g()),
-            rule("ate", "", g()),
-            rule("iti", "", g()),
-            rule("ous", "", g()),
-            rule("ive", "", g()),
-            rule("ize", "", g()),
-        ],
-    )
+    apply_rules(w, STEP4)
 }
 
 fn step5a(w: Vec<u8>) -> Vec<u8> {
-    if w.ends_with(b"e") {
-        let stem = &w[..w.len() - 1];
+    if let Some(stem) = w.strip_suffix(b"e") {
         let m = measure(stem);
         if m > 1 || (m == 1 && !ends_cvc(stem)) {
             return stem.to_vec();
@@ -333,9 +292,11 @@ fn step5a(w: Vec<u8>) -> Vec<u8> {
     w
 }
 
+/// ll → l when the word less its last letter (the stem with one "l") has measure > 1.
+const STEP5B: &[Rule] = &[("ll", "l", Some(|s| m_gt1(&[s, b"l"].concat())))];
+
 fn step5b(w: Vec<u8>) -> Vec<u8> {
-    let ok = measure(&w[..w.len().saturating_sub(1)]) > 1;
-    apply_rules(w, &[rule("ll", "l", Cond::Fn(Box::new(move |_| ok)))])
+    apply_rules(w, STEP5B)
 }
 
 #[cfg(test)]

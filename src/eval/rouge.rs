@@ -5,7 +5,7 @@
 //! reference with the best F (`score_multi`). A corpus figure is the mean F over the pairs, ×100.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -183,41 +183,14 @@ pub fn corpus(hyps: &[String], refs: &[Vec<String>], stem: bool) -> Result<Rouge
     })
 }
 
-/// One summary per line: the file split on "\n", a final newline ending the last line.
-pub fn read_summaries(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    let mut lines: Vec<String> = text
-        .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
-        .collect();
-    if text.ends_with('\n') {
-        lines.pop();
-    }
-    Ok(lines)
-}
-
-/// ROUGE of a hypothesis file against one or more reference files, line by line.
-pub fn evaluate_files(hyp: &Path, refs: &[impl AsRef<Path>], stem: bool) -> Result<RougeReport> {
-    let hyps = read_summaries(hyp)?;
-    let mut all = Vec::new();
-    for r in refs {
-        let lines = read_summaries(r.as_ref())?;
-        if lines.len() != hyps.len() {
-            return Err(Error::Invalid(format!(
-                "{} has {} lines but {} has {}",
-                r.as_ref().display(),
-                lines.len(),
-                hyp.display(),
-                hyps.len()
-            )));
-        }
-        all.push(lines);
-    }
-    if all.is_empty() {
+/// ROUGE of a hypothesis file against one or more reference files, line by line (lines read as
+/// `eval bleu` reads them; trailing whitespace is no token either way).
+pub fn evaluate_files(hyp: &Path, refs: &[PathBuf], stem: bool) -> Result<RougeReport> {
+    if refs.is_empty() {
         return Err(Error::Invalid("no reference file given".into()));
     }
-    corpus(&hyps, &all, stem)
+    let (hyps, streams) = crate::eval::bleu::read_aligned(hyp, refs)?;
+    corpus(&hyps, &streams, stem)
 }
 
 #[cfg(test)]

@@ -10,14 +10,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::eval::bleu::py_split;
 
 /// Python's `string.punctuation`.
 const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
-
-/// Python's `str.isspace`: Unicode White_Space and the information separators U+001C-U+001F.
-fn is_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
-}
 
 /// A word character for `\b` in Python's `re` (str patterns): `str.isalnum()` or `_`.
 fn is_word(c: char) -> bool {
@@ -59,11 +55,7 @@ pub fn normalize_answer(s: &str) -> String {
         .filter(|c| !PUNCTUATION.contains(*c))
         .collect();
     let no_art = remove_articles(&no_punc);
-    no_art
-        .split(is_space)
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    py_split(&no_art).collect::<Vec<_>>().join(" ")
 }
 
 pub fn exact_match(prediction: &str, truth: &str) -> bool {
@@ -138,26 +130,23 @@ pub struct Answer {
     pub text: String,
 }
 
-pub fn read_dataset(path: &Path) -> Result<Dataset> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::Invalid(format!(
-            "{}: not a SQuAD dataset ({{\"data\": [...]}}): {e}",
-            path.display()
-        ))
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, expected: &str) -> Result<T> {
+    let text = crate::data::read_text(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::Data {
+        path: path.to_path_buf(),
+        msg: format!("{expected}: {e}"),
     })
 }
 
+pub fn read_dataset(path: &Path) -> Result<Dataset> {
+    read_json(path, "not a SQuAD dataset ({\"data\": [...]})")
+}
+
 pub fn read_predictions(path: &Path) -> Result<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::Invalid(format!(
-            "{}: predictions must be one JSON object {{question id: answer text}}: {e}",
-            path.display()
-        ))
-    })
+    read_json(
+        path,
+        "predictions must be one JSON object {question id: answer text}",
+    )
 }
 
 #[derive(Debug, Clone, Serialize)]

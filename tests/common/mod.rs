@@ -71,6 +71,18 @@ pub fn decodex(args: &[&str]) -> Output {
         .expect("the decodex binary runs")
 }
 
+/// Runs a command that prints one JSON object (`--json`), asserting that it succeeds.
+pub fn decodex_json(args: &[&str]) -> serde_json::Value {
+    let out = decodex(args);
+    assert!(
+        out.status.success(),
+        "decodex {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
 /// Asserts exit code 2 and exactly one line on stderr containing every `needles`.
 pub fn assert_clear_error(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
