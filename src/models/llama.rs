@@ -291,6 +291,18 @@ impl Llama {
             })?;
             tensors.extend(loaded);
         }
+        Self::from_hf_tensors(cfg, tensors, dir, device)
+    }
+
+    /// Builds the model from tensors named as in a Hugging Face `LlamaForCausalLM` state dict
+    /// (q and k rows in Hugging Face's order); `source` names where they came from, for errors.
+    pub fn from_hf_tensors(
+        cfg: LlamaConfig,
+        mut tensors: HashMap<String, Tensor>,
+        source: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let dir = source;
         let mut get = |name: &str| -> Result<Tensor> {
             let t = tensors
                 .remove(name)
@@ -298,7 +310,7 @@ impl Llama {
                     path: dir.to_path_buf(),
                     msg: format!("tensor {name} is missing"),
                 })?;
-            Ok(t.to_dtype(DType::F32)?)
+            Ok(t.to_dtype(DType::F32)?.to_device(device)?)
         };
         let embed_w = get("model.embed_tokens.weight")?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
@@ -333,6 +345,70 @@ impl Llama {
             false,
             device,
         )
+    }
+
+    /// The weights as a Hugging Face `LlamaForCausalLM` state dict: f32, q and k rows in
+    /// Hugging Face's order (a GGUF file's are un-permuted), `lm_head.weight` only when the head
+    /// is not tied. Needs dense weights (a GGUF file loaded with `dequantize`).
+    pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let dense = |l: &Linear, name: &str| -> Result<Tensor> {
+            match l {
+                Linear::Dense(w) => Ok(w.clone()),
+                _ => Err(Error::Invalid(format!(
+                    "{name} is quantized; load the model dequantized to export its weights"
+                ))),
+            }
+        };
+        let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.n_kv_heads());
+        let to_hf = |w: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(match self.rope {
+                RopeStyle::Halves => w,
+                RopeStyle::Adjacent => {
+                    let (rows, cols) = w.dims2()?;
+                    // llama.cpp stores row h·d + 2i + j of Hugging Face's row h·d + j·d/2 + i.
+                    w.reshape((heads, rows / heads / 2, 2, cols))?
+                        .transpose(1, 2)?
+                        .contiguous()?
+                        .reshape((rows, cols))?
+                }
+            })
+        };
+        let mut out = Vec::new();
+        let embed = match &self.embed {
+            Embedding::Dense(e) => e.clone(),
+            Embedding::Blocks(_) => {
+                return Err(Error::Invalid(
+                    "the embedding is quantized; load the model dequantized".into(),
+                ))
+            }
+        };
+        out.push(("model.embed_tokens.weight".to_string(), embed));
+        for (l, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), b.attn_norm.clone()));
+            out.push((
+                format!("{p}.self_attn.q_proj.weight"),
+                to_hf(dense(&b.q, "q")?, nh)?,
+            ));
+            out.push((
+                format!("{p}.self_attn.k_proj.weight"),
+                to_hf(dense(&b.k, "k")?, nkv)?,
+            ));
+            out.push((format!("{p}.self_attn.v_proj.weight"), dense(&b.v, "v")?));
+            out.push((format!("{p}.self_attn.o_proj.weight"), dense(&b.o, "o")?));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                b.mlp_norm.clone(),
+            ));
+            out.push((format!("{p}.mlp.gate_proj.weight"), dense(&b.gate, "gate")?));
+            out.push((format!("{p}.mlp.up_proj.weight"), dense(&b.up, "up")?));
+            out.push((format!("{p}.mlp.down_proj.weight"), dense(&b.down, "down")?));
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if !self.cfg.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), dense(&self.head, "lm_head")?));
+        }
+        Ok(out)
     }
 
     #[allow(clippy::too_many_arguments)]

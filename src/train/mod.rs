@@ -4,6 +4,7 @@ pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod fast;
+pub mod finetune;
 pub mod optim;
 pub mod seq2seq;
 pub mod trainer;

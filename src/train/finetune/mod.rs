@@ -1,0 +1,4 @@
+//! Fine-tuning pretrained Llama-family decoders: full or LoRA, on prompt/completion data with
+//! the loss on completion tokens only.
+
+pub mod model;
