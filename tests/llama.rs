@@ -301,3 +301,44 @@ fn batched_prompts_match_one_at_a_time() {
         }
     }
 }
+
+/// The fine-tuning forward on SmolLM2 (weights through `Llama::hf_tensors`, which un-permutes
+/// the GGUF file's q and k rows, and rotary over halves) computes the loss the GGUF model's own
+/// forward gives (rotary over adjacent pairs), on two packed sequences.
+#[test]
+fn finetune_forward_matches_the_gguf_model() {
+    use decodex::train::finetune::model::{FtModel, Method, Packed};
+    let (pre, base) = decodex::train::finetune::run::load_base(&common::smollm2()).unwrap();
+    let cfg = match &pre.network {
+        decodex::models::pretrained::Network::Llama(l) => l.cfg.clone(),
+        _ => unreachable!(),
+    };
+    let ft = FtModel::new(cfg, base, Method::Full).unwrap();
+    let tok = &pre.tokenizer;
+    let seqs = [
+        tok.encode("The capital of France is Paris, and the capital of Italy is Rome.")
+            .unwrap(),
+        tok.encode("def add(a, b):\n    return a + b").unwrap(),
+    ];
+    let mut packed = Packed::default();
+    let mut want = 0f64;
+    let m = model_f32();
+    for s in &seqs {
+        packed.push(s, 3);
+        let x = candle_core::Tensor::from_slice(s, (1, s.len()), &Device::Cpu).unwrap();
+        let logits = m
+            .forward(&x, &mut m.candle_cache())
+            .unwrap()
+            .get(0)
+            .unwrap();
+        let lsm = candle_nn::ops::log_softmax(&logits, 1)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for i in 3..s.len() {
+            want -= lsm[i - 1][s[i] as usize] as f64;
+        }
+    }
+    let (got, _) = ft.forward(&packed, None, false);
+    assert!((got - want).abs() < 1e-4 * want, "loss {got} vs {want}");
+}

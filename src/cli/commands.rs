@@ -30,6 +30,10 @@ pub fn dispatch(cmd: Command) -> Result<()> {
             }
         }
         Command::Translate(a) => translate_cmd(&a),
+        Command::Finetune(a) => finetune_cmd(&a),
+        Command::Summarize(a) => super::tasks::summarize(&a),
+        Command::Answer(a) => super::tasks::answer(&a),
+        Command::Merge(a) => super::tasks::merge(&a),
         Command::Generate(a) => super::generate::generate_cmd(&a),
         Command::Chat(a) => super::generate::chat(&a),
         Command::Export(a) => export(&a.model, &a.format, &a.out, a.json),
@@ -613,4 +617,108 @@ fn logits(model: &Path, text: &str, out: &Path, json: bool) -> Result<()> {
         json!({"out": out, "tokens": t}),
         &format!("wrote logits of {t} tokens to {}", out.display()),
     )
+}
+
+fn finetune_cmd(a: &super::FinetuneArgs) -> Result<()> {
+    use decodex::train::finetune::model::{LoraSpec, Proj};
+    use decodex::train::finetune::run::{finetune, FinetuneOptions};
+    let lora = match a.method.as_str() {
+        "lora" => {
+            let targets = a
+                .targets
+                .split(',')
+                .map(|t| {
+                    Proj::parse(t).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown LoRA target {t:?} (choose from q,k,v,o,gate,up,down)"
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let spec = LoraSpec {
+                rank: a.rank,
+                alpha: a.alpha,
+                dropout: a.dropout,
+                targets,
+            };
+            spec.validate()?;
+            Some(spec)
+        }
+        "full" => None,
+        m => bail!("--method {m:?}: choose lora or full"),
+    };
+    let opts = FinetuneOptions {
+        base: a.base.clone(),
+        data: a.data.clone(),
+        eval: a.eval.clone(),
+        task: a.task,
+        lr: a.lr.unwrap_or(if lora.is_some() { 2e-4 } else { 2e-5 }),
+        lora,
+        out: a.out.clone(),
+        weight_decay: a.weight_decay,
+        warmup_steps: a.warmup_steps,
+        batch_tokens: a.batch_tokens,
+        max_steps: a.max_steps,
+        time_limit_min: a.time_limit_min,
+        pause_at: a.pause_at,
+        max_len: a.max_len,
+        overlong: a.overlong,
+        train_examples: a.train_examples,
+        eval_examples: a.eval_examples,
+        eval_every: a.eval_every,
+        save_every: a.save_every,
+        grad_clip: a.grad_clip,
+        seed: a.seed,
+        resume: a.resume,
+    };
+    let json = a.json;
+    let bar = (!json).then(|| {
+        let b = indicatif::ProgressBar::new(if a.max_steps < 1_000_000 {
+            a.max_steps as u64
+        } else {
+            0
+        });
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} step {pos} {elapsed_precise} {msg}")
+                .expect("template"),
+        );
+        b
+    });
+    finetune(&opts, |ev| {
+        if json {
+            println!("{ev}");
+            return;
+        }
+        let bar = bar.as_ref().expect("human output");
+        match ev["event"].as_str() {
+            Some("start") => bar.println(format!(
+                "fine-tuning {} parameters ({}), {} train / {} eval examples; data: {}",
+                ev["trainable_params"],
+                ev["method"].as_str().unwrap_or(""),
+                ev["train_examples"],
+                ev["eval_examples"],
+                ev["train"]
+            )),
+            Some("step") => {
+                bar.set_position(ev["step"].as_u64().unwrap_or(0));
+                bar.set_message(format!(
+                    "loss {:.4} lr {:.2e} {:.0} tok/s",
+                    ev["train_loss"].as_f64().unwrap_or(f64::NAN),
+                    ev["lr"].as_f64().unwrap_or(0.0),
+                    ev["tokens_per_sec"].as_f64().unwrap_or(0.0)
+                ));
+            }
+            Some("eval") => bar.println(format!(
+                "step {}: eval loss {:.4}",
+                ev["step"],
+                ev["val_loss"].as_f64().unwrap_or(f64::NAN)
+            )),
+            Some("done") => {
+                bar.finish_and_clear();
+                println!("{ev}");
+            }
+            _ => {}
+        }
+    })?;
+    Ok(())
 }

@@ -152,7 +152,12 @@ fn legacy_gpt(a: &GenerateArgs, p: &Plan) -> bool {
 pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     let mut plan = plan(a)?;
     let prompts = prompts(a)?;
-    let model = pretrained::load(&a.model, a.dequantize, a.tokenizer.as_deref())?;
+    let model = pretrained::load_with_adapter(
+        &a.model,
+        a.dequantize,
+        a.tokenizer.as_deref(),
+        a.adapter.as_deref(),
+    )?;
     plan.sampling.eos_ids = model.eos_ids.clone();
     plan.beam.eos_ids = model.eos_ids.clone();
     let mut out = std::io::stdout().lock();

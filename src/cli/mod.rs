@@ -4,6 +4,7 @@
 
 mod commands;
 mod generate;
+mod tasks;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,150 @@ pub enum Command {
     Eval(EvalCmd),
     /// Translate a file, one sentence per line, with a sequence-to-sequence model.
     Translate(TranslateArgs),
+    /// Fine-tune a pretrained Llama-family decoder (GGUF or Hugging Face folder), with LoRA
+    /// or in full, on prompt/completion JSONL; the loss covers completion tokens only.
+    Finetune(Box<FinetuneArgs>),
+    /// Summarize the "document" of each JSONL line (DialogSum) with an instruct model; with
+    /// references in the file, print ROUGE against the first.
+    Summarize(TaskArgs),
+    /// Answer questions from their context: a SQuAD v1.1 file (its first --limit questions;
+    /// EM/F1 printed), or one --question with a --context.
+    Answer(TaskArgs),
+    /// Merge a LoRA adapter into its base and write a Hugging Face Llama folder.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TaskArgs {
+    /// A GGUF file or a Hugging Face Llama folder (an instruct model: the prompt goes through
+    /// its chat template).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// summarize: JSONL with "document" (and "summary" for ROUGE); answer: a SQuAD v1.1 JSON.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// answer: one question (with --context) instead of --input.
+    #[arg(long)]
+    pub question: Option<String>,
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Write the outputs here: summaries one per line; answers as SQuAD predictions JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Only the first N documents or questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// greedy or beam.
+    #[arg(long, default_value = "greedy")]
+    pub strategy: String,
+    #[arg(long, default_value_t = 4)]
+    pub num_beams: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f64,
+    #[arg(long, default_value_t = 0)]
+    pub no_repeat_ngram_size: usize,
+    #[arg(long, default_value_t = 96)]
+    pub max_new_tokens: usize,
+    /// Greedy decoding of this many prompts at once (left-padded).
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Run a GGUF model's matrices dequantized to f32 (always so with --adapter).
+    #[arg(long)]
+    pub dequantize: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The base: a GGUF file or a Hugging Face Llama folder.
+    #[arg(long)]
+    pub base: PathBuf,
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The output folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// The base model: a GGUF file (dequantized to f32 for training) or a Hugging Face Llama
+    /// folder.
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Training JSONL (plain or .gz): {"prompt","completion"} or {"messages"}; with --task,
+    /// DialogSum or SQuAD records.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Held-out JSONL for the eval loss (default: --eval-examples held out of --data).
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "raw")]
+    pub task: decodex::train::finetune::data::Task,
+    /// lora or full.
+    #[arg(long, default_value = "lora")]
+    pub method: String,
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 32.0)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f32,
+    /// Projections LoRA adapts, comma-separated: q,k,v,o,gate,up,down (or PEFT's q_proj, ...).
+    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+    pub targets: String,
+    /// Output folder: the adapter (LoRA) or model (full), metrics.jsonl, loss.png, trainer state.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Peak learning rate (default 2e-4 for LoRA, 2e-5 for full).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 20)]
+    pub warmup_steps: usize,
+    /// Tokens per batch (sequences packed without padding).
+    #[arg(long, default_value_t = 4096)]
+    pub batch_tokens: usize,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_steps: usize,
+    /// Stop after this many minutes of training (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    pub time_limit_min: f64,
+    /// Save and stop after this step, as if interrupted; the schedule still spans --max-steps
+    /// and --resume continues.
+    #[arg(long)]
+    pub pause_at: Option<usize>,
+    /// Longest example in tokens (capped by the model's context).
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+    /// What happens to a longer example: skip it, or truncate its completion (both counted).
+    #[arg(long, value_enum, default_value = "skip")]
+    pub overlong: decodex::train::finetune::data::Overlong,
+    /// Use only the first N training examples.
+    #[arg(long)]
+    pub train_examples: Option<usize>,
+    /// Examples for the eval loss: the first of --eval, or held out of --data without it.
+    #[arg(long, default_value_t = 100)]
+    pub eval_examples: usize,
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: usize,
+    #[arg(long, default_value_t = 50)]
+    pub save_every: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue the run in --out (weights, optimizer moments, step, data position, elapsed time).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -304,6 +449,10 @@ pub struct GenerateArgs {
     /// A tokenizer.json to use instead of the model's own.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// A LoRA adapter folder (PEFT layout, as `decodex finetune` writes) merged into the model
+    /// at load (the weights are then f32).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Report the log-probability of each generated token.
     #[arg(long)]
     pub logprobs: bool,

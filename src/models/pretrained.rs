@@ -170,3 +170,29 @@ fn gguf_string(path: &Path, key: &str) -> Result<Option<String>> {
         .and_then(|v| v.to_string().ok())
         .cloned())
 }
+
+/// `load`, then a LoRA adapter folder (PEFT layout) merged into the weights, which are then
+/// dense f32 (a GGUF base is dequantized). Without `adapter` this is `load`.
+pub fn load_with_adapter(
+    path: &Path,
+    dequantize: bool,
+    tokenizer: Option<&Path>,
+    adapter: Option<&Path>,
+) -> Result<Pretrained> {
+    let Some(dir) = adapter else {
+        return load(path, dequantize, tokenizer);
+    };
+    let mut model = load(path, true, tokenizer)?;
+    let Network::Llama(llama) = &model.network else {
+        return Err(Error::UnsupportedModel {
+            path: path.to_path_buf(),
+            msg: "LoRA adapters apply to Llama-family models only".into(),
+        });
+    };
+    let cfg = llama.cfg.clone();
+    let (spec, params) = crate::train::finetune::adapter::load(dir, &cfg)?;
+    let mut tensors: std::collections::HashMap<_, _> = llama.hf_tensors()?.into_iter().collect();
+    crate::train::finetune::adapter::merge_into(&mut tensors, &cfg, &spec, &params)?;
+    model.network = Network::Llama(Llama::from_hf_tensors(cfg, tensors, path, &Device::Cpu)?);
+    Ok(model)
+}

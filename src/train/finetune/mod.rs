@@ -1,4 +1,7 @@
 //! Fine-tuning pretrained Llama-family decoders: full or LoRA, on prompt/completion data with
 //! the loss on completion tokens only.
 
+pub mod adapter;
+pub mod data;
 pub mod model;
+pub mod run;

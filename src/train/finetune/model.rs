@@ -1135,12 +1135,7 @@ mod tests {
             })
             .unwrap_or_default();
         let w = |n: &str| base_vars[n].as_tensor().clone();
-        let (c, nh, nkv, hd) = (
-            cfg.hidden_size,
-            cfg.num_attention_heads,
-            cfg.n_kv_heads(),
-            cfg.head_dim(),
-        );
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
         let eps = cfg.rms_norm_eps;
         let rms = |x: &Tensor, g: &Tensor| -> Tensor {
             let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();

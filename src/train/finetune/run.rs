@@ -1,0 +1,484 @@
+//! The fine-tuning loop: load the base (dequantized to f32), tokenize the data, train with
+//! AdamW over the trained parameters only, evaluate, save, resume.
+//!
+//! Precision: f32 throughout (weights, activations, gradients, optimizer). A GGUF base's
+//! Q4_1/Q8_0 blocks dequantize to f32 exactly, so training starts from the very function the
+//! quantized file computes; bf16 matmuls would halve the time on AMX/AVX512-BF16 CPUs but move
+//! the frozen base off that function, so they are not the default.
+//!
+//! Batches: examples are shuffled each epoch (seeded), cut into pools of 64, each pool sorted
+//! by length and split into batches of at most `batch_tokens` tokens (length-bucketed); a batch
+//! is packed without padding (`model::Packed`). The loss is the mean cross-entropy over the
+//! batch's completion tokens. The learning rate warms up linearly, then follows a cosine to 10%
+//! over the run, whose progress is the larger of step / max_steps and elapsed / time limit, so a
+//! run bounded by time still anneals.
+//!
+//! Output folder: the adapter (LoRA, PEFT layout) or the whole model (full: `config.json`,
+//! `model.safetensors`, `tokenizer.json`, a Hugging Face Llama folder), `metrics.jsonl`,
+//! `loss.png`, and `trainer_state.safetensors` (AdamW moments, step, elapsed time) for
+//! `--resume`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+
+use super::adapter;
+use super::data::{self, Example, Overlong, Task};
+use super::model::{base_shapes, init_lora, Flat, FtModel, LoraSpec, Method, Packed};
+use crate::checkpoint;
+use crate::error::{write_atomic, Error, Result};
+use crate::models::pretrained::{self, Network, Pretrained};
+use crate::train::optim::{clip_scale, global_norm, AdamW};
+
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    pub base: PathBuf,
+    pub data: PathBuf,
+    pub eval: Option<PathBuf>,
+    pub task: Task,
+    /// None: full fine-tuning.
+    pub lora: Option<LoraSpec>,
+    pub out: PathBuf,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    pub batch_tokens: usize,
+    pub max_steps: usize,
+    pub time_limit_min: f64,
+    /// Save and stop after this step (the schedule still spans `max_steps`).
+    pub pause_at: Option<usize>,
+    pub max_len: usize,
+    pub overlong: Overlong,
+    pub train_examples: Option<usize>,
+    /// Examples for the eval loss: the first of `eval`, or (without it) held out of the
+    /// training file.
+    pub eval_examples: usize,
+    pub eval_every: usize,
+    pub save_every: usize,
+    pub grad_clip: f64,
+    pub seed: u64,
+    pub resume: bool,
+}
+
+/// Loads a Llama-family base as a trainable model in Hugging Face's layout.
+pub fn load_base(path: &Path) -> Result<(Pretrained, Flat)> {
+    let model = pretrained::load(path, true, None)?;
+    let Network::Llama(llama) = &model.network else {
+        return Err(Error::UnsupportedModel {
+            path: path.to_path_buf(),
+            msg: "fine-tuning needs a Llama-family base (GGUF or Hugging Face folder); a decodex GPT checkpoint continues training with `decodex train --init`".into(),
+        });
+    };
+    let tensors: HashMap<String, candle_core::Tensor> = llama.hf_tensors()?.into_iter().collect();
+    let mut flat = Flat::zeros(&base_shapes(&llama.cfg));
+    for e in flat.entries.clone() {
+        let t = &tensors[&e.name];
+        let v = t.flatten_all()?.to_vec1::<f32>()?;
+        flat.data[e.offset..e.offset + e.len].copy_from_slice(&v);
+    }
+    Ok((model, flat))
+}
+
+fn cfg_of(model: &Pretrained) -> crate::models::llama::LlamaConfig {
+    match &model.network {
+        Network::Llama(l) => l.cfg.clone(),
+        Network::Gpt(_) => unreachable!("load_base accepts Llama only"),
+    }
+}
+
+/// Length-bucketed batches of example indices for one epoch.
+pub fn epoch_batches(
+    examples: &[Example],
+    batch_tokens: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.shuffle(rng);
+    let mut batches = Vec::new();
+    for pool in order.chunks(64) {
+        let mut pool = pool.to_vec();
+        pool.sort_by_key(|&i| examples[i].tokens.len());
+        let mut cur: Vec<usize> = Vec::new();
+        let mut toks = 0;
+        for i in pool {
+            let n = examples[i].tokens.len();
+            if !cur.is_empty() && toks + n > batch_tokens {
+                batches.push(std::mem::take(&mut cur));
+                toks = 0;
+            }
+            cur.push(i);
+            toks += n;
+        }
+        if !cur.is_empty() {
+            batches.push(cur);
+        }
+    }
+    batches.shuffle(rng);
+    batches
+}
+
+fn pack(examples: &[Example], idx: &[usize]) -> Packed {
+    let mut p = Packed::default();
+    for &i in idx {
+        p.push(&examples[i].tokens, examples[i].first_target);
+    }
+    p
+}
+
+/// Mean completion-token loss over `examples`, in batches of `batch_tokens`.
+pub fn eval_loss(model: &FtModel, examples: &[Example], batch_tokens: usize) -> f64 {
+    let (mut sum, mut n) = (0.0, 0usize);
+    let mut idx: Vec<usize> = (0..examples.len()).collect();
+    idx.sort_by_key(|&i| examples[i].tokens.len());
+    let mut cur = Vec::new();
+    let mut toks = 0;
+    let mut flush = |cur: &mut Vec<usize>| {
+        let p = pack(examples, cur);
+        let (l, _) = model.forward(&p, None, false);
+        sum += l;
+        n += p.targets.len();
+        cur.clear();
+    };
+    for i in idx {
+        if !cur.is_empty() && toks + examples[i].tokens.len() > batch_tokens {
+            flush(&mut cur);
+            toks = 0;
+        }
+        toks += examples[i].tokens.len();
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        flush(&mut cur);
+    }
+    sum / n.max(1) as f64
+}
+
+fn lr_at(o: &FinetuneOptions, step: usize, progress: f64) -> f64 {
+    if step < o.warmup_steps {
+        return o.lr * (step + 1) as f64 / o.warmup_steps as f64;
+    }
+    let p = progress.clamp(0.0, 1.0);
+    let min = 0.1 * o.lr;
+    min + 0.5 * (o.lr - min) * (1.0 + (std::f64::consts::PI * p).cos())
+}
+
+fn checksum(x: &[f32]) -> u64 {
+    // FNV-1a over the bits: enough to tell whether any frozen weight moved.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for v in x {
+        for b in v.to_bits().to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+const STATE_FILE: &str = "trainer_state.safetensors";
+
+/// Runs a fine-tuning; `emit` receives one JSON object per event (`start`, `step`, `eval`,
+/// `saved`, `done`). Returns the `done` object.
+pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Value> {
+    if o.lora.is_none() && o.resume && !o.out.join("model.safetensors").exists() {
+        return Err(Error::Invalid(format!(
+            "nothing to resume in {}",
+            o.out.display()
+        )));
+    }
+    if let Some(spec) = &o.lora {
+        spec.validate()?;
+    }
+    // Data errors first: they need no model.
+    let train_records = data::read_records(
+        &o.data,
+        o.task,
+        o.train_examples.map(|n| n + o.eval_examples),
+    )?;
+    let eval_records = match &o.eval {
+        Some(p) => Some(data::read_records(p, o.task, Some(o.eval_examples))?),
+        None => None,
+    };
+    let t_load = Instant::now();
+    let (pre, base) = load_base(&o.base)?;
+    let cfg = cfg_of(&pre);
+    let max_len = o.max_len.min(cfg.max_position_embeddings);
+    let (mut train, rep) = data::tokenize(&pre, &train_records, max_len, o.overlong, &o.data)?;
+    let (evals, eval_rep) = match &o.eval {
+        Some(p) => {
+            let r = eval_records.as_deref().expect("read above");
+            let (e, rep) = data::tokenize(&pre, r, max_len, o.overlong, p)?;
+            (e, Some(rep))
+        }
+        None => {
+            // Hold out the last `eval_examples` of a seeded shuffle.
+            let mut rng = ChaCha8Rng::seed_from_u64(o.seed ^ 0xe7a1);
+            train.shuffle(&mut rng);
+            let k = o.eval_examples.min(train.len() / 10);
+            let e = train.split_off(train.len() - k);
+            (e, None)
+        }
+    };
+    if let Some(n) = o.train_examples {
+        train.truncate(n);
+    }
+    let base_sum = o.lora.is_some().then(|| checksum(&base.data));
+    let method = match &o.lora {
+        Some(spec) if o.resume => {
+            let (s, p) = adapter::load(&o.out, &cfg)?;
+            if s.rank != spec.rank || s.targets != spec.targets {
+                return Err(Error::Invalid(format!(
+                    "{} holds an adapter of rank {} on {:?}; resume with the same settings",
+                    o.out.display(),
+                    s.rank,
+                    s.targets
+                )));
+            }
+            Method::Lora {
+                spec: spec.clone(),
+                params: p,
+            }
+        }
+        Some(spec) => {
+            let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+            Method::Lora {
+                spec: spec.clone(),
+                params: init_lora(&cfg, spec, &mut rng),
+            }
+        }
+        None => Method::Full,
+    };
+    let mut model = FtModel::new(cfg.clone(), base, method)?;
+    if o.lora.is_none() && o.resume {
+        let loaded = checkpoint::load_tensors(&o.out.join("model.safetensors"))?;
+        for e in model.base.entries.clone() {
+            let (_, d) = loaded
+                .tensors
+                .get(&e.name)
+                .ok_or_else(|| Error::CorruptCheckpoint {
+                    path: o.out.join("model.safetensors"),
+                    msg: format!("tensor {} is missing", e.name),
+                })?;
+            model.base.data[e.offset..e.offset + e.len].copy_from_slice(d);
+        }
+    }
+    let n_params = model.params().data.len();
+    let mut opt = AdamW::new(
+        n_params,
+        0.9,
+        0.999,
+        1e-8,
+        o.weight_decay,
+        vec![(0, n_params)],
+    );
+    let (mut step, mut elapsed0) = (0usize, 0f64);
+    let state_path = o.out.join(STATE_FILE);
+    if o.resume {
+        let st = checkpoint::load_tensors(&state_path)?;
+        let take = |k: &str| st.tensors.get(k).map(|(_, d)| d.clone());
+        match (take("adam.m"), take("adam.v")) {
+            (Some(m), Some(v)) if m.len() == n_params && v.len() == n_params => {
+                opt.m = m;
+                opt.v = v;
+            }
+            _ => {
+                return Err(Error::CorruptCheckpoint {
+                    path: state_path.clone(),
+                    msg: "optimizer moments are missing or of another size".into(),
+                })
+            }
+        }
+        step = st
+            .metadata
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        opt.step = step as u64;
+        elapsed0 = st
+            .metadata
+            .get("elapsed")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
+    }
+    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
+    let metrics_path = o.out.join("metrics.jsonl");
+    let mut metrics = String::new();
+    if o.resume {
+        metrics = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+    }
+    let start = json!({"event": "start", "method": if o.lora.is_some() {"lora"} else {"full"},
+        "trainable_params": n_params, "base_params": model.base.data.len(),
+        "train": rep, "eval": eval_rep, "eval_examples": evals.len(), "train_examples": train.len(),
+        "max_len": max_len, "load_seconds": t_load.elapsed().as_secs_f64(), "resumed_at_step": step});
+    emit(&start);
+    let base_name = o.base.display().to_string();
+    let save = |model: &FtModel,
+                opt: &AdamW,
+                step: usize,
+                elapsed: f64,
+                metrics: &str|
+     -> Result<()> {
+        match &model.method {
+            Method::Lora { spec, params } => adapter::save(&o.out, &cfg, spec, params, &base_name)?,
+            Method::Full => save_full(&o.out, &pre, &model.base)?,
+        }
+        let meta = HashMap::from([
+            ("step".to_string(), step.to_string()),
+            ("elapsed".to_string(), elapsed.to_string()),
+        ]);
+        checkpoint::save_tensors(
+            &state_path,
+            &[
+                ("adam.m".into(), vec![opt.m.len()], &opt.m),
+                ("adam.v".into(), vec![opt.v.len()], &opt.v),
+            ],
+            meta,
+        )?;
+        write_atomic(&metrics_path, metrics.as_bytes())?;
+        if let Ok(points) = crate::plot::read_metrics(&metrics_path) {
+            if points.iter().any(|p| p.train_loss.is_some()) {
+                let _ =
+                    crate::plot::plot_losses(&points, "fine-tuning loss", &o.out.join("loss.png"));
+            }
+        }
+        Ok(())
+    };
+    // The data order: epochs of seeded batches; a resumed run skips the batches already done.
+    let mut data_rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(1));
+    let mut queue: std::collections::VecDeque<Vec<usize>> = Default::default();
+    let mut epoch = 0;
+    let mut next_batch = |queue: &mut std::collections::VecDeque<Vec<usize>>, epoch: &mut usize| {
+        if queue.is_empty() {
+            *epoch += 1;
+            queue.extend(epoch_batches(&train, o.batch_tokens, &mut data_rng));
+        }
+        queue.pop_front().expect("non-empty epoch")
+    };
+    for _ in 0..step {
+        next_batch(&mut queue, &mut epoch);
+    }
+    let mut drop_rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(2 + step as u64));
+    let t0 = Instant::now();
+    let elapsed = |t0: &Instant| elapsed0 + t0.elapsed().as_secs_f64();
+    let limit = o.time_limit_min * 60.0;
+    let mut grads = vec![0f32; n_params];
+    let mut tokens_seen = 0usize;
+    let mut last_eval = None;
+    let mut train_secs = 0.0;
+    let mut stop_reason = "max_steps";
+    while step < o.max_steps {
+        if limit > 0.0 && elapsed(&t0) >= limit {
+            stop_reason = "time_limit";
+            break;
+        }
+        if o.pause_at.is_some_and(|p| step >= p) {
+            stop_reason = "paused";
+            break;
+        }
+        let idx = next_batch(&mut queue, &mut epoch);
+        let batch = pack(&train, &idx);
+        let ts = Instant::now();
+        grads.iter_mut().for_each(|g| *g = 0.0);
+        let (loss, acts) = model.forward(&batch, Some(&mut drop_rng), true);
+        let ntg = batch.targets.len().max(1);
+        model.backward(&batch, acts.expect("saved"), 1.0 / ntg as f32, &mut grads);
+        let norm = global_norm(&grads);
+        let scale = if o.grad_clip > 0.0 {
+            clip_scale(norm, o.grad_clip)
+        } else {
+            1.0
+        };
+        let progress = (step as f64 / o.max_steps as f64).max(if limit > 0.0 {
+            elapsed(&t0) / limit
+        } else {
+            0.0
+        });
+        let lr = lr_at(o, step, progress);
+        opt.update_scaled(&mut model.params_mut().data, &grads, lr, scale);
+        step += 1;
+        let secs = ts.elapsed().as_secs_f64();
+        train_secs += secs;
+        tokens_seen += batch.ids.len();
+        let line = json!({"event": "step", "step": step, "epoch": epoch, "train_loss": loss / ntg as f64,
+            "lr": lr, "grad_norm": norm, "tokens": batch.ids.len(), "targets": ntg,
+            "tokens_per_sec": batch.ids.len() as f64 / secs, "elapsed": elapsed(&t0)});
+        metrics.push_str(&format!("{line}\n"));
+        emit(&line);
+        let at_end = step >= o.max_steps
+            || (limit > 0.0 && elapsed(&t0) >= limit)
+            || o.pause_at.is_some_and(|p| step >= p);
+        if !evals.is_empty() && (o.eval_every > 0 && step % o.eval_every == 0 || at_end) {
+            let ev = eval_loss(&model, &evals, o.batch_tokens);
+            last_eval = Some(ev);
+            let line =
+                json!({"event": "eval", "step": step, "val_loss": ev, "elapsed": elapsed(&t0)});
+            metrics.push_str(&format!("{line}\n"));
+            emit(&line);
+        }
+        if o.save_every > 0 && step % o.save_every == 0 && !at_end {
+            save(&model, &opt, step, elapsed(&t0), &metrics)?;
+            emit(&json!({"event": "saved", "step": step, "dir": o.out}));
+        }
+    }
+    if last_eval.is_none() && !evals.is_empty() {
+        last_eval = Some(eval_loss(&model, &evals, o.batch_tokens));
+    }
+    save(&model, &opt, step, elapsed(&t0), &metrics)?;
+    let base_unchanged = base_sum.map(|s| s == checksum(&model.base.data));
+    let done = json!({"event": "done", "steps": step, "stop": stop_reason, "eval_loss": last_eval,
+        "tokens": tokens_seen, "train_seconds": train_secs,
+        "tokens_per_sec": tokens_seen as f64 / train_secs.max(1e-9),
+        "elapsed": elapsed(&t0), "base_unchanged": base_unchanged, "out": o.out});
+    emit(&done);
+    Ok(done)
+}
+
+/// Writes a Hugging Face Llama folder: `config.json`, `model.safetensors`, `tokenizer.json`.
+pub fn save_full(dir: &Path, pre: &Pretrained, base: &Flat) -> Result<()> {
+    let cfg = cfg_of(pre);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tensors: Vec<(String, Vec<usize>, &[f32])> = base
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.name.clone(),
+                e.shape.clone(),
+                &base.data[e.offset..e.offset + e.len],
+            )
+        })
+        .collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    checkpoint::save_tensors(&dir.join("model.safetensors"), &tensors, meta)?;
+    let mut config = serde_json::to_value(&cfg).expect("json");
+    config["model_type"] = json!("llama");
+    config["architectures"] = json!(["LlamaForCausalLM"]);
+    config["hidden_act"] = json!("silu");
+    config["torch_dtype"] = json!("float32");
+    config["head_dim"] = json!(cfg.head_dim());
+    write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&config)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    pre.tokenizer.save(&dir.join("tokenizer.json"))?;
+    let mut tc = json!({"tokenizer_class": "PreTrainedTokenizerFast"});
+    if let Some(t) = &pre.chat_template {
+        tc["chat_template"] = json!(t);
+    }
+    if let Some(t) = &pre.bos_token {
+        tc["bos_token"] = json!(t);
+    }
+    if let Some(t) = &pre.eos_token {
+        tc["eos_token"] = json!(t);
+    }
+    write_atomic(
+        &dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&tc).expect("json").as_bytes(),
+    )
+}
