@@ -73,20 +73,20 @@ fn finetune(base: &Path, data: &Path, eval: &Path, out: &Path, extra: &[&str]) -
         eval.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--rank",
-        "4",
-        "--alpha",
-        "8",
-        "--warmup-steps",
-        "2",
-        "--batch-tokens",
-        "64",
-        "--eval-every",
-        "0",
         "--json",
     ];
-    if !extra.contains(&"--lr") {
-        args.extend(["--lr", "1e-2"]);
+    // Defaults, each unless `extra` sets it.
+    for (flag, value) in [
+        ("--rank", "4"),
+        ("--alpha", "8"),
+        ("--warmup-steps", "2"),
+        ("--batch-tokens", "64"),
+        ("--eval-every", "0"),
+        ("--lr", "1e-2"),
+    ] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
     }
     args.extend_from_slice(extra);
     lines(&decodex(&args))
@@ -307,11 +307,59 @@ fn bad_input_is_one_clear_line() {
     assert_eq!(trunc["skipped_overlong"], 0);
     // An adapter for a base of another shape.
     finetune(&base, &train, &eval, &tmp.join("a"), &["--max-steps", "1"]);
-    let cfg_path = tmp.join("a/adapter_config.json");
-    let text = std::fs::read_to_string(&cfg_path)
+    let wpath = tmp.join("a/adapter_model.safetensors");
+    let mut st = decodex::checkpoint::load_tensors(&wpath).unwrap();
+    let sig = st.metadata["decodex_base"].replace("\"hidden_size\":64", "\"hidden_size\":576");
+    st.metadata.insert("decodex_base".into(), sig);
+    let named: Vec<(String, Vec<usize>, &[f32])> = st
+        .tensors
+        .iter()
+        .map(|(n, (s, d))| (n.clone(), s.clone(), &d[..]))
+        .collect();
+    decodex::checkpoint::save_tensors(&wpath, &named, st.metadata.clone()).unwrap();
+    // And one whose tensors do not fit (a PEFT adapter carries no shape record).
+    let other = tmp.join("b");
+    finetune(
+        &base,
+        &train,
+        &eval,
+        &other,
+        &["--max-steps", "1", "--rank", "2"],
+    );
+    let cpath = other.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cpath)
         .unwrap()
-        .replace("\"hidden_size\": 64", "\"hidden_size\": 576");
-    std::fs::write(&cfg_path, text).unwrap();
+        .replace("\"r\": 2", "\"r\": 4");
+    std::fs::write(&cpath, text).unwrap();
+    let bpath = other.join("adapter_model.safetensors");
+    let mut st = decodex::checkpoint::load_tensors(&bpath).unwrap();
+    st.metadata.remove("decodex_base");
+    let named: Vec<(String, Vec<usize>, &[f32])> = st
+        .tensors
+        .iter()
+        .map(|(n, (s, d))| (n.clone(), s.clone(), &d[..]))
+        .collect();
+    decodex::checkpoint::save_tensors(&bpath, &named, st.metadata.clone()).unwrap();
+    let out = decodex(&[
+        "generate",
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        other.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--greedy",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert_clear_error(
+        &out,
+        &[
+            "adapter_model.safetensors",
+            "has shape",
+            "another base model",
+        ],
+    );
     let out = decodex(&[
         "generate",
         "--model",
@@ -324,5 +372,5 @@ fn bad_input_is_one_clear_line() {
         "--max-new-tokens",
         "2",
     ]);
-    assert_clear_error(&out, &["adapter_config.json", "another base model"]);
+    assert_clear_error(&out, &["adapter_model.safetensors", "another base model"]);
 }

@@ -87,7 +87,7 @@ pub fn dispatch(cmd: Command) -> Result<()> {
             );
             emit(json, serde_json::to_value(&r)?, &human)
         }
-        Command::Logits(a) => logits(&a.model, &a.text, &a.out, a.json),
+        Command::Logits(a) => logits(&a.model, &a.text, &a.out, a.adapter.as_deref(), a.json),
         Command::Eval(EvalCmd::Bleu(a)) => bleu(&a),
         Command::Eval(EvalCmd::Rouge(a)) => {
             let r = decodex::eval::rouge::evaluate_files(&a.hyp, &a.refs, !a.no_stemmer)?;
@@ -589,17 +589,38 @@ fn export(model: &Path, format: &str, out: &Path, json: bool) -> Result<()> {
     )
 }
 
-fn logits(model: &Path, text: &str, out: &Path, json: bool) -> Result<()> {
-    let loaded = checkpoint::load_model(model)?;
+fn logits(model: &Path, text: &str, out: &Path, adapter: Option<&Path>, json: bool) -> Result<()> {
+    use decodex::models::pretrained::{self, Network};
     let device = Device::Cpu;
-    let gpt = loaded.gpt(&device)?;
-    let mut ids = loaded.tokenizer.encode(text)?;
-    ids.truncate(loaded.cfg.block_size);
-    if ids.is_empty() {
-        bail!("--text encodes to no tokens");
-    }
-    let x = candle_core::Tensor::from_slice(&ids, (1, ids.len()), &device)?;
-    let l = gpt.forward(&x, None, None)?;
+    let is_llama = model.is_file()
+        || std::fs::read_to_string(model.join("config.json")).is_ok_and(|c| {
+            c.contains("\"model_type\": \"llama\"") || c.contains("\"model_type\":\"llama\"")
+        });
+    let (ids, l) = if is_llama || adapter.is_some() {
+        let m = pretrained::load_with_adapter(model, true, None, adapter)?;
+        let Network::Llama(llama) = &m.network else {
+            bail!("{}: --adapter needs a Llama-family model", model.display());
+        };
+        let mut ids = m.tokenizer.encode(text)?;
+        ids.truncate(llama.cfg.max_position_embeddings);
+        if ids.is_empty() {
+            bail!("--text encodes to no tokens");
+        }
+        let x = candle_core::Tensor::from_slice(&ids, (1, ids.len()), &device)?;
+        let l = llama.forward(&x, &mut llama.candle_cache())?;
+        (ids, l)
+    } else {
+        let loaded = checkpoint::load_model(model)?;
+        let gpt = loaded.gpt(&device)?;
+        let mut ids = loaded.tokenizer.encode(text)?;
+        ids.truncate(loaded.cfg.block_size);
+        if ids.is_empty() {
+            bail!("--text encodes to no tokens");
+        }
+        let x = candle_core::Tensor::from_slice(&ids, (1, ids.len()), &device)?;
+        let l = gpt.forward(&x, None, None)?;
+        (ids, l)
+    };
     let (_, t, v) = l.dims3()?;
     let flat = l.flatten_all()?.to_vec1::<f32>()?;
     let ids_f: Vec<f32> = ids.iter().map(|&i| i as f32).collect();

@@ -557,6 +557,9 @@ pub struct LogitsArgs {
     /// Output safetensors with `input_ids` (1, T) and `logits` (1, T, V).
     #[arg(long)]
     pub out: PathBuf,
+    /// A LoRA adapter folder merged into a Llama-family model (GGUF or Hugging Face folder).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }

@@ -6,8 +6,9 @@
 //! which un-permutes a GGUF file's q and k rows), so an adapter trained on the GGUF
 //! SmolLM2 applies to the Hugging Face SmolLM2 and back.
 //!
-//! Besides PEFT's fields, the config records the base's shape (`decodex_base`: hidden size,
-//! layers, heads, vocabulary); loading onto a base of another shape is an error naming both.
+//! The weights file's metadata records the base's shape (`decodex_base`: hidden size, layers,
+//! heads, vocabulary); loading onto a base of another shape is an error naming both (as is a
+//! PEFT adapter without it whose tensors do not fit).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,6 +22,9 @@ use crate::models::llama::LlamaConfig;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// The safetensors metadata key holding the base's shape (PEFT ignores metadata; its
+/// `LoraConfig` rejects unknown config fields, so the shape is not kept there).
+const BASE_KEY: &str = "decodex_base";
 
 fn base_signature(cfg: &LlamaConfig) -> serde_json::Value {
     serde_json::json!({
@@ -62,7 +66,6 @@ pub fn save(
         "rank_pattern": {},
         "alpha_pattern": {},
         "revision": null,
-        "decodex_base": base_signature(cfg),
     });
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tensors: Vec<(String, Vec<usize>, &[f32])> = params
@@ -76,7 +79,10 @@ pub fn save(
             )
         })
         .collect();
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (BASE_KEY.to_string(), base_signature(cfg).to_string()),
+    ]);
     checkpoint::save_tensors(&dir.join(WEIGHTS_FILE), &tensors, meta)?;
     let text = serde_json::to_string_pretty(&config).expect("json");
     write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
@@ -119,14 +125,6 @@ pub fn load(dir: &Path, cfg: &LlamaConfig) -> Result<(LoraSpec, Flat)> {
             .collect::<Result<Vec<Proj>>>()?,
         _ => return Err(bad("\"target_modules\" must be a list".into())),
     };
-    if let Some(sig) = v.get("decodex_base") {
-        if *sig != base_signature(cfg) {
-            return Err(bad(format!(
-                "the adapter was trained for another base model ({sig}), not this one ({})",
-                base_signature(cfg)
-            )));
-        }
-    }
     let spec = LoraSpec {
         rank,
         alpha,
@@ -135,6 +133,18 @@ pub fn load(dir: &Path, cfg: &LlamaConfig) -> Result<(LoraSpec, Flat)> {
     };
     let wpath = dir.join(WEIGHTS_FILE);
     let loaded = checkpoint::load_tensors(&wpath)?;
+    if let Some(sig) = loaded.metadata.get(BASE_KEY) {
+        let sig: serde_json::Value = serde_json::from_str(sig).unwrap_or_default();
+        if sig != base_signature(cfg) {
+            return Err(Error::UnsupportedModel {
+                path: wpath.clone(),
+                msg: format!(
+                    "the adapter was trained for another base model ({sig}), not this one ({})",
+                    base_signature(cfg)
+                ),
+            });
+        }
+    }
     let mut flat = Flat::zeros(&lora_shapes(cfg, &spec));
     for e in flat.entries.clone() {
         // PEFT saves without the adapter name; some versions keep ".default".
