@@ -432,7 +432,8 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
     let done = json!({"event": "done", "steps": step, "stop": stop_reason, "eval_loss": last_eval,
         "tokens": tokens_seen, "train_seconds": train_secs,
         "tokens_per_sec": tokens_seen as f64 / train_secs.max(1e-9),
-        "elapsed": elapsed(&t0), "base_unchanged": base_unchanged, "out": o.out});
+        "elapsed": elapsed(&t0), "base_unchanged": base_unchanged,
+        "peak_rss_mb": crate::train::bench::peak_rss_mb(), "out": o.out});
     emit(&done);
     Ok(done)
 }
@@ -481,4 +482,44 @@ pub fn save_full(dir: &Path, pre: &Pretrained, base: &Flat) -> Result<()> {
         &dir.join("tokenizer_config.json"),
         serde_json::to_string_pretty(&tc).expect("json").as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An epoch's batches hold every example once, stay within the token budget (a longer
+    /// example alone), and group similar lengths.
+    #[test]
+    fn epoch_batches_cover_each_example_once_within_budget() {
+        let lens = [5usize, 300, 40, 41, 7, 120, 119, 6, 2000, 39, 8, 121];
+        let examples: Vec<Example> = (0..200)
+            .map(|i| Example {
+                tokens: vec![1; lens[i % lens.len()]],
+                first_target: 1,
+            })
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let batches = epoch_batches(&examples, 512, &mut rng);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..200).collect::<Vec<_>>());
+        for b in &batches {
+            let toks: usize = b.iter().map(|&i| examples[i].tokens.len()).sum();
+            assert!(toks <= 512 || b.len() == 1, "batch of {toks} tokens");
+        }
+        // Length bucketing: within a batch, lengths span far less than the whole range.
+        let spread: Vec<usize> = batches
+            .iter()
+            .filter(|b| b.len() > 1)
+            .map(|b| {
+                let l: Vec<usize> = b.iter().map(|&i| examples[i].tokens.len()).collect();
+                l.iter().max().unwrap() - l.iter().min().unwrap()
+            })
+            .collect();
+        assert!(spread.iter().all(|&s| s <= 300), "{spread:?}");
+        // Another seed, another order; the same seed, the same batches.
+        let again = epoch_batches(&examples, 512, &mut ChaCha8Rng::seed_from_u64(3));
+        assert_eq!(again, batches);
+    }
 }
