@@ -126,3 +126,142 @@ fn a_short_run_learns() {
     );
     assert!(d.path().join("r/metrics.jsonl").exists());
 }
+
+/// A config over `corpus` (instead of the small corpus) with `edits` applied.
+fn task_config(
+    d: &std::path::Path,
+    name: &str,
+    corpus: &std::path::Path,
+    extra_train: &str,
+    edits: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let from = format!("{:?}", d.join("c.txt"));
+    let to = format!("{corpus:?}");
+    let mut all = vec![(from.as_str(), to.as_str())];
+    all.extend_from_slice(edits);
+    common::write_config(d, name, "", extra_train, &all)
+}
+
+#[test]
+fn init_from_starts_from_the_checkpoint_with_its_tokenizer() {
+    let (d, cfg) = setup("", "");
+    let base = d.path().join("base");
+    losses(&TrainOptions {
+        config: cfg,
+        out: base.clone(),
+        max_iters: None,
+        resume: false,
+    });
+    // Lower-cased text: a char tokenizer trained on it would have a smaller vocabulary.
+    let task = d.path().join("task.txt");
+    std::fs::write(&task, common::small_corpus().to_lowercase()).unwrap();
+    // One step at a vanishing learning rate and no weight decay leaves the initial weights as
+    // they were, so the saved model shows what the run started from.
+    let still = [
+        ("learning_rate = 3e-3", "learning_rate = 1e-30"),
+        ("min_lr = 3e-4", "min_lr = 0.0"),
+        ("weight_decay = 0.1", "weight_decay = 0.0"),
+        ("max_iters = 40", "max_iters = 1"),
+    ];
+    let ft_cfg = task_config(
+        d.path(),
+        "ft.toml",
+        &task,
+        &format!("init_from = {base:?}"),
+        &still,
+    );
+    let ft = d.path().join("ft");
+    let l = losses(&TrainOptions {
+        config: ft_cfg,
+        out: ft.clone(),
+        max_iters: None,
+        resume: false,
+    });
+    assert_eq!(l.len(), 1);
+    let read = |dir: &std::path::Path, f: &str| std::fs::read(dir.join(f)).unwrap();
+    assert_eq!(read(&ft, "tokenizer.json"), read(&base, "tokenizer.json"));
+    let a = decodex::checkpoint::load_tensors(&base.join("model.safetensors")).unwrap();
+    let b = decodex::checkpoint::load_tensors(&ft.join("model.safetensors")).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (name, (shape, data)) in &a.tensors {
+        let (s, x) = &b.tensors[name];
+        assert_eq!(shape, s, "{name}");
+        let same = data.iter().zip(x).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{name} is not the checkpoint's");
+    }
+    // The same step from a random init: a much higher loss than from the pretrained weights.
+    let scratch_cfg = task_config(d.path(), "scratch.toml", &task, "", &still);
+    let s = losses(&TrainOptions {
+        config: scratch_cfg,
+        out: d.path().join("scratch"),
+        max_iters: None,
+        resume: false,
+    });
+    assert!(
+        l[0].1 < s[0].1 - 0.3,
+        "init {} vs scratch {}",
+        l[0].1,
+        s[0].1
+    );
+
+    // tokenizer_file alone: a random init that encodes with the given tokenizer.
+    let tok = format!("tokenizer_file = {:?}", base.join("tokenizer.json"));
+    let given = task_config(
+        d.path(),
+        "given.toml",
+        &task,
+        "",
+        &[(
+            "tokenizer = \"char\"",
+            &format!("tokenizer = \"char\"\n{tok}"),
+        )],
+    );
+    let g = d.path().join("given");
+    losses(&TrainOptions {
+        config: given,
+        out: g.clone(),
+        max_iters: Some(1),
+        resume: false,
+    });
+    assert_eq!(read(&g, "tokenizer.json"), read(&base, "tokenizer.json"));
+    assert_ne!(
+        read(&d.path().join("scratch"), "tokenizer.json"),
+        read(&base, "tokenizer.json"),
+        "the lower-cased text should train a different char tokenizer"
+    );
+}
+
+#[test]
+fn init_from_another_architecture_is_a_clear_error() {
+    let (d, cfg) = setup("", "");
+    let base = d.path().join("base");
+    losses(&TrainOptions {
+        config: cfg,
+        out: base.clone(),
+        max_iters: Some(2),
+        resume: false,
+    });
+    let wide = task_config(
+        d.path(),
+        "wide.toml",
+        &d.path().join("c.txt"),
+        &format!("init_from = {base:?}"),
+        &[("n_embd = 32", "n_embd = 48")],
+    );
+    let err = train(
+        &TrainOptions {
+            config: wide,
+            out: d.path().join("wide"),
+            max_iters: None,
+            resume: false,
+        },
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("n_embd 32") && err.contains("n_embd 48"),
+        "{err}"
+    );
+    assert!(!d.path().join("wide/model.safetensors").exists());
+}

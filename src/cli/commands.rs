@@ -286,20 +286,22 @@ fn data_cmd(d: DataCmd) -> Result<()> {
         input,
         tokenizer,
         vocab_size,
+        tokenizer_file,
         val_input,
         val_fraction,
         out,
         json,
     } = d;
-    if tokenizer == Kind::Bpe && vocab_size.is_none() {
+    if tokenizer == Some(Kind::Bpe) && vocab_size.is_none() {
         bail!("--vocab-size is required with --tokenizer bpe");
     }
     let r = data::prepare(&PrepareOptions {
         input,
         val_input,
-        tokenizer: kind(tokenizer),
+        tokenizer: kind(tokenizer.unwrap_or(Kind::Bpe)),
         vocab_size,
         val_fraction,
+        tokenizer_file,
         out,
     })?;
     emit(

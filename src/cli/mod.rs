@@ -334,11 +334,15 @@ pub enum DataCmd {
         /// Text corpus (.txt or .txt.gz).
         #[arg(long)]
         input: PathBuf,
-        #[arg(long, value_enum)]
-        tokenizer: Kind,
+        /// Train a tokenizer of this kind (or give --tokenizer-file).
+        #[arg(long, value_enum, required_unless_present = "tokenizer_file")]
+        tokenizer: Option<Kind>,
         /// Vocabulary size (required for bpe).
         #[arg(long)]
         vocab_size: Option<usize>,
+        /// Encode with this tokenizer.json (a pretrained model's) instead of training one.
+        #[arg(long, conflicts_with_all = ["tokenizer", "vocab_size"])]
+        tokenizer_file: Option<PathBuf>,
         /// A separate validation text (default: the last --val-fraction of the input).
         #[arg(long)]
         val_input: Option<PathBuf>,

@@ -32,6 +32,9 @@ pub struct PrepareOptions {
     /// Share of the input's characters held out for validation when there is no `val_input`:
     /// the first `1 - val_fraction` is train, the rest val, split at a char boundary. Default 0.1.
     pub val_fraction: f64,
+    /// Encode with this `tokenizer.json` instead of training a tokenizer (`tokenizer` and
+    /// `vocab_size` are then ignored).
+    pub tokenizer_file: Option<PathBuf>,
     /// Output folder, created if missing.
     pub out: PathBuf,
 }
@@ -49,6 +52,7 @@ impl PrepareOptions {
             tokenizer,
             vocab_size: None,
             val_fraction: DEFAULT_VAL_FRACTION,
+            tokenizer_file: None,
             out: out.into(),
         }
     }
@@ -62,7 +66,10 @@ impl PrepareOptions {
                 self.val_fraction
             )));
         }
-        if self.tokenizer == TokenizerKind::Bpe && self.vocab_size.is_none() {
+        if self.tokenizer == TokenizerKind::Bpe
+            && self.vocab_size.is_none()
+            && self.tokenizer_file.is_none()
+        {
             return Err(Error::Invalid(
                 "the bpe tokenizer needs a vocab_size (e.g. 8192)".into(),
             ));
@@ -178,9 +185,10 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         });
     }
 
-    let tokenizer = match opts.tokenizer {
-        TokenizerKind::Char => Tokenizer::train_char_texts(&[train_text, val_text])?,
-        TokenizerKind::Bpe => {
+    let tokenizer = match (&opts.tokenizer_file, opts.tokenizer) {
+        (Some(path), _) => Tokenizer::from_file(path)?,
+        (None, TokenizerKind::Char) => Tokenizer::train_char_texts(&[train_text, val_text])?,
+        (None, TokenizerKind::Bpe) => {
             // validate() checked that a bpe vocab_size is present.
             let vocab_size = opts.vocab_size.unwrap_or_default();
             Tokenizer::train_bpe(&[train_text], vocab_size)?

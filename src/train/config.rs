@@ -33,6 +33,11 @@ pub struct DataConfig {
     pub vocab_size: Option<usize>,
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
+    /// Tokenize with this `tokenizer.json` (a pretrained model's, say) instead of training one;
+    /// `tokenizer` and `vocab_size` are then ignored. Relative paths are taken from the working
+    /// directory. With `train.init_from` the checkpoint's tokenizer is used unless this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_file: Option<PathBuf>,
 }
 
 fn default_val_fraction() -> f64 {
@@ -79,6 +84,12 @@ pub struct OptimConfig {
     /// weights; fast path only, and only in bf16 on CPUs with AVX512-BF16).
     #[serde(default = "default_precision")]
     pub precision: String,
+    /// Start from the weights of this decodex GPT checkpoint (a folder with `config.json`,
+    /// `model.safetensors`, `tokenizer.json`) instead of a random init: fine-tuning, or continued
+    /// pretraining. `[model]` must describe the same architecture; the data is tokenized with the
+    /// checkpoint's tokenizer. The optimizer starts fresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 fn one() -> usize {
@@ -148,7 +159,10 @@ impl TrainConfig {
             ));
         }
         crate::train::fast::Precision::parse(&t.precision)?;
-        if self.data.tokenizer == TokenizerKind::Bpe && self.data.vocab_size.is_none() {
+        if self.data.tokenizer == TokenizerKind::Bpe
+            && self.data.vocab_size.is_none()
+            && self.tokenizer_path().is_none()
+        {
             return bad("data.vocab_size is required with tokenizer = \"bpe\"".into());
         }
         if !(0.0..1.0).contains(&self.data.val_fraction) {
@@ -158,6 +172,17 @@ impl TrainConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The `tokenizer.json` the data is encoded with, when one is given rather than trained:
+    /// `data.tokenizer_file`, else the `train.init_from` checkpoint's.
+    pub fn tokenizer_path(&self) -> Option<PathBuf> {
+        self.data.tokenizer_file.clone().or_else(|| {
+            self.train
+                .init_from
+                .as_ref()
+                .map(|d| d.join(crate::checkpoint::TOKENIZER_FILE))
+        })
     }
 
     pub fn lr_decay_iters(&self) -> usize {

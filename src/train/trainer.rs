@@ -89,9 +89,14 @@ pub fn prepared_data(cfg: &TrainConfig) -> Result<PathBuf> {
     use sha2::Digest;
     let corpus = resolve_data_path(&cfg.data.corpus);
     let val = cfg.data.val_corpus.as_deref().map(resolve_data_path);
-    // Key the cache on the corpus contents and the tokenization settings.
+    let tokenizer_file = cfg.tokenizer_path();
+    // Key the cache on the corpus contents and the tokenization settings (a given tokenizer.json
+    // by its contents).
     let mut h = sha2::Sha256::new();
-    for p in std::iter::once(&corpus).chain(val.iter()) {
+    for p in std::iter::once(&corpus)
+        .chain(val.iter())
+        .chain(tokenizer_file.iter())
+    {
         let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
         h.update(&bytes);
         h.update([0u8]);
@@ -123,6 +128,7 @@ pub fn prepared_data(cfg: &TrainConfig) -> Result<PathBuf> {
         tokenizer: cfg.data.tokenizer,
         vocab_size: cfg.data.vocab_size,
         val_fraction: cfg.data.val_fraction,
+        tokenizer_file,
         out: dir.clone(),
     })?;
     Ok(dir)
@@ -132,7 +138,13 @@ pub fn prepared_data(cfg: &TrainConfig) -> Result<PathBuf> {
 pub fn model_config(cfg: &TrainConfig, meta: &Meta, tok_path: &Path) -> Result<GptConfig> {
     let mut m = cfg.model.clone();
     if m.vocab_size == 0 {
-        m.vocab_size = meta.vocab_size;
+        m.vocab_size = match &cfg.train.init_from {
+            // A checkpoint's vocabulary may be padded beyond its tokenizer's.
+            Some(dir) => checkpoint::load_config(dir)?
+                .vocab_size
+                .max(meta.vocab_size),
+            None => meta.vocab_size,
+        };
     } else if m.vocab_size < meta.vocab_size {
         return Err(Error::VocabMismatch {
             path: tok_path.to_path_buf(),
@@ -177,6 +189,47 @@ pub fn make_backend(cfg: &TrainConfig, m: &GptConfig, params: &[f32]) -> Result<
             cfg.train.seed ^ 0x5eed,
         )?))
     }
+}
+
+/// The weights a fresh run starts from: the `init_from` checkpoint's, which must have the same
+/// architecture, or a random init.
+fn initial_params(cfg: &TrainConfig, m: &GptConfig) -> Result<Vec<f32>> {
+    let Some(dir) = &cfg.train.init_from else {
+        return Ok(crate::models::gpt::init_params(m, cfg.train.seed));
+    };
+    let base = checkpoint::load_config(dir)?;
+    // Dropout is a training setting, not part of the architecture.
+    let arch = |c: &GptConfig| GptConfig {
+        dropout: 0.0,
+        ..c.clone()
+    };
+    if arch(&base) != arch(m) {
+        return Err(Error::BadConfig {
+            path: dir.join(checkpoint::CONFIG_FILE),
+            msg: format!(
+                "init_from: the checkpoint's architecture ({}) differs from [model] ({}); \
+                 give [model] the checkpoint's n_layer, n_head, n_embd, block_size, bias, \
+                 activation and vocab_size",
+                describe(&base),
+                describe(m)
+            ),
+        });
+    }
+    Ok(checkpoint::load_model(dir)?.params)
+}
+
+fn describe(c: &GptConfig) -> String {
+    format!(
+        "n_layer {}, n_head {}, n_embd {}, block_size {}, vocab {}, bias {}, {}, eps {}",
+        c.n_layer,
+        c.n_head,
+        c.n_embd,
+        c.block_size,
+        c.vocab_size,
+        c.bias,
+        c.activation,
+        c.layer_norm_epsilon
+    )
 }
 
 /// Runs (or resumes) a training run. `on_event` sees every step; metrics are appended to
@@ -259,7 +312,7 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
             batcher.set_rng_state(state.data_rng.0, state.data_rng.1);
             (state.step, params, state.last_val_loss)
         }
-        None => (0, crate::models::gpt::init_params(&m, cfg.train.seed), None),
+        None => (0, initial_params(&cfg, &m)?, None),
     };
     let mut backend = make_backend(&cfg, &m, &params)?;
     if let Some(state) = &resume_state {
