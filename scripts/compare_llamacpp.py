@@ -9,6 +9,11 @@ and greedy continuations.
       writes tests/fixtures/smollm2_llamacpp.json: the greedy (top-k 1) 32-token continuation of
       each prompt of tests/fixtures/smollm2_generate.json, from the same input ids.
 
+  python3 scripts/compare_llamacpp.py logits
+      writes tests/fixtures/smollm2_llamacpp_logits.json: along llama.cpp's greedy continuation
+      of each prompt (the fixture above), its 8 largest logits at every step, ids and values
+      (f32, exact), for the bit-for-bit check in tests/llama.rs.
+
   python3 scripts/compare_llamacpp.py teacher --decodex DIR
       along llama.cpp's own greedy continuations (the fixture above), compares its logits with
       decodex's (from `cargo run --release --example teacher_forced_logits -- DIR`) and with
@@ -93,9 +98,23 @@ def teacher(args):
                           "same_top_token": same, "steps": steps}))
 
 
+def top_logits(args):
+    fx = json.loads((ROOT / "tests/fixtures/smollm2_generate.json").read_text())
+    cpp = json.loads((ROOT / "tests/fixtures/smollm2_llamacpp.json").read_text())
+    cases = []
+    for case, rows in zip(fx["cases"], forced_logits(load(args.threads), fx, cpp)):
+        top = [np.argsort(-r, kind="stable")[:8] for r in rows]
+        cases.append({"prompt": case["prompt"],
+                      "ids": [[int(i) for i in t] for t in top],
+                      "logits": [[float(r[i]) for i in t] for r, t in zip(rows, top)]})
+    out = ROOT / "tests/fixtures/smollm2_llamacpp_logits.json"
+    out.write_text(json.dumps({"k": 8, "cases": cases}))
+    print(f"wrote {out}: {sum(len(c['ids']) for c in cases)} steps")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["speed", "greedy", "teacher"])
+    ap.add_argument("what", choices=["speed", "greedy", "logits", "teacher"])
     ap.add_argument("--decodex", help="teacher: the folder of decodex's logits")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=128)
@@ -104,6 +123,8 @@ def main():
     args = ap.parse_args()
     if args.what == "teacher":
         return teacher(args)
+    if args.what == "logits":
+        return top_logits(args)
     llm = load(args.threads)
     if args.what == "greedy":
         fx = json.loads((ROOT / "tests/fixtures/smollm2_generate.json").read_text())

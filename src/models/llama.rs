@@ -184,7 +184,10 @@ pub struct Llama {
     cos_table: Vec<f32>,
     sin_table: Vec<f32>,
     pub device: Device,
-    /// Whether the matrices are quantized (a GGUF file loaded without dequantizing).
+    /// Whether the matrices are quantized (a GGUF file loaded without dequantizing). The
+    /// decoding path then computes as llama.cpp's CPU backend does (`nn::ggml`, `nn::quant`):
+    /// f64 RMSNorm sums, ggml's rotary tables and expf, an f16 KV cache and f16 attention
+    /// products; otherwise it computes in f32 as `transformers` does.
     pub quantized: bool,
 }
 
@@ -423,15 +426,22 @@ impl Llama {
         device: &Device,
     ) -> Result<Self> {
         let half = cfg.head_dim() / 2;
-        let freqs: Vec<f32> = (0..half)
-            .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / (2 * half) as f64)) as f32)
-            .collect();
         let n = cfg.max_position_embeddings;
-        let angles: Vec<f32> = (0..n)
-            .flat_map(|p| freqs.iter().map(move |f| p as f32 * f))
-            .collect();
-        let cos_table: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
-        let sin_table: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let (cos_table, sin_table) = if quantized {
+            // The quantized path computes as llama.cpp does, rotary tables included.
+            crate::nn::ggml::rope_tables(n, 2 * half, cfg.rope_theta as f32)
+        } else {
+            let freqs: Vec<f32> = (0..half)
+                .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / (2 * half) as f64)) as f32)
+                .collect();
+            let angles: Vec<f32> = (0..n)
+                .flat_map(|p| freqs.iter().map(move |f| p as f32 * f))
+                .collect();
+            (
+                angles.iter().map(|a| a.cos()).collect(),
+                angles.iter().map(|a| a.sin()).collect(),
+            )
+        };
         Ok(Self {
             cos: Tensor::from_slice(&cos_table, (n, half), device)?,
             sin: Tensor::from_slice(&sin_table, (n, half), device)?,

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::{Linear, Llama, LlamaConfig, RopeStyle};
 use crate::error::{Error, Result};
+use crate::nn::ggml::{self, F16Dot};
 use crate::nn::quant::{matmul_group, QuantMatrix};
 use crate::train::fast::kernels::{matmul, Op};
 use crate::train::fast::llama_kernels::{rmsnorm_forward, swiglu_forward};
@@ -190,7 +191,9 @@ fn apply_group(lins: &[&Linear], x: &[f32], m: usize, outs: &mut [&mut [f32]]) -
     Ok(())
 }
 
-/// Rotates each head of `x` (rows of `heads` × hd) in place at positions `pos(row)`.
+/// Rotates each head of `x` (rows of `heads` × hd) in place at positions `pos(row)`; `exact`
+/// rotates adjacent pairs with llama.cpp's fused multiply-adds.
+#[allow(clippy::too_many_arguments)]
 fn rope(
     x: &mut [f32],
     heads: usize,
@@ -199,6 +202,7 @@ fn rope(
     cos: &[f32],
     sin: &[f32],
     pos: impl Fn(usize) -> usize,
+    exact: bool,
 ) {
     let half = hd / 2;
     for (r, row) in x.chunks_exact_mut(heads * hd).enumerate() {
@@ -214,8 +218,11 @@ fn rope(
                     RopeStyle::Adjacent => (2 * i, 2 * i + 1),
                 };
                 let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * c[i] - x1 * s[i];
-                head[b] = x0 * s[i] + x1 * c[i];
+                (head[a], head[b]) = if exact {
+                    ggml::rotate_pair(x0, x1, c[i], s[i])
+                } else {
+                    (x0 * c[i] - x1 * s[i], x0 * s[i] + x1 * c[i])
+                };
             }
         }
     }
@@ -264,10 +271,16 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
     );
     let (cos, sin) = (&model.cos_table, &model.sin_table);
     let cap = cache.cap;
+    // The quantized model computes as llama.cpp does (see `Llama::quantized`).
+    let exact = model.quantized;
+    let norm = |out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &Tensor| {
+        with_f32(w, |w| match exact {
+            true => ggml::rms_norm(out, x, w, eps),
+            false => rmsnorm_forward(out, rstd, x, w, eps, c),
+        })
+    };
     for (l, block) in model.blocks.iter().enumerate() {
-        with_f32(&block.attn_norm, |w| {
-            rmsnorm_forward(&mut h, &mut rstd, &x, w, eps, c)
-        })?;
+        norm(&mut h, &mut rstd, &x, &block.attn_norm)?;
         apply_group(
             &[&block.q, &block.k, &block.v],
             &h,
@@ -277,8 +290,14 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         // Rotary position: from each row's first real token (padding sits at 0).
         let pads = &cache.pads;
         let pos = |r: usize| (start + r % t).saturating_sub(pads[r / t]);
-        rope(&mut q, nh, hd, model.rope, cos, sin, pos);
-        rope(&mut k, nkv, hd, model.rope, cos, sin, pos);
+        rope(&mut q, nh, hd, model.rope, cos, sin, pos, exact);
+        rope(&mut k, nkv, hd, model.rope, cos, sin, pos, exact);
+        if exact {
+            // llama.cpp's f16 KV cache, and the query rounded to f16 for the product with it.
+            for v in q.iter_mut().chain(k.iter_mut()).chain(v.iter_mut()) {
+                *v = ggml::round_f16(*v);
+            }
+        }
         // Append k and v at positions start..start + t of each (row, kv head).
         for (buf, src) in [(&mut cache.k[l], &k), (&mut cache.v[l], &v)] {
             for r in 0..n {
@@ -291,14 +310,15 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
             }
         }
         let (kl, vl, shape) = (&cache.k[l], &cache.v[l], (nh, nkv, hd, cap));
-        attention(&mut att, &q, kl, vl, (t, start), shape, &cache.pads);
+        attention(&mut att, &q, kl, vl, (t, start), shape, &cache.pads, exact);
         apply(&block.o, &att, n, &mut tmp)?;
         x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
-        with_f32(&block.mlp_norm, |w| {
-            rmsnorm_forward(&mut h, &mut rstd, &x, w, eps, c)
-        })?;
+        norm(&mut h, &mut rstd, &x, &block.mlp_norm)?;
         apply_group(&[&block.gate, &block.up], &h, n, &mut [&mut g, &mut u])?;
-        swiglu_forward(&mut m, &g, &u);
+        match exact {
+            true => ggml::swiglu(&mut m, &g, &u),
+            false => swiglu_forward(&mut m, &g, &u),
+        }
         apply(&block.down, &m, n, &mut tmp)?;
         x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
     }
@@ -309,9 +329,7 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         .collect();
     let mut normed = vec![0f32; batch * c];
     let mut rs = vec![0f32; batch];
-    with_f32(&model.norm, |w| {
-        rmsnorm_forward(&mut normed, &mut rs, &last, w, eps, c)
-    })?;
+    norm(&mut normed, &mut rs, &last, &model.norm)?;
     let mut logits = vec![0f32; batch * cfg.vocab_size];
     apply(&model.head, &normed, batch, &mut logits)?;
     Ok(logits)
@@ -319,6 +337,7 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
 
 /// Causal grouped-query attention of the t new positions of each row against the cache:
 /// out (rows·t, nh·hd) from q (rows·t, nh·hd) and the cached k, v (row, kv head, cap, hd).
+#[allow(clippy::too_many_arguments)]
 fn attention(
     out: &mut [f32],
     q: &[f32],
@@ -327,6 +346,7 @@ fn attention(
     (t, start): (usize, usize),
     (nh, nkv, hd, cap): (usize, usize, usize, usize),
     pads: &[usize],
+    exact: bool,
 ) {
     let scale = 1.0 / (hd as f32).sqrt();
     let group = nh / nkv;
@@ -344,9 +364,16 @@ fn attention(
             (b * nkv + kh) * cap * hd + first * hd,
             (b * nkv + kh) * cap * hd + (p + 1) * hd,
         );
-        attend(o, qv, &k[lo..hi], &v[lo..hi], scale);
+        if exact {
+            // ggml's kernels differ between one query row (decoding) and several (a prompt).
+            let kind = if t == 1 { F16Dot::Vec } else { F16Dot::Tiny };
+            attend_ggml(o, qv, &k[lo..hi], &v[lo..hi], first, kind);
+        } else {
+            attend(o, qv, &k[lo..hi], &v[lo..hi], scale);
+        }
     };
-    if work < 1 << 17 {
+    // The exact kernels cost more per value: hand them to the pool sooner.
+    if work < if exact { 1 << 14 } else { 1 << 17 } {
         out.chunks_mut(hd).enumerate().for_each(one);
     } else {
         out.par_chunks_mut(hd).enumerate().for_each(one);
@@ -373,4 +400,17 @@ simd_fn! {
             }
         }
     }
+}
+
+/// `attend` as llama.cpp computes it without flash attention, for keys and values at cache
+/// positions first.. (f16 values): the scores are F16 products, then ggml's softmax (scale
+/// 1/√hd), and the output the F16 product of the weights and the values.
+fn attend_ggml(o: &mut [f32], qv: &[f32], k: &[f32], v: &[f32], first: usize, kind: F16Dot) {
+    let hd = qv.len();
+    let mut s: Vec<f32> = k
+        .chunks_exact(hd)
+        .map(|kj| ggml::dot_f16(kind, kj, qv))
+        .collect();
+    ggml::soft_max(&mut s, first, 1.0 / (hd as f32).sqrt());
+    ggml::mix_f16(kind, o, &s, v, first);
 }

@@ -4,6 +4,8 @@
 
 pub mod attention;
 pub mod fused;
+/// Inference only: llama.cpp's CPU arithmetic, op for op, for the quantized Llama path.
+pub mod ggml;
 pub mod layers;
 pub mod linear;
 pub mod loss;

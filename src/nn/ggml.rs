@@ -1,0 +1,337 @@
+//! llama.cpp's CPU arithmetic for the ops of a Llama decoding step, to the bit: what the
+//! quantized (GGUF) path computes, so that its greedy choices follow llama.cpp's rather than
+//! landing on the other side of near-ties (a 135M model at 4 bits has many). The reference is
+//! ggml's x86 CPU backend as built for AVX-512 (llama-cpp-python 0.3.36,
+//! `scripts/compare_llamacpp.py`); each function names the ggml routine it follows.
+//!
+//! Everything is written lane by lane in portable Rust with `mul_add` for the fused
+//! multiply-adds, in ggml's order of operations, so the bits do not depend on the CPU running
+//! decodex. The products of the quantized matrices are in `nn/quant.rs`.
+
+use half::f16;
+
+use crate::train::fast::simd::simd_fn;
+
+/// f32 through f16 and back, rounding to nearest even (ggml's `GGML_CPU_FP32_TO_FP16`).
+#[inline(always)]
+pub fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// GCC's `_mm512_reduce_add_ps`: halves added until one lane is left.
+#[inline(always)]
+pub fn reduce16(a: &[f32; 16]) -> f32 {
+    let mut h = [0f32; 8];
+    for i in 0..8 {
+        h[i] = a[i + 8] + a[i];
+    }
+    let q = [h[4] + h[0], h[5] + h[1], h[6] + h[2], h[7] + h[3]];
+    (q[0] + q[2]) + (q[1] + q[3])
+}
+
+/// `ggml_compute_forward_rms_norm_f32` then the weight: Σx² in f64, mean rounded to f32,
+/// y = (x · 1/√(mean + eps)) · w. Rows of `w.len()`.
+pub fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let c = w.len();
+    for (y, x) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        let sum: f64 = x.iter().fold(0.0, |s, &v| s + (v * v) as f64);
+        let mean = (sum / c as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+            *y = (x * scale) * w;
+        }
+    }
+}
+
+/// ggml's rotary tables (`ggml_rope_cache_init` without scaling): for position p, θ starts at p
+/// and is multiplied by base^(−2/dims) (f32 `powf`) for each next pair; cos and sin are f32
+/// `cosf`/`sinf`. Returns (cos, sin), each (positions, dims / 2).
+pub fn rope_tables(positions: usize, dims: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = dims / 2;
+    let theta_scale = base.powf(-2.0 / dims as f32);
+    let (mut cos, mut sin) = (
+        Vec::with_capacity(positions * half),
+        Vec::with_capacity(positions * half),
+    );
+    for p in 0..positions {
+        let mut theta = p as f32;
+        for _ in 0..half {
+            cos.push(theta.cos());
+            sin.push(theta.sin());
+            theta *= theta_scale;
+        }
+    }
+    (cos, sin)
+}
+
+/// ggml's `rotate_pairs` on adjacent pairs (GGML_ROPE_TYPE_NORM, llama's GGUF layout), as GCC
+/// contracts it: x0·c − x1·s = fma(x0, c, −(x1·s)) and x0·s + x1·c = fma(x0, s, x1·c).
+#[inline(always)]
+pub fn rotate_pair(x0: f32, x1: f32, c: f32, s: f32) -> (f32, f32) {
+    (x0.mul_add(c, -(x1 * s)), x0.mul_add(s, x1 * c))
+}
+
+/// Bits of the constants of `ggml_v_expf` (ARM's optimized-routines expf, max error 1.45 ulp).
+const EXP_SHIFT: u32 = 0x4b40_0000; // 0x1.8p23
+const EXP_LOG2E: u32 = 0x3fb8_aa3b; // 0x1.715476p+0
+const EXP_LN2_LO: u32 = 0x35bf_be8e; // 0x1.7f7d1cp-20
+const EXP_LN2_HI: u32 = 0x3f31_7200; // 0x1.62e4p-1
+const EXP_C: [u32; 5] = [
+    0x3c07_2010, // 0x1.0e4020p-7
+    0x3d2b_9f17, // 0x1.573e2ep-5
+    0x3e2a_af33, // 0x1.555e66p-3
+    0x3eff_fedb, // 0x1.fffdb6p-2
+    0x3f7f_fff6, // 0x1.ffffecp-1
+];
+
+/// One lane of ggml's AVX-512 `ggml_v_expf`.
+#[inline(always)]
+pub fn expf(x: f32) -> f32 {
+    let f = f32::from_bits;
+    let r = f(EXP_SHIFT);
+    let z = x.mul_add(f(EXP_LOG2E), r);
+    let n = z - r;
+    let b = (-n).mul_add(f(EXP_LN2_LO), (-n).mul_add(f(EXP_LN2_HI), x));
+    let u = b * b;
+    let j = f(EXP_C[0])
+        .mul_add(b, f(EXP_C[1]))
+        .mul_add(u, f(EXP_C[2]).mul_add(b, f(EXP_C[3])))
+        .mul_add(u, f(EXP_C[4]).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        // NaN compares false above, as `_CMP_GT_OQ` does.
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    scalef(j, n)
+}
+
+/// `vscalefps` for an integral n with |n| ≤ 192: j·2ⁿ, rounded once.
+#[inline(always)]
+fn scalef(j: f32, n: f32) -> f32 {
+    let n = n as i32;
+    if (-126..=127).contains(&n) {
+        j * f32::from_bits(((n + 127) as u32) << 23)
+    } else {
+        // j·2ⁿ is exact in f64; one rounding to f32 (subnormal or infinite as it falls).
+        (j as f64 * 2f64.powi(n)) as f32
+    }
+}
+
+simd_fn! {
+    /// `ggml_vec_swiglu_f32`: silu(g)·u with silu(g) = g / (1 + expf(−g)).
+    pub fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = (g / (1.0 + expf(0.0 - g))) * u;
+        }
+    }
+}
+
+/// Which kernel ggml's `mul_mat` runs for a product of F16 operands (the attention's): it
+/// depends on the number of query rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum F16Dot {
+    /// One row (a decoding step): `ggml_vec_dot_f16`, four 16-lane accumulators over steps of
+    /// 64 values, added pairwise, then reduced; leftovers added in f64.
+    Vec,
+    /// Several rows (a prompt): llamafile's tinyBLAS, one 16-lane accumulator over steps of 16
+    /// values, then reduced.
+    Tiny,
+}
+
+/// Accumulators of `kind`, [accumulator][lane], to the dot product.
+#[inline(always)]
+fn finish(kind: F16Dot, mut acc: [[f32; 16]; 4]) -> f32 {
+    if kind == F16Dot::Vec {
+        // ggml's reduction: sum[0] += sum[2], sum[1] += sum[3], then sum[0] += sum[1].
+        let [a0, a1, a2, a3] = &mut acc;
+        for (((x0, x1), x2), x3) in a0.iter_mut().zip(a1.iter_mut()).zip(&*a2).zip(&*a3) {
+            *x0 += x2;
+            *x1 += x3;
+            *x0 += *x1;
+        }
+    }
+    reduce16(&acc[0])
+}
+
+simd_fn! {
+    /// a·b for F16 operands (values already rounded through f16) as `kind`'s kernel sums it.
+    /// `Tiny` needs a length that is a multiple of 16.
+    pub fn dot_f16(kind: F16Dot, a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [[0f32; 16]; 4];
+        match kind {
+            F16Dot::Vec => {
+                let n = a.len() / 64 * 64;
+                for (ca, cb) in a[..n].chunks_exact(64).zip(b[..n].chunks_exact(64)) {
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        for (l, acc) in acc.iter_mut().enumerate() {
+                            *acc = ca[j * 16 + l].mul_add(cb[j * 16 + l], *acc);
+                        }
+                    }
+                }
+                let mut sum = finish(kind, acc) as f64;
+                for (x, y) in a[n..].iter().zip(&b[n..]) {
+                    sum += (x * y) as f64;
+                }
+                sum as f32
+            }
+            F16Dot::Tiny => {
+                for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+                    for (l, acc) in acc[0].iter_mut().enumerate() {
+                        *acc = ca[l].mul_add(cb[l], *acc);
+                    }
+                }
+                finish(kind, acc)
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// out = Σⱼ w[j]·v[j] over value rows v[j] (each out.len() long) at cache positions
+    /// first + j, with the weights rounded to f16: the F16 product of the attention weights and
+    /// the values, position j in the lane and accumulator `kind`'s kernel gives it (ggml's rows
+    /// start at cache position 0; positions not given have weight 0 and leave sums unchanged).
+    pub fn mix_f16(kind: F16Dot, out: &mut [f32], w: &[f32], v: &[f32], first: usize) {
+        let hd = out.len();
+        // [accumulator][lane][d]
+        let mut acc = vec![0f32; 4 * 16 * hd];
+        for (j, (&w, vj)) in w.iter().zip(v.chunks_exact(hd)).enumerate() {
+            let (pos, w) = (first + j, round_f16(w));
+            let slot = match kind {
+                F16Dot::Vec => (pos / 16) % 4 * 16 + pos % 16,
+                F16Dot::Tiny => pos % 16,
+            };
+            for (a, &x) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(vj) {
+                *a = x.mul_add(w, *a);
+            }
+        }
+        for (d, o) in out.iter_mut().enumerate() {
+            let mut lanes = [[0f32; 16]; 4];
+            for (j, lanes) in lanes.iter_mut().enumerate() {
+                for (l, x) in lanes.iter_mut().enumerate() {
+                    *x = acc[(j * 16 + l) * hd + d];
+                }
+            }
+            *o = finish(kind, lanes);
+        }
+    }
+}
+
+simd_fn! {
+    /// `ggml_compute_forward_soft_max_f32` of one row of raw scores over the positions a query
+    /// sees (cache positions `first..first + scores.len()`; the others are masked, so their
+    /// weights are 0): scores · scale, minus the max, ggml's expf; the sum adds each aligned
+    /// 16-position chunk's reduced f32 sum in f64; weights = e · (f32)(1/sum). In place.
+    pub fn soft_max(scores: &mut [f32], first: usize, scale: f32) {
+        let mut mx = f32::NEG_INFINITY;
+        for s in scores.iter_mut() {
+            *s *= scale;
+            mx = mx.max(*s);
+        }
+        for s in scores.iter_mut() {
+            *s = expf(*s - mx);
+        }
+        let mut sum = 0f64;
+        let end = first + scores.len();
+        let mut c0 = first / 16 * 16;
+        while c0 < end {
+            let mut chunk = [0f32; 16];
+            for (l, x) in chunk.iter_mut().enumerate() {
+                if (first..end).contains(&(c0 + l)) {
+                    *x = scores[c0 + l - first];
+                }
+            }
+            sum += reduce16(&chunk) as f64;
+            c0 += 16;
+        }
+        let inv = (1.0 / sum) as f32;
+        for s in scores.iter_mut() {
+            *s *= inv;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expf_is_accurate_and_handles_the_ends() {
+        for i in -8700..=8800 {
+            let x = i as f32 * 0.01;
+            let (got, want) = (expf(x), (x as f64).exp());
+            assert!(
+                ((got as f64 - want) / want).abs() < 3e-7,
+                "{x}: {got} vs {want}"
+            );
+        }
+        assert_eq!(expf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(expf(-300.0), 0.0);
+        assert_eq!(expf(300.0), f32::INFINITY);
+        // A subnormal result, rounded once.
+        let x = -90.0f32;
+        assert!(((expf(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs() < 1e-4);
+    }
+
+    #[test]
+    fn f16_products_sum_like_their_kernels() {
+        let a: Vec<f32> = (0..128)
+            .map(|i| round_f16(i as f32 * 0.37 - 11.0))
+            .collect();
+        let b: Vec<f32> = (0..128)
+            .map(|i| round_f16(1.0 / (i as f32 + 1.5)))
+            .collect();
+        let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        for kind in [F16Dot::Vec, F16Dot::Tiny] {
+            let got = dot_f16(kind, &a, &b) as f64;
+            assert!(
+                (got - exact).abs() < 1e-5 * exact.abs().max(1.0),
+                "{kind:?}"
+            );
+            // The same sum as a mix of 128 one-value rows, against weights that are f16 already.
+            let mut out = [0f32];
+            mix_f16(kind, &mut out, &b, &a, 0);
+            assert_eq!(
+                out[0].to_bits(),
+                dot_f16(kind, &a, &b).to_bits(),
+                "{kind:?}"
+            );
+        }
+        // ggml_vec_dot_f16 over 64 values: each lane holds one exact product.
+        let p: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
+        let mut lanes = [0f32; 16];
+        for l in 0..16 {
+            lanes[l] = (p[l] + p[l + 32]) + (p[l + 16] + p[l + 48]);
+        }
+        let got = dot_f16(F16Dot::Vec, &a[..64], &b[..64]);
+        assert_eq!(got.to_bits(), reduce16(&lanes).to_bits());
+        // tinyBLAS over 32 values: two fused steps per lane.
+        for l in 0..16 {
+            lanes[l] = a[l + 16].mul_add(b[l + 16], a[l] * b[l]);
+        }
+        let got = dot_f16(F16Dot::Tiny, &a[..32], &b[..32]);
+        assert_eq!(got.to_bits(), reduce16(&lanes).to_bits());
+    }
+
+    #[test]
+    fn soft_max_sums_to_one_and_ignores_unseen_positions() {
+        let mut s: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin() * 4.0).collect();
+        soft_max(&mut s, 0, 0.125);
+        let total: f32 = s.iter().sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!(s.iter().all(|&w| w > 0.0));
+    }
+
+    #[test]
+    fn rms_norm_matches_the_definition() {
+        let x: Vec<f32> = (0..64).map(|i| i as f32 * 0.1 - 3.0).collect();
+        let w = vec![2.0f32; 32];
+        let mut y = vec![0f32; 64];
+        rms_norm(&mut y, &x, &w, 1e-5);
+        for (row, yrow) in x.chunks(32).zip(y.chunks(32)) {
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / 32.0;
+            for (a, b) in row.iter().zip(yrow) {
+                assert!((a * 2.0 / (ms + 1e-5).sqrt() - b).abs() < 1e-5);
+            }
+        }
+    }
+}
