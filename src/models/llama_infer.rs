@@ -367,7 +367,7 @@ fn attention(
         if exact {
             // ggml's kernels differ between one query row (decoding) and several (a prompt).
             let kind = if t == 1 { F16Dot::Vec } else { F16Dot::Tiny };
-            attend_ggml(o, qv, &k[lo..hi], &v[lo..hi], first, kind);
+            attend_ggml(o, qv, &k[lo..hi], &v[lo..hi], scale, first, kind);
         } else {
             attend(o, qv, &k[lo..hi], &v[lo..hi], scale);
         }
@@ -403,14 +403,21 @@ simd_fn! {
 }
 
 /// `attend` as llama.cpp computes it without flash attention, for keys and values at cache
-/// positions first.. (f16 values): the scores are F16 products, then ggml's softmax (scale
-/// 1/√hd), and the output the F16 product of the weights and the values.
-fn attend_ggml(o: &mut [f32], qv: &[f32], k: &[f32], v: &[f32], first: usize, kind: F16Dot) {
-    let hd = qv.len();
+/// positions first.. (f16 values): the scores are F16 products, then ggml's softmax, and the
+/// output the F16 product of the weights and the values.
+fn attend_ggml(
+    o: &mut [f32],
+    qv: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    first: usize,
+    kind: F16Dot,
+) {
     let mut s: Vec<f32> = k
-        .chunks_exact(hd)
+        .chunks_exact(qv.len())
         .map(|kj| ggml::dot_f16(kind, kj, qv))
         .collect();
-    ggml::soft_max(&mut s, first, 1.0 / (hd as f32).sqrt());
+    ggml::soft_max(&mut s, first, scale);
     ggml::mix_f16(kind, o, &s, v, first);
 }

@@ -18,15 +18,21 @@ pub fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
-/// GCC's `_mm512_reduce_add_ps`: halves added until one lane is left.
+/// llama.cpp's `hsum_float_8`: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
 #[inline(always)]
-pub fn reduce16(a: &[f32; 16]) -> f32 {
+pub fn hsum8(a: &[f32; 8]) -> f32 {
+    let h = [a[4] + a[0], a[5] + a[1], a[6] + a[2], a[7] + a[3]];
+    (h[0] + h[2]) + (h[1] + h[3])
+}
+
+/// GCC's `_mm512_reduce_add_ps`: the two halves added, then the same tree as `hsum8`.
+#[inline(always)]
+fn reduce16(a: &[f32; 16]) -> f32 {
     let mut h = [0f32; 8];
-    for i in 0..8 {
-        h[i] = a[i + 8] + a[i];
+    for (i, h) in h.iter_mut().enumerate() {
+        *h = a[i + 8] + a[i];
     }
-    let q = [h[4] + h[0], h[5] + h[1], h[6] + h[2], h[7] + h[3]];
-    (q[0] + q[2]) + (q[1] + q[3])
+    hsum8(&h)
 }
 
 /// `ggml_compute_forward_rms_norm_f32` then the weight: Σx² in f64, mean rounded to f32,
@@ -192,8 +198,9 @@ simd_fn! {
     /// start at cache position 0; positions not given have weight 0 and leave sums unchanged).
     pub fn mix_f16(kind: F16Dot, out: &mut [f32], w: &[f32], v: &[f32], first: usize) {
         let hd = out.len();
-        // [accumulator][lane][d]
-        let mut acc = vec![0f32; 4 * 16 * hd];
+        // [accumulator][lane][d]: four accumulators for `Vec`, one for `Tiny`.
+        let accumulators = if kind == F16Dot::Vec { 4 } else { 1 };
+        let mut acc = vec![0f32; accumulators * 16 * hd];
         for (j, (&w, vj)) in w.iter().zip(v.chunks_exact(hd)).enumerate() {
             let (pos, w) = (first + j, round_f16(w));
             let slot = match kind {
@@ -206,7 +213,7 @@ simd_fn! {
         }
         for (d, o) in out.iter_mut().enumerate() {
             let mut lanes = [[0f32; 16]; 4];
-            for (j, lanes) in lanes.iter_mut().enumerate() {
+            for (j, lanes) in lanes.iter_mut().enumerate().take(accumulators) {
                 for (l, x) in lanes.iter_mut().enumerate() {
                     *x = acc[(j * 16 + l) * hd + d];
                 }
@@ -313,12 +320,24 @@ mod tests {
     }
 
     #[test]
-    fn soft_max_sums_to_one_and_ignores_unseen_positions() {
-        let mut s: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin() * 4.0).collect();
-        soft_max(&mut s, 0, 0.125);
-        let total: f32 = s.iter().sum();
+    fn soft_max_sums_to_one_and_depends_on_the_first_position_only_through_its_chunks() {
+        let raw: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin() * 4.0).collect();
+        let mut at0 = raw.clone();
+        soft_max(&mut at0, 0, 0.125);
+        let total: f32 = at0.iter().sum();
         assert!((total - 1.0).abs() < 1e-6);
-        assert!(s.iter().all(|&w| w > 0.0));
+        assert!(at0.iter().all(|&w| w > 0.0));
+        // Shifted by a whole chunk: the same chunks, the same bits.
+        let mut at16 = raw.clone();
+        soft_max(&mut at16, 16, 0.125);
+        assert!(at0
+            .iter()
+            .zip(&at16)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        // Shifted within a chunk: other partial sums, the same weights to rounding.
+        let mut at5 = raw;
+        soft_max(&mut at5, 5, 0.125);
+        assert!(at0.iter().zip(&at5).all(|(a, b)| (a - b).abs() <= 1e-7));
     }
 
     #[test]

@@ -204,7 +204,7 @@ impl QuantMatrix {
                 summs = w.m[slot].mul_add(xs[b], summs);
             }
         }
-        hsum8(&acc) + summs
+        crate::nn::ggml::hsum8(&acc) + summs
     }
 }
 
@@ -226,13 +226,6 @@ impl Codes {
             Codes::Bytes => q[j],
         }
     }
-}
-
-/// llama.cpp's `hsum_float_8`: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
-#[inline(always)]
-fn hsum8(a: &[f32; 8]) -> f32 {
-    let h = [a[4] + a[0], a[5] + a[1], a[6] + a[2], a[7] + a[3]];
-    (h[0] + h[2]) + (h[1] + h[3])
 }
 
 /// A pair of weight rows: codes, scales and offsets per (block, row of the pair).
@@ -415,7 +408,7 @@ mod x86 {
             _mm_storeu_ps(sm.as_mut_ptr(), summs[k]);
             for (h, o) in out.iter_mut().enumerate() {
                 let a: &[f32; 8] = lanes[8 * h..8 * h + 8].try_into().unwrap();
-                o[k] = super::hsum8(a) + sm[h];
+                o[k] = crate::nn::ggml::hsum8(a) + sm[h];
             }
         }
         out
