@@ -185,8 +185,8 @@ pub struct LoadedTensors {
     pub metadata: HashMap<String, String>,
 }
 
-/// Reads every tensor of a safetensors file as f32 (f16/bf16 are widened). A truncated or
-/// corrupt file is `Error::CorruptCheckpoint` naming the path.
+/// Reads every float tensor of a safetensors file as f32 (f16/bf16 are widened; integer buffers
+/// are skipped). A truncated or corrupt file is `Error::CorruptCheckpoint` naming the path.
 pub fn load_tensors(path: &Path) -> Result<LoadedTensors> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let corrupt = |msg: String| Error::CorruptCheckpoint {
@@ -212,6 +212,8 @@ pub fn load_tensors(path: &Path) -> Result<LoadedTensors> {
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
+            // Integer buffers (BERT's `position_ids`) are not parameters.
+            safetensors::Dtype::I64 | safetensors::Dtype::I32 => continue,
             other => {
                 return Err(corrupt(format!(
                     "tensor {name} has unsupported dtype {other:?}"

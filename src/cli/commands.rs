@@ -34,6 +34,11 @@ pub fn dispatch(cmd: Command) -> Result<()> {
         Command::Summarize(a) => super::tasks::summarize(&a),
         Command::Answer(a) => super::tasks::answer(&a),
         Command::Merge(a) => super::tasks::merge(&a),
+        Command::Embed(a) => super::search::embed(&a),
+        Command::Index(c) => super::search::index_cmd(&c),
+        Command::Eval(EvalCmd::Retrieval(a)) => super::search::eval_retrieval(&a),
+        Command::Eval(EvalCmd::Sts(a)) => super::search::eval_sts(&a),
+        Command::Bench(BenchCmd::Embed(a)) => super::search::bench_embed(&a),
         Command::Generate(a) => super::generate::generate_cmd(&a),
         Command::Chat(a) => super::generate::chat(&a),
         Command::Export(a) => export(&a.model, &a.format, &a.out, a.json),
@@ -179,7 +184,7 @@ fn bleu(a: &BleuArgs) -> Result<()> {
 }
 
 /// Prints `value` as one JSON line, or `human`.
-fn emit(json: bool, value: serde_json::Value, human: &str) -> Result<()> {
+pub(super) fn emit(json: bool, value: serde_json::Value, human: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{value}")?;

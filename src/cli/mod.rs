@@ -4,6 +4,7 @@
 
 mod commands;
 mod generate;
+mod search;
 mod tasks;
 
 use std::path::PathBuf;
@@ -65,6 +66,12 @@ pub enum Command {
     Answer(TaskArgs),
     /// Merge a LoRA adapter into its base and write a Hugging Face Llama folder.
     Merge(MergeArgs),
+    /// Embed texts with an encoder (sentence-transformers BERT) or a decoder, into .npy or
+    /// safetensors.
+    Embed(search::EmbedArgs),
+    /// Build, extend, query and measure vector indexes.
+    #[command(subcommand)]
+    Index(search::IndexCmd),
 }
 
 #[derive(Args, Debug)]
@@ -213,6 +220,10 @@ pub enum EvalCmd {
     Rouge(RougeArgs),
     /// Exact match and F1 (×100) of SQuAD predictions, as the official v1.1 script computes them.
     Squad(SquadArgs),
+    /// nDCG@10, MRR@10 and Recall@100 of an index on BEIR queries and qrels.
+    Retrieval(search::RetrievalArgs),
+    /// Spearman (and Pearson) correlation of embedding cosines with STS gold scores.
+    Sts(search::StsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -539,6 +550,8 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Sentences per second of an embedding model on a file of texts.
+    Embed(search::BenchEmbedArgs),
     /// Median training tokens/s of full optimizer steps, and peak memory.
     Train {
         #[arg(long)]

@@ -3,11 +3,17 @@
 //! that models with different tokenizers compare.
 //!
 //! [`bleu`]: corpus BLEU and chrF of translations, as sacreBLEU 2.4.3 computes them.
+//!
+//! [`retrieval`]: BEIR's file formats and nDCG@k, MRR@k and Recall@k as BEIR 2.2.0 (pytrec_eval)
+//! computes them. [`sts`]: the STS Benchmark files and Spearman's and Pearson's correlation as
+//! scipy computes them.
 
 pub mod bleu;
 pub mod porter;
+pub mod retrieval;
 pub mod rouge;
 pub mod squad;
+pub mod sts;
 
 use std::path::Path;
 

@@ -189,6 +189,21 @@ impl Gpt {
         &self,
         idx: &Tensor,
         cache: Option<&mut KvCache>,
+        train: Train,
+    ) -> Result<Tensor> {
+        let x = self.hidden(idx, cache, train)?;
+        let (b, t, c) = x.dims3()?;
+        // tied head: (B*T, C) @ (C, V) -> (B, T, V)
+        let logits = x.reshape((b * t, c))?.matmul(&self.wte.t()?)?;
+        logits.reshape((b, t, self.cfg.vocab_size))
+    }
+
+    /// idx (B, T) -> the last hidden state (B, T, C), after the final LayerNorm: what the LM
+    /// head reads (and what mean-pooled decoder embeddings average).
+    pub fn hidden(
+        &self,
+        idx: &Tensor,
+        cache: Option<&mut KvCache>,
         mut train: Train,
     ) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
@@ -223,12 +238,7 @@ impl Gpt {
                 }
             }
         }
-        let x = self.ln_f.forward(&x)?;
-        // tied head: (B*T, C) @ (C, V) -> (B, T, V)
-        let logits = x
-            .reshape((b * t, self.cfg.n_embd))?
-            .matmul(&self.wte.t()?)?;
-        logits.reshape((b, t, self.cfg.vocab_size))
+        self.ln_f.forward(&x)
     }
 
     /// Mean cross-entropy of next-token prediction: idx and targets (B, T) u32.

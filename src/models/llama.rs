@@ -495,6 +495,12 @@ impl Llama {
     /// grows by T. The reference path, in candle ops; decoding runs `infer::step`, which computes
     /// the same function on flat buffers (`tests/llama.rs` checks both against transformers).
     pub fn forward(&self, ids: &Tensor, cache: &mut CandleCache) -> Result<Tensor> {
+        self.head.forward(&self.hidden(ids, cache)?)
+    }
+
+    /// The last hidden state (B, T, C), after the final RMSNorm, of `forward`: what the LM
+    /// head reads (and what mean-pooled decoder embeddings average).
+    pub fn hidden(&self, ids: &Tensor, cache: &mut CandleCache) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let start = cache.pos;
         if start + t > self.cfg.max_position_embeddings {
@@ -549,8 +555,7 @@ impl Llama {
             x = (x + block.down.forward(&m)?)?;
         }
         cache.pos += t;
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        self.head.forward(&x)
+        Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
     }
 }
 

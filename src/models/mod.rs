@@ -1,5 +1,6 @@
 //! Model architectures, one file each.
 
+pub mod bert;
 pub mod gpt;
 pub mod llama;
 pub mod pretrained;

@@ -141,6 +141,18 @@ pub fn smollm2() -> PathBuf {
     p
 }
 
+/// all-MiniLM-L6-v2 (sentence-transformers folder); panics with the fix when it has not been
+/// fetched.
+pub fn minilm() -> PathBuf {
+    let p = models_dir().join("all-MiniLM-L6-v2");
+    assert!(
+        p.join("model.safetensors").exists(),
+        "{} is missing: run scripts/fetch_models.sh (CI's .ci/run does)",
+        p.display()
+    );
+    p
+}
+
 /// Trains a tiny char model for `iters` steps into `dir/run` (config `dir/ok.toml`) and returns
 /// the run's path.
 pub fn trained_model(dir: &Path, iters: usize) -> PathBuf {

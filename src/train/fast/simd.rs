@@ -156,6 +156,13 @@ fn normal_cdf(x: f32) -> f32 {
     }
 }
 
+/// The exact GELU, x Φ(x) = 0.5 x (1 + erf(x/√2)) (`"gelu"` in Hugging Face configs), for
+/// inference: `gelu_erf_and_grad` without the derivative.
+#[inline(always)]
+pub fn gelu_erf(x: f32) -> f32 {
+    x * normal_cdf(x)
+}
+
 /// The exact GELU, x Φ(x) = 0.5 x (1 + erf(x/√2)) (`"gelu"` in Hugging Face configs), and its
 /// derivative Φ(x) + x φ(x), φ(x) = e^(−x²/2)/√(2π).
 #[inline(always)]

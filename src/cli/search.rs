@@ -1,0 +1,501 @@
+//! Embeddings, vector indexes and their evaluations: `embed`, `index build|add|query|bench`,
+//! `eval retrieval`, `eval sts` and `bench embed`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use decodex::eval::{retrieval, sts};
+use decodex::search::index::{self, BuildOptions, HnswParams, Index};
+use decodex::search::{self, load_embedder, open_records, Embedder, VectorWriter};
+use decodex::train::bench::peak_rss_mb;
+
+use super::commands::emit;
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// A sentence-transformers / Hugging Face BERT folder, a decodex GPT checkpoint folder, a
+    /// Hugging Face Llama folder or a GGUF file (decoders: mean-pooled last hidden state).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Texts: a .txt file (one per line) or JSON lines with "text" (and "title", "_id"/"id");
+    /// .gz accepted. Read in chunks, so it may be larger than memory.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output: .npy (float32, rows × dim) or .safetensors (tensor "embeddings", ids and model
+    /// in the metadata).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Texts embedded per step.
+    #[arg(long, default_value_t = 8192)]
+    pub chunk: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IndexCmd {
+    /// Embed a corpus and write an index folder (vectors, documents, and an HNSW graph from
+    /// --hnsw-threshold vectors on).
+    Build(IndexBuildArgs),
+    /// Append a corpus to an index (same model; ids must stay unique).
+    Add(IndexAddArgs),
+    /// The k nearest documents of a query text.
+    Query(IndexQueryArgs),
+    /// Recall@k of the HNSW search against exact search, and queries per second of both.
+    Bench(IndexBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct IndexBuildArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Records as for `embed --input`.
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// The index folder (must not exist, or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Build an HNSW graph from this many vectors on; smaller indexes search exactly.
+    #[arg(long, default_value_t = 20_000)]
+    pub hnsw_threshold: usize,
+    /// HNSW neighbours per node (M).
+    #[arg(long, default_value_t = 24)]
+    pub m: usize,
+    #[arg(long, default_value_t = 200)]
+    pub ef_construction: usize,
+    #[arg(long, default_value_t = 8192)]
+    pub chunk: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct IndexAddArgs {
+    /// The index folder.
+    pub index: PathBuf,
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// The model (default: the one the index records; another one is refused).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value_t = 8192)]
+    pub chunk: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct IndexQueryArgs {
+    pub index: PathBuf,
+    #[arg(long)]
+    pub query: String,
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// HNSW candidates explored per query.
+    #[arg(long, default_value_t = 128)]
+    pub ef: usize,
+    /// Scan every vector instead of using the graph.
+    #[arg(long)]
+    pub exact: bool,
+    /// The model (default: the one the index records; another one is refused).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct IndexBenchArgs {
+    pub index: PathBuf,
+    /// Query texts, as for `embed --input`.
+    #[arg(long)]
+    pub queries: PathBuf,
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    #[arg(long, default_value_t = 128)]
+    pub ef: usize,
+    /// Only the first N queries.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RetrievalArgs {
+    #[arg(long)]
+    pub index: PathBuf,
+    /// BEIR queries.jsonl.
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// BEIR qrels TSV (query-id, corpus-id, score); only its queries are run.
+    #[arg(long)]
+    pub qrels: PathBuf,
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Documents retrieved per query.
+    #[arg(long, default_value_t = 100)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 256)]
+    pub ef: usize,
+    #[arg(long)]
+    pub exact: bool,
+    /// Keep hits whose document id equals the query id (BEIR drops them by default).
+    #[arg(long)]
+    pub keep_identical_ids: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StsArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An STS Benchmark file (sts-test.csv: TAB-separated, score in column 5, sentences in 6
+    /// and 7).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchEmbedArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Texts, as for `embed --input`.
+    #[arg(long)]
+    pub input: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn progress_bar(total: Option<usize>, json: bool) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = match total {
+        Some(n) => indicatif::ProgressBar::new(n as u64),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} texts {per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+pub fn embed(a: &EmbedArgs) -> Result<()> {
+    if a.chunk == 0 {
+        bail!("--chunk must be at least 1");
+    }
+    search::VectorFormat::from_path(&a.out)?;
+    let model = load_embedder(&a.model)?;
+    let rows = search::count_records(&a.input)?;
+    if rows == 0 {
+        bail!("{}: no texts to embed", a.input.display());
+    }
+    let info = model.info().clone();
+    let meta = vec![
+        ("model".to_string(), serde_json::to_string(&info)?),
+        ("rows".to_string(), rows.to_string()),
+    ];
+    let mut out = VectorWriter::create(&a.out, rows, model.dim(), meta)?;
+    let mut ids = Vec::new();
+    let mut reader = open_records(&a.input)?;
+    let pb = progress_bar(Some(rows), a.json);
+    let t0 = Instant::now();
+    loop {
+        let chunk = reader.next_chunk(a.chunk)?;
+        if chunk.is_empty() {
+            break;
+        }
+        let texts: Vec<&str> = chunk.iter().map(|r| r.text.as_str()).collect();
+        out.write(&model.embed(&texts)?)?;
+        ids.extend(chunk.into_iter().map(|r| r.id));
+        pb.set_position(ids.len() as u64);
+    }
+    out.finish()?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    emit(
+        a.json,
+        json!({"out": a.out, "rows": rows, "dim": info.dim, "model": info.name,
+               "seconds": secs, "texts_per_s": rows as f64 / secs, "peak_rss_mib": peak_rss_mb()}),
+        &format!(
+            "wrote {} embeddings of dimension {} to {} ({:.0} texts/s, peak RSS {:.0} MiB)",
+            rows,
+            info.dim,
+            a.out.display(),
+            rows as f64 / secs,
+            peak_rss_mb()
+        ),
+    )
+}
+
+fn report_build(r: &index::BuildReport, json: bool, what: &str) -> Result<()> {
+    emit(
+        json,
+        json!({"index": r.dir, "added": r.added, "count": r.count, "dim": r.dim,
+               "embed_seconds": r.embed_seconds, "graph_seconds": r.graph_seconds,
+               "total_seconds": r.total_seconds, "disk_bytes": r.disk_bytes,
+               "hnsw": r.has_graph, "peak_rss_mib": peak_rss_mb()}),
+        &format!(
+            "{what} {}: {} vectors added, {} in all (dim {}); embedding {:.1} s, graph {:.1} s, total {:.1} s; {:.1} MiB on disk; {}; peak RSS {:.0} MiB",
+            r.dir.display(),
+            r.added,
+            r.count,
+            r.dim,
+            r.embed_seconds,
+            r.graph_seconds,
+            r.total_seconds,
+            r.disk_bytes as f64 / (1 << 20) as f64,
+            if r.has_graph { "HNSW graph" } else { "exact search" },
+            peak_rss_mb()
+        ),
+    )
+}
+
+pub fn index_cmd(cmd: &IndexCmd) -> Result<()> {
+    match cmd {
+        IndexCmd::Build(a) => {
+            if a.chunk == 0 || a.m < 2 || a.m > 255 || a.ef_construction == 0 {
+                bail!("--chunk and --ef-construction must be at least 1, --m between 2 and 255");
+            }
+            let model = load_embedder(&a.model)?;
+            let opts = BuildOptions {
+                hnsw_threshold: a.hnsw_threshold,
+                hnsw: HnswParams {
+                    m: a.m,
+                    ef_construction: a.ef_construction,
+                },
+                chunk: a.chunk,
+            };
+            let pb = progress_bar(None, a.json);
+            let r = index::build(model.as_ref(), &a.corpus, &a.out, &opts, &|n| {
+                pb.set_position(n as u64)
+            })?;
+            pb.finish_and_clear();
+            report_build(&r, a.json, "built")
+        }
+        IndexCmd::Add(a) => {
+            let model = index_model(&a.index, a.model.as_deref())?;
+            let pb = progress_bar(None, a.json);
+            let r = index::add(model.as_ref(), &a.corpus, &a.index, a.chunk.max(1), &|n| {
+                pb.set_position(n as u64)
+            })?;
+            pb.finish_and_clear();
+            report_build(&r, a.json, "appended to")
+        }
+        IndexCmd::Query(a) => {
+            let idx = Index::open(&a.index)?;
+            let model = index_model(&a.index, a.model.as_deref())?;
+            let q = index::embed_queries(model.as_ref(), &idx, &[a.query.as_str()])?;
+            let hits = if a.exact {
+                idx.search_exact(&q, a.k)
+            } else {
+                idx.search(&q, a.k, a.ef)?
+            };
+            let mut out = std::io::stdout().lock();
+            for (rank, h) in hits.iter().enumerate() {
+                let text = idx.text(h.row);
+                if a.json {
+                    use std::io::Write;
+                    let v = json!({"rank": rank + 1, "id": h.id, "score": h.score, "text": text});
+                    writeln!(out, "{v}")?;
+                } else {
+                    use std::io::Write;
+                    let short: String = text.chars().take(100).collect();
+                    writeln!(out, "{:>3}  {:.4}  {}  {}", rank + 1, h.score, h.id, short)?;
+                }
+            }
+            Ok(())
+        }
+        IndexCmd::Bench(a) => index_bench(a),
+    }
+}
+
+/// The embedder for an index: `--model`, or the model the index records.
+fn index_model(dir: &Path, model: Option<&Path>) -> Result<Box<dyn Embedder>> {
+    let meta = Index::open(dir)?.meta;
+    let path = model
+        .map(Path::to_path_buf)
+        .unwrap_or(meta.model.path.clone());
+    let m = load_embedder(&path)?;
+    index::check_model(&meta, m.info(), dir)?;
+    Ok(m)
+}
+
+fn index_bench(a: &IndexBenchArgs) -> Result<()> {
+    let idx = Index::open(&a.index)?;
+    let model = index_model(&a.index, a.model.as_deref())?;
+    let mut records = open_records(&a.queries)?.read_all()?;
+    if let Some(n) = a.limit {
+        records.truncate(n);
+    }
+    if records.is_empty() {
+        bail!("{}: no queries", a.queries.display());
+    }
+    let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
+    let q = index::embed_queries(model.as_ref(), &idx, &texts)?;
+    let dim = idx.meta.dim;
+    // Load the graph before timing.
+    idx.search(&q[..dim], a.k, a.ef)?;
+    let t0 = Instant::now();
+    let approx: Vec<Vec<index::Hit>> = q
+        .chunks_exact(dim)
+        .map(|v| idx.search(v, a.k, a.ef))
+        .collect::<decodex::Result<_>>()?;
+    let approx_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let exact: Vec<Vec<index::Hit>> = q
+        .chunks_exact(dim)
+        .map(|v| idx.search_exact(v, a.k))
+        .collect();
+    let exact_s = t1.elapsed().as_secs_f64();
+    let n = records.len();
+    let recall = approx
+        .iter()
+        .zip(&exact)
+        .map(|(a, e)| {
+            let rows: std::collections::HashSet<usize> = e.iter().map(|h| h.row).collect();
+            a.iter().filter(|h| rows.contains(&h.row)).count() as f64 / e.len().max(1) as f64
+        })
+        .sum::<f64>()
+        / n as f64;
+    let disk: u64 = idx.meta.files.values().sum();
+    emit(
+        a.json,
+        json!({"index": a.index, "vectors": idx.len(), "queries": n, "k": a.k, "ef": a.ef,
+               "hnsw": idx.meta.has_graph, "recall_at_k": recall,
+               "qps": n as f64 / approx_s, "qps_exact": n as f64 / exact_s,
+               "disk_bytes": disk, "peak_rss_mib": peak_rss_mb(),
+               "threads": rayon::current_num_threads()}),
+        &format!(
+            "{} vectors, {} queries: recall@{} {:.4} against exact search; {:.0} queries/s (ef {}) vs {:.0} exact; {:.1} MiB on disk; peak RSS {:.0} MiB",
+            idx.len(),
+            n,
+            a.k,
+            recall,
+            n as f64 / approx_s,
+            a.ef,
+            n as f64 / exact_s,
+            disk as f64 / (1 << 20) as f64,
+            peak_rss_mb()
+        ),
+    )
+}
+
+pub fn eval_retrieval(a: &RetrievalArgs) -> Result<()> {
+    let idx = Index::open(&a.index)?;
+    let model = index_model(&a.index, a.model.as_deref())?;
+    let qrels = retrieval::read_qrels(&a.qrels)?;
+    let queries: Vec<(String, String)> = retrieval::read_queries(&a.queries)?
+        .into_iter()
+        .filter(|(id, _)| qrels.contains_key(id))
+        .collect();
+    if queries.is_empty() {
+        bail!(
+            "{}: none of its queries has judgments in {}",
+            a.queries.display(),
+            a.qrels.display()
+        );
+    }
+    let texts: Vec<&str> = queries.iter().map(|(_, t)| t.as_str()).collect();
+    let t0 = Instant::now();
+    let q = index::embed_queries(model.as_ref(), &idx, &texts)?;
+    let dim = idx.meta.dim;
+    let mut run: retrieval::Run = HashMap::new();
+    for ((id, _), v) in queries.iter().zip(q.chunks_exact(dim)) {
+        let hits = if a.exact {
+            idx.search_exact(v, a.top_k)
+        } else {
+            idx.search(v, a.top_k, a.ef)?
+        };
+        run.insert(
+            id.clone(),
+            hits.into_iter().map(|h| (h.id, h.score)).collect(),
+        );
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let opts = retrieval::EvalOptions {
+        ignore_identical_ids: !a.keep_identical_ids,
+    };
+    let s = retrieval::scores(&run, &qrels, &opts)?;
+    emit(
+        a.json,
+        json!({"index": a.index, "queries": s.queries, "ndcg@10": s.ndcg_at_10,
+               "mrr@10": s.mrr_at_10, "recall@100": s.recall_at_100,
+               "exact": a.exact || !idx.meta.has_graph, "seconds": secs}),
+        &format!(
+            "{} queries: nDCG@10 {:.4}, MRR@10 {:.4}, Recall@100 {:.4}",
+            s.queries, s.ndcg_at_10, s.mrr_at_10, s.recall_at_100
+        ),
+    )
+}
+
+pub fn eval_sts(a: &StsArgs) -> Result<()> {
+    let pairs = sts::read_sts(&a.data)?;
+    let model = load_embedder(&a.model)?;
+    let s1: Vec<&str> = pairs.iter().map(|p| p.s1.as_str()).collect();
+    let s2: Vec<&str> = pairs.iter().map(|p| p.s2.as_str()).collect();
+    let (e1, e2) = (model.embed(&s1)?, model.embed(&s2)?);
+    let dim = model.dim();
+    let cos: Vec<f64> = e1
+        .chunks_exact(dim)
+        .zip(e2.chunks_exact(dim))
+        .map(|(a, b)| sts::cosine(a, b))
+        .collect();
+    let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
+    let spearman = sts::spearman(&cos, &gold)?;
+    let pearson = sts::pearson(&cos, &gold)?;
+    emit(
+        a.json,
+        json!({"data": a.data, "pairs": pairs.len(), "spearman": spearman, "pearson": pearson}),
+        &format!(
+            "{} pairs: cosine Spearman {:.4}, Pearson {:.4}",
+            pairs.len(),
+            spearman,
+            pearson
+        ),
+    )
+}
+
+pub fn bench_embed(a: &BenchEmbedArgs) -> Result<()> {
+    let model = load_embedder(&a.model)?;
+    let records = open_records(&a.input)?.read_all()?;
+    if records.is_empty() {
+        bail!("{}: no texts", a.input.display());
+    }
+    let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
+    model.embed(&texts)?; // warm-up
+    let mut rates = Vec::new();
+    for round in 0..a.rounds.max(1) {
+        let t0 = Instant::now();
+        std::hint::black_box(model.embed(&texts)?);
+        let s = t0.elapsed().as_secs_f64();
+        rates.push(texts.len() as f64 / s);
+        emit(
+            a.json,
+            json!({"round": round, "sentences": texts.len(), "seconds": s,
+                   "sentences_per_s": texts.len() as f64 / s,
+                   "threads": rayon::current_num_threads()}),
+            &format!(
+                "round {round}: {} sentences in {s:.3} s = {:.1} sentences/s ({} threads)",
+                texts.len(),
+                texts.len() as f64 / s,
+                rayon::current_num_threads()
+            ),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! A BERT-family encoder, as Hugging Face's `BertModel` (all-MiniLM-L6-v2 and the other
+//! sentence-transformers BERTs): word + position + token-type embeddings and a LayerNorm, then
+//! post-LayerNorm blocks of bidirectional self-attention and an erf-GELU MLP.
+//!
+//! Forward only, over packed sequences: the token rows of every sentence in a batch are stacked
+//! with no padding, so each linear layer is one GEMM over real tokens, and attention runs per
+//! sentence. That is what a padded batch with an attention mask computes (masked scores get a
+//! weight of exactly 0), without the work on padding.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use crate::checkpoint::{load_tensors, LoadedTensors};
+use crate::error::{Error, Result};
+use crate::train::fast::kernels::{layernorm_forward, matmul, Norm, NormOut, Op, Skip};
+use crate::train::fast::simd::{self, simd_fn};
+
+/// `config.json` of a Hugging Face BERT; the fields the forward uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+
+impl BertConfig {
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |msg: String| Error::UnsupportedModel {
+            path: path.to_path_buf(),
+            msg,
+        };
+        if let Some(t) = self.model_type.as_deref() {
+            if !matches!(t, "bert" | "roberta" | "xlm-roberta") {
+                return Err(bad(format!(
+                    "model_type {t:?} is not a BERT-family encoder"
+                )));
+            }
+        }
+        if self.hidden_act != "gelu" {
+            return Err(bad(format!(
+                "hidden_act {:?} (only \"gelu\", the erf GELU, is supported)",
+                self.hidden_act
+            )));
+        }
+        if let Some(p) = self.position_embedding_type.as_deref() {
+            if p != "absolute" {
+                return Err(bad(format!("position_embedding_type {p:?}")));
+            }
+        }
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            return Err(Error::HeadsDoNotDivide {
+                n_embd: self.hidden_size,
+                n_head: self.num_attention_heads,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One post-LayerNorm block. Linear weights keep PyTorch's (out, in) layout; the query, key and
+/// value projections are stacked into one (3C, C) matrix so that they are one GEMM.
+struct Layer {
+    qkv_w: Vec<f32>,
+    qkv_b: Vec<f32>,
+    proj_w: Vec<f32>,
+    proj_b: Vec<f32>,
+    ln1_w: Vec<f32>,
+    ln1_b: Vec<f32>,
+    fc_w: Vec<f32>,
+    fc_b: Vec<f32>,
+    out_w: Vec<f32>,
+    out_b: Vec<f32>,
+    ln2_w: Vec<f32>,
+    ln2_b: Vec<f32>,
+}
+
+pub struct Bert {
+    pub config: BertConfig,
+    word: Vec<f32>,
+    pos: Vec<f32>,
+    token_type: Vec<f32>,
+    ln_w: Vec<f32>,
+    ln_b: Vec<f32>,
+    layers: Vec<Layer>,
+}
+
+/// Takes a tensor by its Hugging Face name (with or without the `bert.` prefix of the task
+/// heads' checkpoints), checking its shape.
+fn take(t: &mut LoadedTensors, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let (got, data) = t
+        .tensors
+        .remove(name)
+        .or_else(|| t.tensors.remove(&format!("bert.{name}")))
+        .ok_or_else(|| Error::CorruptCheckpoint {
+            path: path.to_path_buf(),
+            msg: format!("tensor {name} is missing"),
+        })?;
+    if got != shape {
+        return Err(Error::CorruptCheckpoint {
+            path: path.to_path_buf(),
+            msg: format!("tensor {name} has shape {got:?}, the config gives {shape:?}"),
+        });
+    }
+    Ok(data)
+}
+
+impl Bert {
+    /// Loads `config.json` and `model.safetensors` from a Hugging Face folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let config: BertConfig = serde_json::from_str(&text).map_err(|e| Error::BadConfig {
+            path: cfg_path.clone(),
+            msg: e.to_string(),
+        })?;
+        config.validate(&cfg_path)?;
+        let path = dir.join("model.safetensors");
+        let mut t = load_tensors(&path)?;
+        let (c, i) = (config.hidden_size, config.intermediate_size);
+        let mut get = |name: &str, shape: &[usize]| take(&mut t, &path, name, shape);
+        let word = get("embeddings.word_embeddings.weight", &[config.vocab_size, c])?;
+        let pos = get(
+            "embeddings.position_embeddings.weight",
+            &[config.max_position_embeddings, c],
+        )?;
+        let token_type = get(
+            "embeddings.token_type_embeddings.weight",
+            &[config.type_vocab_size, c],
+        )?;
+        let ln_w = get("embeddings.LayerNorm.weight", &[c])?;
+        let ln_b = get("embeddings.LayerNorm.bias", &[c])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            let mut qkv_w = Vec::with_capacity(3 * c * c);
+            let mut qkv_b = Vec::with_capacity(3 * c);
+            for part in ["query", "key", "value"] {
+                qkv_w.extend(get(&format!("{p}.attention.self.{part}.weight"), &[c, c])?);
+                qkv_b.extend(get(&format!("{p}.attention.self.{part}.bias"), &[c])?);
+            }
+            layers.push(Layer {
+                qkv_w,
+                qkv_b,
+                proj_w: get(&format!("{p}.attention.output.dense.weight"), &[c, c])?,
+                proj_b: get(&format!("{p}.attention.output.dense.bias"), &[c])?,
+                ln1_w: get(&format!("{p}.attention.output.LayerNorm.weight"), &[c])?,
+                ln1_b: get(&format!("{p}.attention.output.LayerNorm.bias"), &[c])?,
+                fc_w: get(&format!("{p}.intermediate.dense.weight"), &[i, c])?,
+                fc_b: get(&format!("{p}.intermediate.dense.bias"), &[i])?,
+                out_w: get(&format!("{p}.output.dense.weight"), &[c, i])?,
+                out_b: get(&format!("{p}.output.dense.bias"), &[c])?,
+                ln2_w: get(&format!("{p}.output.LayerNorm.weight"), &[c])?,
+                ln2_b: get(&format!("{p}.output.LayerNorm.bias"), &[c])?,
+            });
+        }
+        Ok(Bert {
+            config,
+            word,
+            pos,
+            token_type,
+            ln_w,
+            ln_b,
+            layers,
+        })
+    }
+
+    /// The last hidden state (N, C) of the packed sequences: `ids` holds every sequence's
+    /// token ids back to back (N in all), `lens` their lengths. Token type 0 throughout (one
+    /// segment per sequence). Each length must be at most `max_position_embeddings`.
+    pub fn forward(&self, ids: &[u32], lens: &[usize]) -> Vec<f32> {
+        let cfg = &self.config;
+        let (n, c, i) = (ids.len(), cfg.hidden_size, cfg.intermediate_size);
+        assert_eq!(
+            lens.iter().sum::<usize>(),
+            n,
+            "lengths do not add up to the ids"
+        );
+        assert!(lens.iter().all(|&l| l <= cfg.max_position_embeddings));
+        let eps = cfg.layer_norm_eps as f32;
+
+        // Embeddings: x = LN(word[id] + pos[t] + type[0]).
+        let mut x = vec![0f32; n * c];
+        let mut emb = vec![0f32; n * c];
+        let positions = lens.iter().flat_map(|&l| 0..l);
+        for ((row, &id), t) in emb.chunks_exact_mut(c).zip(ids).zip(positions) {
+            let id = id as usize;
+            let (w, p) = (&self.word[id * c..][..c], &self.pos[t * c..][..c]);
+            for (((o, &w), &p), &ty) in row.iter_mut().zip(w).zip(p).zip(&self.token_type[..c]) {
+                *o = w + p + ty;
+            }
+        }
+        let (mut mean, mut rstd) = (vec![0f32; n], vec![0f32; n]);
+        let ln = |w, b| Norm { w, b: Some(b), eps };
+        layernorm_forward(
+            NormOut {
+                out: &mut x,
+                mean: &mut mean,
+                rstd: &mut rstd,
+            },
+            &mut emb,
+            None,
+            ln(&self.ln_w, &self.ln_b),
+        );
+
+        let mut qkv = vec![0f32; n * 3 * c];
+        let mut ctx = vec![0f32; n * c];
+        let mut h = vec![0f32; n * i];
+        let mut sum = emb; // (N, C) scratch: a residual sum before its LayerNorm
+        let mut x2 = vec![0f32; n * c];
+        for layer in &self.layers {
+            // qkv (N, 3C) = x @ Wqkvᵀ + b: the bias is written first and the product added.
+            fill_rows(&mut qkv, &layer.qkv_b);
+            matmul(
+                (n, 3 * c, c),
+                &mut qkv,
+                true,
+                Op::N(&x),
+                Op::T(&layer.qkv_w),
+                1.0,
+            );
+            attention(&qkv, &mut ctx, lens, cfg.num_attention_heads);
+            // x = LN1(x + ctx @ Wprojᵀ + b)
+            matmul(
+                (n, c, c),
+                &mut sum,
+                false,
+                Op::N(&ctx),
+                Op::T(&layer.proj_w),
+                1.0,
+            );
+            let skip = Skip {
+                x: &x,
+                bias: Some(&layer.proj_b),
+            };
+            let out = NormOut {
+                out: &mut x2,
+                mean: &mut mean,
+                rstd: &mut rstd,
+            };
+            layernorm_forward(out, &mut sum, Some(skip), ln(&layer.ln1_w, &layer.ln1_b));
+            std::mem::swap(&mut x, &mut x2);
+            // x = LN2(x + gelu(x @ Wfcᵀ + b) @ Woutᵀ + b)
+            fill_rows(&mut h, &layer.fc_b);
+            matmul((n, i, c), &mut h, true, Op::N(&x), Op::T(&layer.fc_w), 1.0);
+            gelu_in_place(&mut h);
+            matmul(
+                (n, c, i),
+                &mut sum,
+                false,
+                Op::N(&h),
+                Op::T(&layer.out_w),
+                1.0,
+            );
+            let skip = Skip {
+                x: &x,
+                bias: Some(&layer.out_b),
+            };
+            let out = NormOut {
+                out: &mut x2,
+                mean: &mut mean,
+                rstd: &mut rstd,
+            };
+            layernorm_forward(out, &mut sum, Some(skip), ln(&layer.ln2_w, &layer.ln2_b));
+            std::mem::swap(&mut x, &mut x2);
+        }
+        x
+    }
+}
+
+/// Every row of `dst` (rows of `row.len()`) set to `row`.
+fn fill_rows(dst: &mut [f32], row: &[f32]) {
+    dst.par_chunks_mut(row.len() * 64).for_each(|rows| {
+        for r in rows.chunks_exact_mut(row.len()) {
+            r.copy_from_slice(row);
+        }
+    });
+}
+
+simd_fn! {
+    fn gelu_chunk(h: &mut [f32]) {
+        for v in h.iter_mut() {
+            *v = simd::gelu_erf(*v);
+        }
+    }
+}
+
+fn gelu_in_place(h: &mut [f32]) {
+    h.par_chunks_mut(16384).for_each(gelu_chunk);
+}
+
+simd_fn! {
+    /// Each row of the (L, L) scores replaced by its softmax.
+    fn softmax_rows(s: &mut [f32], l: usize) {
+        for row in s.chunks_exact_mut(l) {
+            let max = simd::max(row);
+            for v in row.iter_mut() {
+                *v = simd::exp(*v - max);
+            }
+            let inv = 1.0 / simd::sum(row);
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+/// dst (m, n) = alpha · a (m, k) @ b (k, n) on the calling thread, each operand given by its
+/// pointer and (row, column) strides.
+///
+/// # Safety
+/// Every element addressed must lie in a live allocation; dst must not overlap a or b.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize),
+    a: (*const f32, usize, usize),
+    b: (*const f32, usize, usize),
+    alpha: f32,
+) {
+    let i = |x: usize| x as isize;
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        1,
+        i(dst.1),
+        false,
+        a.0,
+        i(a.2),
+        i(a.1),
+        b.0,
+        i(b.2),
+        i(b.1),
+        0.0,
+        alpha,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// One sequence's bidirectional attention over all heads: `qkv` its (L, 3C) rows of the fused
+/// projection, `ctx` its (L, C) output, `s` an (L, L) scratch for one head's scores. The
+/// heads are read and written in place through strides.
+fn attend_sequence(qkv: &[f32], ctx: &mut [f32], nh: usize, s: &mut [f32]) {
+    let l = s.len().isqrt();
+    let c = ctx.len() / l;
+    let hs = c / nh;
+    assert!(qkv.len() == l * 3 * c && s.len() == l * l);
+    let scale = 1.0 / (hs as f32).sqrt();
+    for h in 0..nh {
+        let (q, k, v) = (h * hs, c + h * hs, 2 * c + h * hs);
+        // SAFETY: q, k and v address (L, hs) blocks inside qkv (row stride 3C), the head's
+        // output an (L, hs) block inside ctx (row stride C), s is (L, L); none overlap.
+        unsafe {
+            // s (L, L) = q (L, hs) @ kᵀ (hs, L) / √hs
+            let kt = (qkv.as_ptr().add(k), 1, 3 * c);
+            let qh = (qkv.as_ptr().add(q), 3 * c, 1);
+            gemm_strided((l, l, hs), (s.as_mut_ptr(), l), qh, kt, scale);
+        }
+        softmax_rows(s, l);
+        unsafe {
+            // ctx_h (L, hs) = p (L, L) @ v (L, hs)
+            let vh = (qkv.as_ptr().add(v), 3 * c, 1);
+            let p = (s.as_ptr(), l, 1);
+            gemm_strided((l, hs, l), (ctx.as_mut_ptr().add(h * hs), c), p, vh, 1.0);
+        }
+    }
+}
+
+/// Bidirectional multi-head attention of each packed sequence: ctx (N, C) = softmax(q kᵀ /
+/// √hs) v per sequence and head, from qkv (N, 3C). Sequences run in parallel.
+fn attention(qkv: &[f32], ctx: &mut [f32], lens: &[usize], nh: usize) {
+    let c = ctx.len() / lens.iter().sum::<usize>().max(1);
+    let mut parts = Vec::with_capacity(lens.len());
+    let (mut q_rest, mut c_rest) = (qkv, &mut ctx[..]);
+    for &l in lens {
+        let (q, qr) = q_rest.split_at(l * 3 * c);
+        let (o, cr) = std::mem::take(&mut c_rest).split_at_mut(l * c);
+        parts.push((q, o));
+        (q_rest, c_rest) = (qr, cr);
+    }
+    parts.into_par_iter().for_each(|(q, o)| {
+        let l = o.len() / c;
+        if l > 0 {
+            let mut s = vec![0f32; l * l];
+            attend_sequence(q, o, nh, &mut s);
+        }
+    });
+}

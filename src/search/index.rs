@@ -1,0 +1,646 @@
+//! An on-disk vector index: one folder holding
+//! - `index.json`: the model that made the vectors ([`ModelInfo`]), their count and dimension,
+//!   the HNSW parameters, and every other file's size (a truncated file is caught on open);
+//! - `vectors.f32`: the L2-normalised vectors, (count, dim) little-endian f32, memory-mapped;
+//! - `docs.jsonl`: one `{"id", "text"}` line per vector, in the same order;
+//! - `hnsw.hnsw.graph` and `hnsw.hnsw.data`: an HNSW graph (Malkov & Yashunin 2018) built by the
+//!   `hnsw_rs` crate, once the index holds `hnsw_threshold` vectors or more.
+//!
+//! Scores are cosine similarities (dot products of unit vectors). Below the threshold every
+//! query is exact: a scan of all vectors, which is also what `--exact` asks for at any size.
+//! `add` appends records: the vectors and documents are extended and the graph gets the new
+//! points inserted, written beside the old files and swapped in when complete.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
+use memmap2::Mmap;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::embed::{l2_normalize, Embedder, ModelInfo};
+use super::{open_records, Record};
+use crate::error::{Error, Result};
+use crate::train::fast::simd;
+
+const META: &str = "index.json";
+const VECTORS: &str = "vectors.f32";
+const DOCS: &str = "docs.jsonl";
+const HNSW_BASE: &str = "hnsw";
+const HNSW_GRAPH: &str = "hnsw.hnsw.graph";
+const HNSW_DATA: &str = "hnsw.hnsw.data";
+const FORMAT: u32 = 1;
+
+/// Cosine distance between unit vectors, 1 − a·b, clamped at 0 (rounding can put a·a above 1).
+/// hnsw_rs's own `DistDot` asserts instead of clamping.
+#[derive(Default, Clone, Copy)]
+pub struct CosineDistance;
+
+simd::simd_fn! {
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        simd::dot(a, b)
+    }
+}
+
+impl Distance<f32> for CosineDistance {
+    fn eval(&self, va: &[f32], vb: &[f32]) -> f32 {
+        (1.0 - dot(va, vb)).max(0.0)
+    }
+}
+
+/// The HNSW graph's parameters.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct HnswParams {
+    /// Neighbours kept per node and layer (M).
+    pub m: usize,
+    /// Candidates explored while inserting.
+    pub ef_construction: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        Self {
+            m: 24,
+            ef_construction: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexMeta {
+    pub format: u32,
+    pub model: ModelInfo,
+    pub dim: usize,
+    pub count: usize,
+    /// From this many vectors on, queries go through the HNSW graph.
+    pub hnsw_threshold: usize,
+    pub hnsw: HnswParams,
+    /// Whether the graph files exist (count ≥ hnsw_threshold).
+    pub has_graph: bool,
+    /// Size in bytes of every file of the index but index.json.
+    pub files: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub hnsw_threshold: usize,
+    pub hnsw: HnswParams,
+    /// Records embedded per step: what bounds memory while the corpus streams through.
+    pub chunk: usize,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            hnsw_threshold: 20_000,
+            hnsw: HnswParams::default(),
+            chunk: 8192,
+        }
+    }
+}
+
+/// What a build or append did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    pub dir: PathBuf,
+    pub added: usize,
+    pub count: usize,
+    pub dim: usize,
+    pub embed_seconds: f64,
+    pub graph_seconds: f64,
+    pub total_seconds: f64,
+    pub disk_bytes: u64,
+    pub has_graph: bool,
+}
+
+/// One search result.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Hit {
+    pub id: String,
+    pub score: f32,
+    /// Row of the vector in the index.
+    pub row: usize,
+}
+
+fn data_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Data {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// Refuses to mix models: `model` must be the one the index was built with.
+pub fn check_model(meta: &IndexMeta, model: &ModelInfo, dir: &Path) -> Result<()> {
+    if model.dim != meta.dim {
+        return Err(data_err(
+            &dir.join(META),
+            format!(
+                "the index holds {}-dimensional vectors of model {}, but model {} gives {} dimensions; query it with the model it was built with",
+                meta.dim, meta.model.name, model.name, model.dim
+            ),
+        ));
+    }
+    if model.fingerprint != meta.model.fingerprint || model.kind != meta.model.kind {
+        return Err(data_err(
+            &dir.join(META),
+            format!(
+                "the index was built with model {} ({} {}…), not with {} ({} {}…); query it with the model it was built with",
+                meta.model.name,
+                meta.model.kind,
+                &meta.model.fingerprint[..12.min(meta.model.fingerprint.len())],
+                model.name,
+                model.kind,
+                &model.fingerprint[..12.min(model.fingerprint.len())]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Streams `corpus` through the embedder into the files of `dir` (vectors and documents
+/// appended), checking ids against `seen`. Returns the number of records added and the
+/// embedding time.
+fn append_records(
+    embedder: &dyn Embedder,
+    corpus: &Path,
+    dir: &Path,
+    seen: &mut HashSet<String>,
+    chunk: usize,
+    progress: &dyn Fn(usize),
+) -> Result<(usize, f64)> {
+    use std::io::Write;
+    let open = |name: &str| -> Result<std::io::BufWriter<std::fs::File>> {
+        let p = dir.join(name);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| Error::io(&p, e))?;
+        Ok(std::io::BufWriter::with_capacity(1 << 20, f))
+    };
+    let (mut vec_out, mut doc_out) = (open(VECTORS)?, open(DOCS)?);
+    let mut reader = open_records(corpus)?;
+    let (mut added, mut seconds) = (0, 0.0);
+    let dim = embedder.dim();
+    let mut line = 0;
+    loop {
+        let records: Vec<Record> = reader.next_chunk(chunk)?;
+        if records.is_empty() {
+            break;
+        }
+        for r in &records {
+            line += 1;
+            if !seen.insert(r.id.clone()) {
+                return Err(data_err(
+                    corpus,
+                    format!(
+                        "record {line}: duplicate id {:?}; ids must be unique in an index",
+                        r.id
+                    ),
+                ));
+            }
+        }
+        let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
+        let t0 = Instant::now();
+        let mut v = embedder.embed(&texts)?;
+        seconds += t0.elapsed().as_secs_f64();
+        l2_normalize(&mut v, dim);
+        let io = |e| Error::io(dir.join(VECTORS), e);
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        vec_out.write_all(&bytes).map_err(io)?;
+        for r in &records {
+            let json = serde_json::json!({"id": r.id, "text": r.text});
+            writeln!(doc_out, "{json}").map_err(|e| Error::io(dir.join(DOCS), e))?;
+        }
+        added += records.len();
+        progress(added);
+    }
+    vec_out
+        .flush()
+        .map_err(|e| Error::io(dir.join(VECTORS), e))?;
+    doc_out.flush().map_err(|e| Error::io(dir.join(DOCS), e))?;
+    Ok((added, seconds))
+}
+
+/// A folder next to `dir` for an index being written.
+fn staging_dir(dir: &Path) -> PathBuf {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    dir.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// Removes a staging folder when dropped unless disarmed: a failed build leaves nothing behind.
+struct Cleanup(Option<PathBuf>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+fn file_sizes(dir: &Path, has_graph: bool) -> Result<BTreeMap<String, u64>> {
+    let mut names = vec![VECTORS, DOCS];
+    if has_graph {
+        names.extend([HNSW_GRAPH, HNSW_DATA]);
+    }
+    names
+        .into_iter()
+        .map(|n| {
+            let p = dir.join(n);
+            let len = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
+            Ok((n.to_string(), len))
+        })
+        .collect()
+}
+
+/// Builds the HNSW graph over all vectors of the staged folder and writes it there.
+fn write_graph(dir: &Path, vectors: &[f32], dim: usize, params: HnswParams) -> Result<()> {
+    let n = vectors.len() / dim;
+    let hnsw: Hnsw<f32, CosineDistance> =
+        Hnsw::new(params.m, n, 16, params.ef_construction, CosineDistance);
+    let rows: Vec<(&[f32], usize)> = vectors.chunks_exact(dim).zip(0..n).collect();
+    hnsw.parallel_insert_slice(&rows);
+    dump_graph(&hnsw, dir)
+}
+
+fn dump_graph(hnsw: &Hnsw<f32, CosineDistance>, dir: &Path) -> Result<()> {
+    for f in [HNSW_GRAPH, HNSW_DATA] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let name = hnsw
+        .file_dump(dir, HNSW_BASE)
+        .map_err(|e| data_err(dir, format!("writing the HNSW graph: {e}")))?;
+    if name != HNSW_BASE {
+        return Err(data_err(dir, format!("hnsw_rs wrote basename {name}")));
+    }
+    Ok(())
+}
+
+/// Builds a new index in `dir` (which must not exist, or be an empty folder) from the records
+/// of `corpus`, streamed in chunks.
+pub fn build(
+    embedder: &dyn Embedder,
+    corpus: &Path,
+    dir: &Path,
+    opts: &BuildOptions,
+    progress: &dyn Fn(usize),
+) -> Result<BuildReport> {
+    let t0 = Instant::now();
+    if dir.join(META).exists() {
+        return Err(data_err(
+            dir,
+            "an index already exists here; append with `index add` or choose another folder",
+        ));
+    }
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .next()
+            .is_some()
+    {
+        return Err(data_err(dir, "the folder exists and is not empty"));
+    }
+    let stage = staging_dir(dir);
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
+    let mut cleanup = Cleanup(Some(stage.clone()));
+    let mut seen = HashSet::new();
+    let (count, embed_seconds) =
+        append_records(embedder, corpus, &stage, &mut seen, opts.chunk, progress)?;
+    if count == 0 {
+        return Err(data_err(
+            corpus,
+            "the corpus has no records; nothing to index",
+        ));
+    }
+    let dim = embedder.dim();
+    let t1 = Instant::now();
+    let has_graph = count >= opts.hnsw_threshold;
+    if has_graph {
+        let map = map_vectors(&stage.join(VECTORS), count * dim)?;
+        write_graph(&stage, as_f32(&map), dim, opts.hnsw)?;
+    }
+    let graph_seconds = t1.elapsed().as_secs_f64();
+    let meta = IndexMeta {
+        format: FORMAT,
+        model: embedder.info().clone(),
+        dim,
+        count,
+        hnsw_threshold: opts.hnsw_threshold,
+        hnsw: opts.hnsw,
+        has_graph,
+        files: file_sizes(&stage, has_graph)?,
+    };
+    write_meta(&stage, &meta)?;
+    if dir.exists() {
+        std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&stage, dir).map_err(|e| Error::io(dir, e))?;
+    cleanup.0 = None;
+    Ok(BuildReport {
+        dir: dir.to_path_buf(),
+        added: count,
+        count,
+        dim,
+        embed_seconds,
+        graph_seconds,
+        total_seconds: t0.elapsed().as_secs_f64(),
+        disk_bytes: meta.files.values().sum(),
+        has_graph,
+    })
+}
+
+/// Appends the records of `corpus` to the index in `dir`, which must have been built with the
+/// same model. The new state is written beside the old one and swapped in at the end.
+pub fn add(
+    embedder: &dyn Embedder,
+    corpus: &Path,
+    dir: &Path,
+    chunk: usize,
+    progress: &dyn Fn(usize),
+) -> Result<BuildReport> {
+    let t0 = Instant::now();
+    let old = Index::open(dir)?;
+    check_model(&old.meta, embedder.info(), dir)?;
+    let mut seen: HashSet<String> = old.ids.iter().cloned().collect();
+    let stage = staging_dir(dir);
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
+    let mut cleanup = Cleanup(Some(stage.clone()));
+    for f in [VECTORS, DOCS] {
+        std::fs::copy(dir.join(f), stage.join(f)).map_err(|e| Error::io(stage.join(f), e))?;
+    }
+    let (added, embed_seconds) =
+        append_records(embedder, corpus, &stage, &mut seen, chunk, progress)?;
+    if added == 0 {
+        return Err(data_err(
+            corpus,
+            "the corpus has no records; nothing to add",
+        ));
+    }
+    let meta0 = &old.meta;
+    let (dim, count) = (meta0.dim, meta0.count + added);
+    let t1 = Instant::now();
+    let has_graph = count >= meta0.hnsw_threshold;
+    if has_graph {
+        let map = map_vectors(&stage.join(VECTORS), count * dim)?;
+        let all = as_f32(&map);
+        if meta0.has_graph {
+            // Insert the new points into the existing graph.
+            let hnsw = old.graph()?;
+            let rows: Vec<(&[f32], usize)> = all[meta0.count * dim..]
+                .chunks_exact(dim)
+                .zip(meta0.count..count)
+                .collect();
+            hnsw.parallel_insert_slice(&rows);
+            dump_graph(hnsw, &stage)?;
+        } else {
+            write_graph(&stage, all, dim, meta0.hnsw)?;
+        }
+    }
+    let graph_seconds = t1.elapsed().as_secs_f64();
+    let meta = IndexMeta {
+        count,
+        has_graph,
+        files: file_sizes(&stage, has_graph)?,
+        ..meta0.clone()
+    };
+    write_meta(&stage, &meta)?;
+    drop(old);
+    // Swap: the old folder aside, the new one in, the old one removed.
+    let aside = dir.with_file_name(format!(
+        ".{}.old{}",
+        dir.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::rename(dir, &aside).map_err(|e| Error::io(dir, e))?;
+    std::fs::rename(&stage, dir).map_err(|e| Error::io(dir, e))?;
+    cleanup.0 = None;
+    let _ = std::fs::remove_dir_all(&aside);
+    Ok(BuildReport {
+        dir: dir.to_path_buf(),
+        added,
+        count,
+        dim,
+        embed_seconds,
+        graph_seconds,
+        total_seconds: t0.elapsed().as_secs_f64(),
+        disk_bytes: meta.files.values().sum(),
+        has_graph,
+    })
+}
+
+fn write_meta(dir: &Path, meta: &IndexMeta) -> Result<()> {
+    let text = serde_json::to_string_pretty(meta).expect("metadata serializes");
+    crate::error::write_atomic(&dir.join(META), text.as_bytes())
+}
+
+fn map_vectors(path: &Path, floats: usize) -> Result<Mmap> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the index's files are not modified while an index is open (appends write new
+    // files and rename them into place).
+    let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+    if map.len() != floats * 4 {
+        return Err(data_err(
+            path,
+            format!("{} bytes, {} expected", map.len(), floats * 4),
+        ));
+    }
+    Ok(map)
+}
+
+fn as_f32(map: &Mmap) -> &[f32] {
+    let (head, body, tail) = unsafe { map.align_to::<f32>() };
+    // A page-aligned map of whole f32s has neither head nor tail.
+    assert!(head.is_empty() && tail.is_empty());
+    body
+}
+
+/// An open index.
+pub struct Index {
+    pub dir: PathBuf,
+    pub meta: IndexMeta,
+    vectors: Mmap,
+    pub ids: Vec<String>,
+    /// Byte offset of each document line in docs.jsonl.
+    doc_offsets: Vec<usize>,
+    docs: Mmap,
+    graph: std::sync::OnceLock<Hnsw<'static, f32, CosineDistance>>,
+}
+
+impl Index {
+    /// Opens the index in `dir`, checking that every file has the size index.json recorded.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let meta_path = dir.join(META);
+        if !meta_path.exists() {
+            return Err(data_err(
+                dir,
+                "not an index: index.json is missing (build one with `index build`)",
+            ));
+        }
+        let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
+        let meta: IndexMeta = serde_json::from_str(&text)
+            .map_err(|e| data_err(&meta_path, format!("corrupt index metadata: {e}")))?;
+        if meta.format != FORMAT {
+            return Err(data_err(
+                &meta_path,
+                format!("index format {} (this build reads {FORMAT})", meta.format),
+            ));
+        }
+        for (name, &want) in &meta.files {
+            let p = dir.join(name);
+            let got = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
+            if got != want {
+                return Err(data_err(
+                    &p,
+                    format!("{got} bytes, but the index recorded {want}: the file is truncated or was modified; rebuild the index"),
+                ));
+            }
+        }
+        let vectors = map_vectors(&dir.join(VECTORS), meta.count * meta.dim)?;
+        let docs_path = dir.join(DOCS);
+        let f = std::fs::File::open(&docs_path).map_err(|e| Error::io(&docs_path, e))?;
+        // SAFETY: as for the vectors.
+        let docs = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&docs_path, e))?;
+        let mut ids = Vec::with_capacity(meta.count);
+        let mut doc_offsets = Vec::with_capacity(meta.count);
+        let mut off = 0;
+        for line in docs.split(|&b| b == b'\n') {
+            if !line.is_empty() {
+                #[derive(Deserialize)]
+                struct Id {
+                    id: String,
+                }
+                let id: Id = serde_json::from_slice(line)
+                    .map_err(|e| data_err(&docs_path, format!("line {}: {e}", ids.len() + 1)))?;
+                ids.push(id.id);
+                doc_offsets.push(off);
+            }
+            off += line.len() + 1;
+        }
+        if ids.len() != meta.count {
+            return Err(data_err(
+                &docs_path,
+                format!("{} documents for {} vectors", ids.len(), meta.count),
+            ));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            meta,
+            vectors,
+            ids,
+            doc_offsets,
+            docs,
+            graph: std::sync::OnceLock::new(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.meta.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meta.count == 0
+    }
+
+    pub fn vectors(&self) -> &[f32] {
+        as_f32(&self.vectors)
+    }
+
+    /// The text stored for row `row`.
+    pub fn text(&self, row: usize) -> String {
+        let start = self.doc_offsets[row];
+        let end = self.docs[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(self.docs.len(), |p| start + p);
+        serde_json::from_slice::<serde_json::Value>(&self.docs[start..end])
+            .ok()
+            .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(String::from))
+            .unwrap_or_default()
+    }
+
+    /// The HNSW graph, loaded from disk on first use.
+    fn graph(&self) -> Result<&Hnsw<'static, f32, CosineDistance>> {
+        if let Some(g) = self.graph.get() {
+            return Ok(g);
+        }
+        // hnsw_rs's loaded graph borrows its loader for its lifetime; the loader is a few paths
+        // and options, leaked once per opened index.
+        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(&self.dir, HNSW_BASE)));
+        let g = io.load_hnsw::<f32, CosineDistance>().map_err(|e| {
+            data_err(
+                &self.dir.join(HNSW_GRAPH),
+                format!("corrupt HNSW graph: {e}"),
+            )
+        })?;
+        Ok(self.graph.get_or_init(|| g))
+    }
+
+    /// Exact top-k by cosine for one unit query vector: a scan of every vector.
+    pub fn search_exact(&self, q: &[f32], k: usize) -> Vec<Hit> {
+        let dim = self.meta.dim;
+        let rows_per_task = 4096;
+        let best: Vec<(f32, usize)> = self
+            .vectors()
+            .par_chunks(dim * rows_per_task)
+            .enumerate()
+            .map(|(t, block)| {
+                let scores = block
+                    .chunks_exact(dim)
+                    .enumerate()
+                    .map(|(i, v)| (dot(q, v), t * rows_per_task + i));
+                top_k(scores, k)
+            })
+            .reduce(Vec::new, |a, b| top_k(a.into_iter().chain(b), k));
+        self.hits(best)
+    }
+
+    /// Top-k through the HNSW graph (exploring `ef` candidates, at least k), or exact below
+    /// the threshold. Scores are recomputed from the stored vectors.
+    pub fn search(&self, q: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>> {
+        if !self.meta.has_graph {
+            return Ok(self.search_exact(q, k));
+        }
+        let g = self.graph()?;
+        let dim = self.meta.dim;
+        let found = g.search(q, k, ef.max(k));
+        let scored = found.into_iter().map(|n| {
+            let row = n.d_id;
+            (dot(q, &self.vectors()[row * dim..(row + 1) * dim]), row)
+        });
+        Ok(self.hits(top_k(scored, k)))
+    }
+
+    fn hits(&self, best: Vec<(f32, usize)>) -> Vec<Hit> {
+        best.into_iter()
+            .map(|(score, row)| Hit {
+                id: self.ids[row].clone(),
+                score,
+                row,
+            })
+            .collect()
+    }
+}
+
+/// The k highest (score, row) pairs, best first; ties go to the lower row.
+fn top_k(items: impl Iterator<Item = (f32, usize)>, k: usize) -> Vec<(f32, usize)> {
+    let mut v: Vec<(f32, usize)> = items.collect();
+    let cmp = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    if v.len() > k {
+        v.select_nth_unstable_by(k, cmp);
+        v.truncate(k);
+    }
+    v.sort_by(cmp);
+    v
+}
+
+/// Embeds `texts` with the index's model check and returns unit vectors (n, dim).
+pub fn embed_queries(embedder: &dyn Embedder, index: &Index, texts: &[&str]) -> Result<Vec<f32>> {
+    check_model(&index.meta, embedder.info(), &index.dir)?;
+    let mut v = embedder.embed(texts)?;
+    l2_normalize(&mut v, embedder.dim());
+    Ok(v)
+}

@@ -1,0 +1,419 @@
+//! Embeddings and vector indexes: all-MiniLM-L6-v2 against sentence-transformers (fixture
+//! from scripts/gen_minilm_fixture.py), STS-B test against the published Spearman, decoder
+//! embeddings, and index build / append / reopen / HNSW recall / bad input through the CLI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{assert_clear_error, decodex, decodex_json, minilm};
+use decodex::search::{embed::SentenceEncoder, read_npy, Embedder};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/minilm")
+        .join(name)
+}
+
+fn texts(path: &Path) -> Vec<String> {
+    decodex::search::open_records(path)
+        .unwrap()
+        .read_all()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.text)
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let na: f64 = a.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn minilm_embeddings_equal_sentence_transformers() {
+    let enc = SentenceEncoder::load(&minilm()).unwrap();
+    assert_eq!((enc.max_len, enc.normalize), (256, true));
+    let sentences = texts(&fixture("sentences.jsonl"));
+    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+
+    // Token ids, truncation included, for the first 50 texts.
+    let ids = enc.tokenize(&refs).unwrap();
+    let tokens = std::fs::read_to_string(fixture("tokens.jsonl")).unwrap();
+    for line in tokens.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let i = v["index"].as_u64().unwrap() as usize;
+        let want: Vec<u32> = v["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids[i], want, "token ids of text {i}");
+    }
+
+    let (want, rows, dim) = read_npy(&fixture("embeddings.npy")).unwrap();
+    assert_eq!((rows, dim), (sentences.len(), 384));
+    let got = enc.embed(&refs).unwrap();
+    let (mut worst, mut worst_i, mut max_abs) = (1f64, 0, 0f32);
+    for (i, (g, w)) in got
+        .chunks_exact(dim)
+        .zip(want.chunks_exact(dim))
+        .enumerate()
+    {
+        let c = cosine(g, w);
+        if c < worst {
+            (worst, worst_i) = (c, i);
+        }
+        for (a, b) in g.iter().zip(w) {
+            max_abs = max_abs.max((a - b).abs());
+        }
+    }
+    println!(
+        "EMBEDDINGS {} texts: min cosine {worst:.9} (text {worst_i}), max |diff| {max_abs:.3e}",
+        rows
+    );
+    assert!(worst >= 0.99999, "text {worst_i}: cosine {worst}");
+}
+
+#[test]
+fn stsb_test_spearman_matches_the_published_figure() {
+    let data = decodex::train::config::resolve_data_path(Path::new("search/stsb/sts-test.csv"));
+    let m = minilm();
+    let v = decodex_json(&[
+        "eval",
+        "sts",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    let s = v["spearman"].as_f64().unwrap();
+    println!("STS-B test: {} pairs, Spearman {s:.4}", v["pairs"]);
+    assert_eq!(v["pairs"], 1379);
+    // MTEB's all-MiniLM-L6-v2 STSBenchmark test figure.
+    assert!((s - 0.8203).abs() <= 0.005, "Spearman {s}");
+}
+
+/// Writes `n` records of real sentences (STS-B test) as JSONL with ids `prefix{i}`.
+fn write_corpus(path: &Path, prefix: &str, skip: usize, n: usize) {
+    let data = decodex::train::config::resolve_data_path(Path::new("search/stsb/sts-test.csv"));
+    let pairs = decodex::eval::sts::read_sts(&data).unwrap();
+    let lines: Vec<String> = pairs
+        .iter()
+        .flat_map(|p| [p.s1.clone(), p.s2.clone()])
+        .skip(skip)
+        .take(n)
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"_id": format!("{prefix}{i}"), "text": t}).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn index_builds_appends_reopens_and_its_graph_finds_the_exact_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = minilm();
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    write_corpus(&a, "a", 0, 600);
+    write_corpus(&b, "b", 600, 400);
+    let idx = dir.path().join("idx");
+    // A graph from 500 vectors on: this index has one from the start.
+    let built = decodex_json(&[
+        "index",
+        "build",
+        "--model",
+        s(&m),
+        "--corpus",
+        s(&a),
+        "--out",
+        s(&idx),
+        "--hnsw-threshold",
+        "500",
+        "--chunk",
+        "256",
+        "--json",
+    ]);
+    assert_eq!(
+        (built["count"].as_u64(), built["hnsw"].as_bool()),
+        (Some(600), Some(true))
+    );
+    let added = decodex_json(&["index", "add", s(&idx), "--corpus", s(&b), "--json"]);
+    assert_eq!(
+        (added["added"].as_u64(), added["count"].as_u64()),
+        (Some(400), Some(1000))
+    );
+
+    // A query finds its own sentence first, from either part, through the reopened graph.
+    let corpus_b = texts(&b);
+    for (query, id) in [
+        (texts(&a)[17].clone(), "a17"),
+        (corpus_b[123].clone(), "b123"),
+    ] {
+        let out = decodex(&[
+            "index",
+            "query",
+            s(&idx),
+            "--query",
+            &query,
+            "-k",
+            "3",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let first: serde_json::Value =
+            serde_json::from_slice(out.stdout.split(|&c| c == b'\n').next().unwrap()).unwrap();
+        assert_eq!(first["id"], id, "{first}");
+        assert!(first["score"].as_f64().unwrap() > 0.999);
+        assert_eq!(first["text"], query.as_str());
+    }
+
+    // Recall of the graph against exact search on held-out sentences.
+    let q = dir.path().join("q.jsonl");
+    write_corpus(&q, "q", 1000, 200);
+    let bench = decodex_json(&[
+        "index",
+        "bench",
+        s(&idx),
+        "--queries",
+        s(&q),
+        "-k",
+        "10",
+        "--json",
+    ]);
+    let recall = bench["recall_at_k"].as_f64().unwrap();
+    println!("HNSW recall@10 on 1,000 vectors: {recall:.4}");
+    assert!(recall >= 0.95, "{bench}");
+
+    // The library view agrees with the files: 1,000 unit vectors, ids in order.
+    let index = decodex::search::index::Index::open(&idx).unwrap();
+    assert_eq!(index.len(), 1000);
+    assert_eq!(
+        (index.ids[0].as_str(), index.ids[999].as_str()),
+        ("a0", "b399")
+    );
+    let norm: f32 = index.vectors()[..384].iter().map(|x| x * x).sum();
+    assert!((norm - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn embed_streams_texts_to_npy_and_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = minilm();
+    let input = dir.path().join("t.txt");
+    std::fs::write(&input, "first line\n\nthird line, after an empty one\n").unwrap();
+    let npy = dir.path().join("e.npy");
+    let v = decodex_json(&[
+        "embed",
+        "--model",
+        s(&m),
+        "--input",
+        s(&input),
+        "--out",
+        s(&npy),
+        "--chunk",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(v["rows"], 3);
+    let (got, rows, dim) = read_npy(&npy).unwrap();
+    assert_eq!((rows, dim), (3, 384));
+    let enc = SentenceEncoder::load(&m).unwrap();
+    let want = enc
+        .embed(&["first line", "", "third line, after an empty one"])
+        .unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-6);
+    }
+    let st = dir.path().join("e.safetensors");
+    decodex_json(&[
+        "embed",
+        "--model",
+        s(&m),
+        "--input",
+        s(&input),
+        "--out",
+        s(&st),
+        "--json",
+    ]);
+    let loaded = decodex::checkpoint::load_tensors(&st).unwrap();
+    let (shape, data) = &loaded.tensors["embeddings"];
+    assert_eq!(shape, &vec![3, 384]);
+    assert_eq!(data, &got);
+    assert!(loaded.metadata["model"].contains("all-MiniLM-L6-v2"));
+}
+
+#[test]
+fn decoder_embeddings_are_mean_pooled_unit_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = common::trained_model(dir.path(), 5);
+    let input = dir.path().join("t.txt");
+    std::fs::write(&input, "ROMEO: hello\nJULIET: good night\n").unwrap();
+    let out = dir.path().join("e.npy");
+    let v = decodex_json(&[
+        "embed",
+        "--model",
+        s(&run),
+        "--input",
+        s(&input),
+        "--out",
+        s(&out),
+        "--json",
+    ]);
+    assert_eq!(v["rows"], 2);
+    let (got, rows, dim) = read_npy(&out).unwrap();
+    assert_eq!(rows, 2);
+    for row in got.chunks_exact(dim) {
+        let n: f32 = row.iter().map(|x| x * x).sum();
+        assert!((n - 1.0).abs() < 1e-4);
+    }
+    // The mean of the final hidden states, recomputed here from the model.
+    let emb = decodex::search::load_embedder(&run).unwrap();
+    let again = emb.embed(&["ROMEO: hello"]).unwrap();
+    assert_eq!(&again[..], &got[..dim]);
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = minilm();
+    let p = |n: &str| dir.path().join(n);
+
+    // An empty corpus.
+    std::fs::write(p("empty.jsonl"), "").unwrap();
+    let out = decodex(&[
+        "index",
+        "build",
+        "--model",
+        s(&m),
+        "--corpus",
+        s(&p("empty.jsonl")),
+        "--out",
+        s(&p("i0")),
+    ]);
+    assert_clear_error(&out, &["empty.jsonl", "no records"]);
+    assert!(!p("i0").exists(), "a failed build leaves nothing behind");
+
+    // Duplicate ids.
+    std::fs::write(
+        p("dup.jsonl"),
+        "{\"_id\": \"x\", \"text\": \"one\"}\n{\"_id\": \"y\", \"text\": \"two\"}\n{\"_id\": \"x\", \"text\": \"three\"}\n",
+    )
+    .unwrap();
+    let out = decodex(&[
+        "index",
+        "build",
+        "--model",
+        s(&m),
+        "--corpus",
+        s(&p("dup.jsonl")),
+        "--out",
+        s(&p("i1")),
+    ]);
+    assert_clear_error(&out, &["dup.jsonl", "duplicate id \"x\""]);
+
+    // A good index, then appending an id it already has.
+    write_corpus(&p("c.jsonl"), "c", 0, 50);
+    let idx = p("idx");
+    decodex_json(&[
+        "index",
+        "build",
+        "--model",
+        s(&m),
+        "--corpus",
+        s(&p("c.jsonl")),
+        "--out",
+        s(&idx),
+        "--json",
+    ]);
+    let out = decodex(&["index", "add", s(&idx), "--corpus", s(&p("c.jsonl"))]);
+    assert_clear_error(&out, &["duplicate id \"c0\""]);
+    // Building over an existing index is refused.
+    let out = decodex(&[
+        "index",
+        "build",
+        "--model",
+        s(&m),
+        "--corpus",
+        s(&p("c.jsonl")),
+        "--out",
+        s(&idx),
+    ]);
+    assert_clear_error(&out, &["already exists"]);
+
+    // Another model: a decoder of another dimension, and a changed copy of the same encoder.
+    let run = common::trained_model(dir.path(), 2);
+    let out = decodex(&[
+        "index",
+        "query",
+        s(&idx),
+        "--query",
+        "hi",
+        "--model",
+        s(&run),
+    ]);
+    assert_clear_error(&out, &["index.json", "384-dimensional", "built with"]);
+    let other = p("other-minilm");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(m.join(f), other.join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(m.join("config.json")).unwrap();
+    std::fs::write(other.join("config.json"), cfg.replace("0.02", "0.021")).unwrap();
+    let out = decodex(&[
+        "index",
+        "query",
+        s(&idx),
+        "--query",
+        "hi",
+        "--model",
+        s(&other),
+    ]);
+    assert_clear_error(&out, &["index.json", "built with model all-MiniLM-L6-v2"]);
+    let out = decodex(&[
+        "index",
+        "add",
+        s(&idx),
+        "--corpus",
+        s(&p("c.jsonl")),
+        "--model",
+        s(&other),
+    ]);
+    assert_clear_error(&out, &["built with model all-MiniLM-L6-v2"]);
+
+    // A truncated index file.
+    let vectors = idx.join("vectors.f32");
+    let len = std::fs::metadata(&vectors).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&vectors)
+        .unwrap();
+    f.set_len(len - 100).unwrap();
+    let out = decodex(&["index", "query", s(&idx), "--query", "hi"]);
+    assert_clear_error(&out, &["vectors.f32", "truncated"]);
+    // Not an index at all.
+    let out = decodex(&["index", "query", s(dir.path()), "--query", "hi"]);
+    assert_clear_error(&out, &["not an index"]);
+    // An output that is neither .npy nor .safetensors.
+    let out = decodex(&[
+        "embed",
+        "--model",
+        s(&m),
+        "--input",
+        s(&p("c.jsonl")),
+        "--out",
+        s(&p("e.bin")),
+    ]);
+    assert_clear_error(&out, &["e.bin", ".npy or .safetensors"]);
+}
