@@ -12,11 +12,12 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 TEXTS=${2:-$HERE/../tests/fixtures/minilm/sentences.jsonl}
 M=${DECODEX_MODELS:-$HOME/.cache/decodex/models}/all-MiniLM-L6-v2
 BIN=${DECODEX_BIN:-target/release/decodex}
+[[ -n ${DECODEX_BIN:-} ]] || cargo build --release --quiet
 LOG=$(mktemp)
 for ((r = 1; r <= ROUNDS; r++)); do
     d=$("$BIN" --threads 2 bench embed --model "$M" --input "$TEXTS" --rounds 1 --json)
     s=$(python3 "$HERE/bench_st.py" --model "$M" --sentences "$TEXTS" --threads 2 --rounds 1 \
-        --batch 32 2>/dev/null | tail -n 1)
+        --batch 32 | tail -n 1)
     echo "round $r decodex $d" | tee -a "$LOG"
     echo "round $r sentence-transformers $s" | tee -a "$LOG"
 done

@@ -231,7 +231,10 @@ fn spearman_and_pearson_match_scipy() {
 #[test]
 fn reads_scifact() {
     let dir = data("search/scifact");
-    let corpus = retrieval::read_corpus(&dir.join("corpus.jsonl")).unwrap();
+    let corpus = decodex::search::open_records(&dir.join("corpus.jsonl"))
+        .unwrap()
+        .read_all()
+        .unwrap();
     let queries = retrieval::read_queries(&dir.join("queries.jsonl")).unwrap();
     let test = retrieval::read_qrels(&dir.join("qrels/test.tsv")).unwrap();
     assert_eq!(corpus.len(), 5183);
@@ -248,7 +251,7 @@ fn reads_scifact() {
     );
     let d = &corpus[0];
     assert_eq!(d.id, "4983");
-    let full = d.full_text();
+    let full = &d.text;
     assert!(full.starts_with("Microstructural development of human newborn cerebral white matter assessed in vivo by diffusion tensor magnetic resonance imaging. Alterations of the architecture"), "{full}");
     // Every judgment names a known query and document.
     let doc_ids: std::collections::HashSet<&str> = corpus.iter().map(|d| d.id.as_str()).collect();
@@ -290,32 +293,6 @@ fn data_error(err: Error) -> (PathBuf, String) {
         Error::Data { path, msg } => (path, msg),
         other => panic!("expected a Data error, got {other:?}"),
     }
-}
-
-#[test]
-fn duplicate_corpus_id_is_an_error_naming_the_id_and_lines() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("corpus.jsonl");
-    std::fs::write(
-        &p,
-        "{\"_id\": \"a\", \"title\": \"\", \"text\": \"x\"}\n\
-         {\"_id\": \"b\", \"text\": \"y\"}\n\
-         {\"_id\": \"a\", \"title\": \"t\", \"text\": \"z\"}\n",
-    )
-    .unwrap();
-    let (path, msg) = data_error(retrieval::read_corpus(&p).unwrap_err());
-    assert_eq!(path, p);
-    assert!(
-        msg.contains("line 3") && msg.contains("\"a\"") && msg.contains("line 1"),
-        "{msg}"
-    );
-    std::fs::write(
-        &p,
-        "{\"_id\": \"a\", \"text\": \"x\"}\n{\"_id\": 7, \"text\": \"y\"}\n",
-    )
-    .unwrap();
-    let (_, msg) = data_error(retrieval::read_corpus(&p).unwrap_err());
-    assert!(msg.starts_with("line 2:"), "{msg}");
 }
 
 #[test]

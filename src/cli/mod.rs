@@ -600,8 +600,14 @@ pub fn run() -> i32 {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global();
+    // hnsw_rs logs the failures it also returns as errors: without DECODEX_LOG, only the one
+    // error line decodex prints is shown.
+    let filter = match std::env::var_os("DECODEX_LOG") {
+        Some(_) => tracing_subscriber::EnvFilter::from_env("DECODEX_LOG"),
+        None => tracing_subscriber::EnvFilter::new("error,hnsw_rs=off,anndists=off"),
+    };
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("DECODEX_LOG"))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
     match commands::dispatch(cli.command) {

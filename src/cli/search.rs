@@ -26,8 +26,8 @@ pub struct EmbedArgs {
     /// .gz accepted. Read in chunks, so it may be larger than memory.
     #[arg(long)]
     pub input: PathBuf,
-    /// Output: .npy (float32, rows × dim) or .safetensors (tensor "embeddings", ids and model
-    /// in the metadata).
+    /// Output: .npy (float32, rows × dim) or .safetensors (tensor "embeddings", the model in
+    /// the metadata). Rows follow the input's order.
     #[arg(long)]
     pub out: PathBuf,
     /// Texts embedded per step.
@@ -210,7 +210,7 @@ pub fn embed(a: &EmbedArgs) -> Result<()> {
         ("rows".to_string(), rows.to_string()),
     ];
     let mut out = VectorWriter::create(&a.out, rows, model.dim(), meta)?;
-    let mut ids = Vec::new();
+    let mut done = 0;
     let mut reader = open_records(&a.input)?;
     let pb = progress_bar(Some(rows), a.json);
     let t0 = Instant::now();
@@ -221,8 +221,8 @@ pub fn embed(a: &EmbedArgs) -> Result<()> {
         }
         let texts: Vec<&str> = chunk.iter().map(|r| r.text.as_str()).collect();
         out.write(&model.embed(&texts)?)?;
-        ids.extend(chunk.into_iter().map(|r| r.id));
-        pb.set_position(ids.len() as u64);
+        done += chunk.len();
+        pb.set_position(done as u64);
     }
     out.finish()?;
     pb.finish_and_clear();
@@ -288,15 +288,19 @@ pub fn index_cmd(cmd: &IndexCmd) -> Result<()> {
             report_build(&r, a.json, "built")
         }
         IndexCmd::Add(a) => {
+            if a.chunk == 0 {
+                bail!("--chunk must be at least 1");
+            }
             let model = index_model(&a.index, a.model.as_deref())?;
             let pb = progress_bar(None, a.json);
-            let r = index::add(model.as_ref(), &a.corpus, &a.index, a.chunk.max(1), &|n| {
+            let r = index::add(model.as_ref(), &a.corpus, &a.index, a.chunk, &|n| {
                 pb.set_position(n as u64)
             })?;
             pb.finish_and_clear();
             report_build(&r, a.json, "appended to")
         }
         IndexCmd::Query(a) => {
+            check_k(a.k, a.ef)?;
             let idx = Index::open(&a.index)?;
             let model = index_model(&a.index, a.model.as_deref())?;
             let q = index::embed_queries(model.as_ref(), &idx, &[a.query.as_str()])?;
@@ -326,7 +330,7 @@ pub fn index_cmd(cmd: &IndexCmd) -> Result<()> {
 
 /// The embedder for an index: `--model`, or the model the index records.
 fn index_model(dir: &Path, model: Option<&Path>) -> Result<Box<dyn Embedder>> {
-    let meta = Index::open(dir)?.meta;
+    let meta = Index::read_meta(dir)?;
     let path = model
         .map(Path::to_path_buf)
         .unwrap_or(meta.model.path.clone());
@@ -335,7 +339,16 @@ fn index_model(dir: &Path, model: Option<&Path>) -> Result<Box<dyn Embedder>> {
     Ok(m)
 }
 
+/// -k and --ef must be at least 1.
+fn check_k(k: usize, ef: usize) -> Result<()> {
+    if k == 0 || ef == 0 {
+        bail!("-k (--top-k) and --ef must be at least 1");
+    }
+    Ok(())
+}
+
 fn index_bench(a: &IndexBenchArgs) -> Result<()> {
+    check_k(a.k, a.ef)?;
     let idx = Index::open(&a.index)?;
     let model = index_model(&a.index, a.model.as_deref())?;
     let mut records = open_records(&a.queries)?.read_all()?;
@@ -396,6 +409,7 @@ fn index_bench(a: &IndexBenchArgs) -> Result<()> {
 }
 
 pub fn eval_retrieval(a: &RetrievalArgs) -> Result<()> {
+    check_k(a.top_k, a.ef)?;
     let idx = Index::open(&a.index)?;
     let model = index_model(&a.index, a.model.as_deref())?;
     let qrels = retrieval::read_qrels(&a.qrels)?;
@@ -415,16 +429,21 @@ pub fn eval_retrieval(a: &RetrievalArgs) -> Result<()> {
     let q = index::embed_queries(model.as_ref(), &idx, &texts)?;
     let dim = idx.meta.dim;
     let mut run: retrieval::Run = HashMap::new();
+    // As BEIR: one hit more, so that top_k remain once a hit with the query's own id is
+    // dropped.
+    let k = a.top_k + usize::from(!a.keep_identical_ids);
     for ((id, _), v) in queries.iter().zip(q.chunks_exact(dim)) {
         let hits = if a.exact {
-            idx.search_exact(v, a.top_k)
+            idx.search_exact(v, k)
         } else {
-            idx.search(v, a.top_k, a.ef)?
+            idx.search(v, k, a.ef)?
         };
-        run.insert(
-            id.clone(),
-            hits.into_iter().map(|h| (h.id, h.score)).collect(),
-        );
+        let mut hits: Vec<(String, f32)> = hits.into_iter().map(|h| (h.id, h.score)).collect();
+        if !a.keep_identical_ids {
+            hits.retain(|(d, _)| d != id);
+        }
+        hits.truncate(a.top_k);
+        run.insert(id.clone(), hits);
     }
     let secs = t0.elapsed().as_secs_f64();
     let opts = retrieval::EvalOptions {
@@ -477,13 +496,14 @@ pub fn bench_embed(a: &BenchEmbedArgs) -> Result<()> {
         bail!("{}: no texts", a.input.display());
     }
     let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
+    if a.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     model.embed(&texts)?; // warm-up
-    let mut rates = Vec::new();
-    for round in 0..a.rounds.max(1) {
+    for round in 0..a.rounds {
         let t0 = Instant::now();
         std::hint::black_box(model.embed(&texts)?);
         let s = t0.elapsed().as_secs_f64();
-        rates.push(texts.len() as f64 / s);
         emit(
             a.json,
             json!({"round": round, "sentences": texts.len(), "seconds": s,

@@ -1,6 +1,6 @@
-//! BEIR-style retrieval evaluation: the BEIR file formats (queries.jsonl, corpus.jsonl and
-//! qrels TSV) and nDCG@k, Recall@k and MRR@k as BEIR 2.2.0 computes them, nDCG and recall
-//! through pytrec_eval (trec_eval's `ndcg_cut` and `recall`), MRR with BEIR's own
+//! BEIR-style retrieval evaluation: BEIR's queries.jsonl and qrels TSV (corpus files are read
+//! by `search::open_records`), and nDCG@k, Recall@k and MRR@k as BEIR 2.2.0 computes them, nDCG
+//! and recall through pytrec_eval (trec_eval's `ndcg_cut` and `recall`), MRR with BEIR's own
 //! `evaluate_custom(metric="mrr")`.
 //!
 //! The details that move a figure, each checked against pytrec_eval-terrier 0.5.11 by
@@ -26,7 +26,6 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::eval::bleu::is_py_space;
 
 /// Judgments: query id -> document id -> grade (BEIR's `qrels`).
 pub type Qrels = HashMap<String, HashMap<String, i32>>;
@@ -36,30 +35,6 @@ pub type Qrels = HashMap<String, HashMap<String, i32>>;
 pub type Run = HashMap<String, Vec<(String, f32)>>;
 
 // --- readers ------------------------------------------------------------------------------
-
-/// One line of corpus.jsonl.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Document {
-    #[serde(rename = "_id")]
-    pub id: String,
-    #[serde(default)]
-    pub title: Option<String>,
-    pub text: String,
-}
-
-impl Document {
-    /// The text BEIR encodes (`beir.retrieval.models.util.extract_corpus_sentences`):
-    /// `(title + " " + text).strip()` when there is a title, else `text.strip()`, with Python's
-    /// whitespace.
-    pub fn full_text(&self) -> String {
-        match &self.title {
-            Some(t) => format!("{t} {}", self.text)
-                .trim_matches(is_py_space)
-                .to_string(),
-            None => self.text.trim_matches(is_py_space).to_string(),
-        }
-    }
-}
 
 #[derive(Deserialize)]
 struct Query {
@@ -121,17 +96,6 @@ pub fn read_queries(path: &Path) -> Result<Vec<(String, String)>> {
         |q: &Query| &q.id,
     )?;
     Ok(qs.into_iter().map(|q| (q.id, q.text)).collect())
-}
-
-/// Reads BEIR's corpus.jsonl (`{"_id": ..., "title": ..., "text": ...}` per line; the title
-/// may be missing) in file order. A repeated id is an error naming both lines.
-pub fn read_corpus(path: &Path) -> Result<Vec<Document>> {
-    read_jsonl(
-        path,
-        "document",
-        "a JSON object with string \"_id\" and \"text\" and an optional \"title\"",
-        |d: &Document| &d.id,
-    )
 }
 
 /// Reads a BEIR qrels TSV: a header line (`query-id\tcorpus-id\tscore`), then one judgment
@@ -508,17 +472,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("query ids match"), "{err}");
-    }
-
-    #[test]
-    fn full_text_joins_title_and_text_like_beir() {
-        let d = |title: Option<&str>, text: &str| Document {
-            id: "1".into(),
-            title: title.map(String::from),
-            text: text.into(),
-        };
-        assert_eq!(d(Some("T"), "body ").full_text(), "T body");
-        assert_eq!(d(Some(""), " body").full_text(), "body");
-        assert_eq!(d(None, "\u{1f}body\n").full_text(), "body");
     }
 }

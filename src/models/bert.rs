@@ -55,11 +55,26 @@ impl BertConfig {
             msg,
         };
         if let Some(t) = self.model_type.as_deref() {
-            if !matches!(t, "bert" | "roberta" | "xlm-roberta") {
+            // RoBERTa and XLM-R number positions from padding_idx + 1: not this forward.
+            if t != "bert" {
                 return Err(bad(format!(
-                    "model_type {t:?} is not a BERT-family encoder"
+                    "model_type {t:?} (only \"bert\" encoders are supported)"
                 )));
             }
+        }
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::BadConfig {
+                path: path.to_path_buf(),
+                msg: format!("{name} is 0"),
+            });
         }
         if self.hidden_act != "gelu" {
             return Err(bad(format!(

@@ -24,8 +24,7 @@ pub struct ModelInfo {
     /// `bert`, `gpt` or `llama`.
     pub kind: String,
     pub dim: usize,
-    /// sha256 over the config and the weights' size, first and last MiB: cheap for large files
-    /// and different for any two real checkpoints.
+    /// sha256 of the weights and of every config and tokenizer file that shapes the vectors.
     pub fingerprint: String,
 }
 
@@ -65,22 +64,27 @@ pub fn load_embedder(path: &Path) -> Result<Box<dyn Embedder>> {
     Ok(Box::new(DecoderEmbedder::load(path)?))
 }
 
-/// sha256 of the config text, the weights' length and their first and last MiB.
-fn fingerprint(config: &[u8], weights: &Path) -> Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(weights).map_err(|e| Error::io(weights, e))?;
-    let len = f.metadata().map_err(|e| Error::io(weights, e))?.len();
+/// sha256 over the whole of each file that exists among `files` (name and bytes, in order):
+/// the weights and every config and tokenizer file that shapes the vectors.
+fn fingerprint(files: &[PathBuf]) -> Result<String> {
     let mut h = Sha256::new();
-    h.update(config);
-    h.update(len.to_le_bytes());
-    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
-    f.read_exact(&mut buf).map_err(|e| Error::io(weights, e))?;
-    h.update(&buf);
-    f.seek(SeekFrom::Start(len - buf.len() as u64))
-        .and_then(|_| f.read_exact(&mut buf))
-        .map_err(|e| Error::io(weights, e))?;
-    h.update(&buf);
+    for f in files.iter().filter(|f| f.exists()) {
+        h.update(file_name(f).as_bytes());
+        let mut file = std::fs::File::open(f).map_err(|e| Error::io(f, e))?;
+        std::io::copy(&mut file, &mut h).map_err(|e| Error::io(f, e))?;
+    }
     Ok(format!("{:x}", h.finalize()))
+}
+
+/// The safetensors weight files of a folder (one file or shards), sorted.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut w: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    w.sort();
+    Ok(w)
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -129,6 +133,30 @@ pub struct SentenceEncoder {
 /// that the activations stay in the last-level cache's neighbourhood.
 const BATCH_TOKENS: usize = 2048;
 
+/// The pooling of a sentence-transformers `Pooling` config: exactly one of mean or CLS.
+fn read_pooling(path: &Path) -> Result<Pooling> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::BadConfig {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let on: Vec<&str> = cfg
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| k.starts_with("pooling_mode_") && v.as_bool() == Some(true))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    match on[..] {
+        ["pooling_mode_mean_tokens"] => Ok(Pooling::Mean),
+        ["pooling_mode_cls_token"] => Ok(Pooling::Cls),
+        _ => Err(Error::UnsupportedModel {
+            path: path.to_path_buf(),
+            msg: format!("pooling modes {on:?} (exactly one of mean or CLS is supported)"),
+        }),
+    }
+}
+
 impl SentenceEncoder {
     pub fn load(dir: &Path) -> Result<Self> {
         let bert = Bert::load(dir)?;
@@ -149,45 +177,38 @@ impl SentenceEncoder {
         let max_len = read_json("sentence_bert_config.json")?
             .and_then(|v| v.get("max_seq_length").and_then(|m| m.as_u64()))
             .map_or(cfg_max, |m| (m as usize).min(cfg_max));
-        let (pooling, normalize) = match read_json("modules.json")? {
-            None => (Pooling::Mean, true),
+        let (pooling, normalize, pool_dir) = match read_json("modules.json")? {
+            None => (Pooling::Mean, true, None),
             Some(modules) => {
                 let list = modules.as_array().cloned().unwrap_or_default();
-                let has = |ty: &str| {
-                    list.iter().any(|m| {
-                        m.get("type")
-                            .and_then(|t| t.as_str())
-                            .is_some_and(|t| t.ends_with(ty))
-                    })
+                let (mut pool_dir, mut normalize) = (None, false);
+                for m in &list {
+                    let ty = m.get("type").and_then(|t| t.as_str()).unwrap_or("");
+                    match ty.rsplit('.').next().unwrap_or("") {
+                        "Transformer" => {}
+                        "Pooling" => {
+                            let p = m
+                                .get("path")
+                                .and_then(|p| p.as_str())
+                                .unwrap_or("1_Pooling");
+                            pool_dir = Some(p.to_string());
+                        }
+                        "Normalize" => normalize = true,
+                        _ => {
+                            return Err(Error::UnsupportedModel {
+                                path: dir.join("modules.json"),
+                                msg: format!(
+                                "module {ty:?} (Transformer, Pooling and Normalize are supported)"
+                            ),
+                            })
+                        }
+                    }
+                }
+                let pooling = match &pool_dir {
+                    None => Pooling::Mean,
+                    Some(p) => read_pooling(&dir.join(p).join("config.json"))?,
                 };
-                let pool_dir = list
-                    .iter()
-                    .find(|m| {
-                        m.get("type")
-                            .and_then(|t| t.as_str())
-                            .is_some_and(|t| t.ends_with(".Pooling"))
-                    })
-                    .and_then(|m| m.get("path").and_then(|p| p.as_str()))
-                    .unwrap_or("1_Pooling")
-                    .to_string();
-                let pool_cfg = read_json(&format!("{pool_dir}/config.json"))?;
-                let flag = |k: &str| {
-                    pool_cfg
-                        .as_ref()
-                        .and_then(|c| c.get(k).and_then(|b| b.as_bool()))
-                        .unwrap_or(false)
-                };
-                let pooling = if flag("pooling_mode_cls_token") {
-                    Pooling::Cls
-                } else if flag("pooling_mode_mean_tokens") || pool_cfg.is_none() {
-                    Pooling::Mean
-                } else {
-                    return Err(Error::UnsupportedModel {
-                        path: dir.join(pool_dir).join("config.json"),
-                        msg: "only mean or CLS pooling is supported".into(),
-                    });
-                };
-                (pooling, has(".Normalize"))
+                (pooling, normalize, pool_dir)
             }
         };
         let tok_path = dir.join("tokenizer.json");
@@ -209,14 +230,30 @@ impl SentenceEncoder {
                 path: tok_path.clone(),
                 msg: e.to_string(),
             })?;
-        let cfg_bytes = std::fs::read(dir.join("config.json")).unwrap_or_default();
-        let weights = dir.join("model.safetensors");
+        if tokenizer.get_vocab_size(true) > bert.config.vocab_size {
+            return Err(Error::VocabMismatch {
+                path: tok_path,
+                tokenizer: tokenizer.get_vocab_size(true),
+                model: bert.config.vocab_size,
+            });
+        }
+        let mut files = weight_files(dir)?;
+        files.extend(
+            [
+                "config.json",
+                "tokenizer.json",
+                "sentence_bert_config.json",
+                "modules.json",
+            ]
+            .map(|f| dir.join(f)),
+        );
+        files.extend(pool_dir.map(|p| dir.join(p).join("config.json")));
         let info = ModelInfo {
             name: file_name(dir),
             path: absolute(dir),
             kind: "bert".into(),
             dim: bert.config.hidden_size,
-            fingerprint: fingerprint(&cfg_bytes, &weights)?,
+            fingerprint: fingerprint(&files)?,
         };
         Ok(Self {
             bert,
@@ -230,11 +267,16 @@ impl SentenceEncoder {
 
     /// Token ids of each text, `[CLS] … [SEP]`, truncated at `max_len`.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let enc = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| Error::TokenizerLib(e.to_string()))?;
-        Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
+        // In slices: an `Encoding` also holds offsets and token strings, ten times the ids.
+        let mut ids = Vec::with_capacity(texts.len());
+        for slice in texts.chunks(1024) {
+            let enc = self
+                .tokenizer
+                .encode_batch(slice.to_vec(), true)
+                .map_err(|e| Error::TokenizerLib(e.to_string()))?;
+            ids.extend(enc.into_iter().map(|e| e.get_ids().to_vec()));
+        }
+        Ok(ids)
     }
 
     /// Embeddings of tokenized texts, (n, dim): the sequences run longest first in packed
@@ -310,31 +352,23 @@ pub struct DecoderEmbedder {
 impl DecoderEmbedder {
     pub fn load(path: &Path) -> Result<Self> {
         let model = pretrained::load(path, false, None)?;
-        let (kind, dim, weights, cfg): (&str, usize, PathBuf, Vec<u8>) = match &model.network {
-            Network::Gpt(g) => (
-                "gpt",
-                g.cfg.n_embd,
-                path.join("model.safetensors"),
-                std::fs::read(path.join("config.json")).unwrap_or_default(),
-            ),
-            Network::Llama(l) => {
-                let (weights, cfg) = if path.is_file() {
-                    (path.to_path_buf(), Vec::new())
-                } else {
-                    (
-                        path.join("model.safetensors"),
-                        std::fs::read(path.join("config.json")).unwrap_or_default(),
-                    )
-                };
-                ("llama", l.cfg.hidden_size, weights, cfg)
-            }
+        let (kind, dim) = match &model.network {
+            Network::Gpt(g) => ("gpt", g.cfg.n_embd),
+            Network::Llama(l) => ("llama", l.cfg.hidden_size),
+        };
+        let files = if path.is_file() {
+            vec![path.to_path_buf()]
+        } else {
+            let mut f = weight_files(path)?;
+            f.extend(["config.json", "tokenizer.json"].map(|n| path.join(n)));
+            f
         };
         let info = ModelInfo {
             name: file_name(path),
             path: absolute(path),
             kind: kind.into(),
             dim,
-            fingerprint: fingerprint(&cfg, &weights)?,
+            fingerprint: fingerprint(&files)?,
         };
         Ok(Self { model, info })
     }

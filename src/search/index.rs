@@ -11,11 +11,11 @@
 //! `add` appends records: the vectors and documents are extended and the graph gets the new
 //! points inserted, written beside the old files and swapped in when complete.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
+use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo, ReloadOptions};
 use memmap2::Mmap;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -131,6 +131,10 @@ fn data_err(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
+fn short(fingerprint: &str) -> String {
+    fingerprint.chars().take(12).collect()
+}
+
 /// Refuses to mix models: `model` must be the one the index was built with.
 pub fn check_model(meta: &IndexMeta, model: &ModelInfo, dir: &Path) -> Result<()> {
     if model.dim != meta.dim {
@@ -149,10 +153,10 @@ pub fn check_model(meta: &IndexMeta, model: &ModelInfo, dir: &Path) -> Result<()
                 "the index was built with model {} ({} {}…), not with {} ({} {}…); query it with the model it was built with",
                 meta.model.name,
                 meta.model.kind,
-                &meta.model.fingerprint[..12.min(meta.model.fingerprint.len())],
+                short(&meta.model.fingerprint),
                 model.name,
                 model.kind,
-                &model.fingerprint[..12.min(model.fingerprint.len())]
+                short(&model.fingerprint)
             ),
         ));
     }
@@ -166,7 +170,7 @@ fn append_records(
     embedder: &dyn Embedder,
     corpus: &Path,
     dir: &Path,
-    seen: &mut HashSet<String>,
+    seen: &mut HashMap<String, usize>,
     chunk: usize,
     progress: &dyn Fn(usize),
 ) -> Result<(usize, f64)> {
@@ -184,20 +188,22 @@ fn append_records(
     let mut reader = open_records(corpus)?;
     let (mut added, mut seconds) = (0, 0.0);
     let dim = embedder.dim();
-    let mut line = 0;
     loop {
         let records: Vec<Record> = reader.next_chunk(chunk)?;
         if records.is_empty() {
             break;
         }
         for r in &records {
-            line += 1;
-            if !seen.insert(r.id.clone()) {
+            if let Some(first) = seen.insert(r.id.clone(), r.line) {
+                let where_ = match first {
+                    0 => "already in the index".to_string(),
+                    n => format!("first on line {n}"),
+                };
                 return Err(data_err(
                     corpus,
                     format!(
-                        "record {line}: duplicate id {:?}; ids must be unique in an index",
-                        r.id
+                        "line {}: duplicate id {:?} ({where_}); ids must be unique in an index",
+                        r.line, r.id
                     ),
                 ));
             }
@@ -306,7 +312,7 @@ pub fn build(
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
     let mut cleanup = Cleanup(Some(stage.clone()));
-    let mut seen = HashSet::new();
+    let mut seen = HashMap::new();
     let (count, embed_seconds) =
         append_records(embedder, corpus, &stage, &mut seen, opts.chunk, progress)?;
     if count == 0 {
@@ -364,7 +370,8 @@ pub fn add(
     let t0 = Instant::now();
     let old = Index::open(dir)?;
     check_model(&old.meta, embedder.info(), dir)?;
-    let mut seen: HashSet<String> = old.ids.iter().cloned().collect();
+    // Ids already in the index map to line 0.
+    let mut seen: HashMap<String, usize> = old.ids.iter().map(|id| (id.clone(), 0)).collect();
     let stage = staging_dir(dir);
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
@@ -389,13 +396,15 @@ pub fn add(
         let all = as_f32(&map);
         if meta0.has_graph {
             // Insert the new points into the existing graph.
-            let hnsw = old.graph()?;
+            let mut hnsw = load_graph(dir, meta0.count)?;
+            // A reloaded graph extends candidates when inserting; the build did not.
+            hnsw.set_extend_candidates(false);
             let rows: Vec<(&[f32], usize)> = all[meta0.count * dim..]
                 .chunks_exact(dim)
                 .zip(meta0.count..count)
                 .collect();
             hnsw.parallel_insert_slice(&rows);
-            dump_graph(hnsw, &stage)?;
+            dump_graph(&hnsw, &stage)?;
         } else {
             write_graph(&stage, all, dim, meta0.hnsw)?;
         }
@@ -416,7 +425,11 @@ pub fn add(
         std::process::id()
     ));
     std::fs::rename(dir, &aside).map_err(|e| Error::io(dir, e))?;
-    std::fs::rename(&stage, dir).map_err(|e| Error::io(dir, e))?;
+    if let Err(e) = std::fs::rename(&stage, dir) {
+        // Put the old index back: an append either completes or changes nothing.
+        let _ = std::fs::rename(&aside, dir);
+        return Err(Error::io(dir, e));
+    }
     cleanup.0 = None;
     let _ = std::fs::remove_dir_all(&aside);
     Ok(BuildReport {
@@ -458,6 +471,50 @@ fn as_f32(map: &Mmap) -> &[f32] {
     body
 }
 
+/// Loads the HNSW graph of the index in `dir`, its vectors memory-mapped (hnsw_rs's data file)
+/// rather than copied. hnsw_rs asserts on malformed files instead of returning errors, so the
+/// load runs under `catch_unwind` and a panic becomes a corrupt-file error; the file sizes were
+/// checked against index.json before.
+fn load_graph(dir: &Path, count: usize) -> Result<Hnsw<'static, f32, CosineDistance>> {
+    let corrupt =
+        |msg: String| data_err(&dir.join(HNSW_GRAPH), format!("corrupt HNSW graph: {msg}"));
+    // The loaded graph borrows its loader for its whole life: the loader (paths, options and
+    // the data map) is leaked once per load.
+    let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new_with_options(
+        dir,
+        HNSW_BASE,
+        ReloadOptions::default().set_mmap(true),
+    )));
+    // Silence the default hook meanwhile, so that a failure is one error line, not a panic
+    // message too.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    fn load(io: &'static mut HnswIo) -> anyhow::Result<Hnsw<'static, f32, CosineDistance>> {
+        io.load_hnsw::<f32, CosineDistance>()
+    }
+    let mut io = Some(io);
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        load(io.take().expect("called once"))
+    }));
+    std::panic::set_hook(hook);
+    let g = match loaded {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => return Err(corrupt(e.to_string())),
+        Err(_) => {
+            return Err(corrupt(
+                "the graph reader failed on it; rebuild the index".into(),
+            ))
+        }
+    };
+    if g.get_nb_point() != count {
+        return Err(corrupt(format!(
+            "{} points for {count} vectors; rebuild the index",
+            g.get_nb_point()
+        )));
+    }
+    Ok(g)
+}
+
 /// An open index.
 pub struct Index {
     pub dir: PathBuf,
@@ -471,8 +528,9 @@ pub struct Index {
 }
 
 impl Index {
-    /// Opens the index in `dir`, checking that every file has the size index.json recorded.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Reads and checks `index.json` of the index in `dir`, and that every file has the size
+    /// it records, without reading the files.
+    pub fn read_meta(dir: &Path) -> Result<IndexMeta> {
         let meta_path = dir.join(META);
         if !meta_path.exists() {
             return Err(data_err(
@@ -489,6 +547,19 @@ impl Index {
                 format!("index format {} (this build reads {FORMAT})", meta.format),
             ));
         }
+        let bytes = meta
+            .count
+            .checked_mul(meta.dim)
+            .and_then(|n| n.checked_mul(4));
+        if meta.dim == 0 || meta.count == 0 || bytes.is_none() {
+            return Err(data_err(
+                &meta_path,
+                format!(
+                    "corrupt index metadata: count {} × dim {}",
+                    meta.count, meta.dim
+                ),
+            ));
+        }
         for (name, &want) in &meta.files {
             let p = dir.join(name);
             let got = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
@@ -499,6 +570,12 @@ impl Index {
                 ));
             }
         }
+        Ok(meta)
+    }
+
+    /// Opens the index in `dir` (see [`Index::read_meta`] for the checks).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let meta = Self::read_meta(dir)?;
         let vectors = map_vectors(&dir.join(VECTORS), meta.count * meta.dim)?;
         let docs_path = dir.join(DOCS);
         let f = std::fs::File::open(&docs_path).map_err(|e| Error::io(&docs_path, e))?;
@@ -567,15 +644,7 @@ impl Index {
         if let Some(g) = self.graph.get() {
             return Ok(g);
         }
-        // hnsw_rs's loaded graph borrows its loader for its lifetime; the loader is a few paths
-        // and options, leaked once per opened index.
-        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(&self.dir, HNSW_BASE)));
-        let g = io.load_hnsw::<f32, CosineDistance>().map_err(|e| {
-            data_err(
-                &self.dir.join(HNSW_GRAPH),
-                format!("corrupt HNSW graph: {e}"),
-            )
-        })?;
+        let g = load_graph(&self.dir, self.meta.count)?;
         Ok(self.graph.get_or_init(|| g))
     }
 
@@ -607,10 +676,11 @@ impl Index {
         let g = self.graph()?;
         let dim = self.meta.dim;
         let found = g.search(q, k, ef.max(k));
-        let scored = found.into_iter().map(|n| {
-            let row = n.d_id;
-            (dot(q, &self.vectors()[row * dim..(row + 1) * dim]), row)
-        });
+        let scored = found
+            .into_iter()
+            .map(|n| n.d_id)
+            .filter(|&row| row < self.meta.count)
+            .map(|row| (dot(q, &self.vectors()[row * dim..(row + 1) * dim]), row));
         Ok(self.hits(top_k(scored, k)))
     }
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::eval::bleu::is_py_space;
 pub use embed::{load_embedder, Embedder, ModelInfo, SentenceEncoder};
 
 /// One text to embed, with its id.
@@ -18,12 +19,14 @@ pub use embed::{load_embedder, Embedder, ModelInfo, SentenceEncoder};
 pub struct Record {
     pub id: String,
     pub text: String,
+    /// The record's line in its file (1-based).
+    pub line: usize,
 }
 
 /// Reads records from a text file (one text per line, ids "0", "1", … by line) or JSON lines
-/// (`.jsonl`/`.json`, optionally `.gz`): `text`, an optional `title` (then the text is
-/// `(title + " " + text).trim()`, as BEIR builds document texts), and an id from `_id` or
-/// `id` (else the record's number). Blank JSONL lines are skipped. Records stream: nothing is
+/// (`.jsonl`/`.json`, optionally `.gz`): `text`, an optional `title` (the text is then
+/// `(title + " " + text).strip()`, else `text.strip()`, as BEIR builds document texts), and an
+/// id from `_id` or `id` (else the record's number). Blank JSONL lines are skipped. Records stream: nothing is
 /// held but the current line.
 pub struct RecordReader {
     path: PathBuf,
@@ -34,6 +37,7 @@ pub struct RecordReader {
     buf: String,
 }
 
+/// Opens `path` for reading records (see [`RecordReader`]).
 pub fn open_records(path: &Path) -> Result<RecordReader> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let name = path.to_string_lossy().to_lowercase();
@@ -68,6 +72,7 @@ impl RecordReader {
             return Ok(Record {
                 id: self.count.to_string(),
                 text: line.to_string(),
+                line: self.line_no,
             });
         }
         let v: Value = serde_json::from_str(line)
@@ -77,18 +82,24 @@ impl RecordReader {
             Some(_) => return Err(self.data_error("\"text\" is not a string".into())),
             None => return Err(self.data_error("no \"text\" field".into())),
         };
+        // BEIR's document text: `(title + " " + text).strip()`, or `text.strip()`.
         let text = match v.get("title") {
-            Some(Value::String(t)) => format!("{t} {text}").trim().to_string(),
+            Some(Value::String(t)) => format!("{t} {text}"),
             Some(Value::Null) | None => text.to_string(),
             Some(_) => return Err(self.data_error("\"title\" is not a string".into())),
         };
+        let text = text.trim_matches(is_py_space).to_string();
         let id = match v.get("_id").or_else(|| v.get("id")) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             Some(_) => return Err(self.data_error("the id is not a string or number".into())),
             None => self.count.to_string(),
         };
-        Ok(Record { id, text })
+        Ok(Record {
+            id,
+            text,
+            line: self.line_no,
+        })
     }
 
     /// Up to `n` more records; empty at the end of the file.
@@ -329,4 +340,73 @@ pub fn read_npy(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     Ok((v, rows, dim))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_records_join_title_and_text_like_beir() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.jsonl");
+        let lines = [
+            r#"{"_id": "a", "title": "T", "text": "body "}"#,
+            r#"{"_id": "b", "title": "", "text": " body"}"#,
+            "",
+            r#"{"id": 7, "text": "\u001fbody\n"}"#,
+            r#"{"text": "no id"}"#,
+        ];
+        std::fs::write(&p, lines.join("\n")).unwrap();
+        let got: Vec<(String, String)> = open_records(&p)
+            .unwrap()
+            .read_all()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.text))
+            .collect();
+        let want = [
+            ("a", "T body"),
+            ("b", "body"),
+            ("7", "body"),
+            ("3", "no id"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(i, t)| (i.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        std::fs::write(&p, "{\"_id\": \"a\", \"text\": 3}\n").unwrap();
+        let err = open_records(&p)
+            .unwrap()
+            .read_all()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 1") && err.contains("not a string"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn npy_files_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.npy");
+        let mut w = VectorWriter::create(&p, 3, 2, vec![]).unwrap();
+        w.write(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        w.write(&[5.0, 6.0]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(
+            read_npy(&p).unwrap(),
+            (vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3, 2)
+        );
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!((bytes.len() - 6 * 4) % 64, 0, "data 64-byte aligned");
+        // Fewer rows than announced is an error, and leaves no file.
+        let q = dir.path().join("w.npy");
+        let mut w = VectorWriter::create(&q, 3, 2, vec![]).unwrap();
+        w.write(&[1.0, 2.0]).unwrap();
+        assert!(w.finish().is_err());
+        assert!(!q.exists());
+    }
 }
