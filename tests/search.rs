@@ -25,11 +25,26 @@ fn texts(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
-    let na: f64 = a.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-    dot / (na * nb)
+use decodex::eval::sts::cosine;
+
+/// `decodex index build --model M --corpus C --out DIR EXTRA...`.
+fn build(m: &Path, corpus: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "index",
+        "build",
+        "--model",
+        s(m),
+        "--corpus",
+        s(corpus),
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    decodex(&args)
+}
+
+fn ok_json(out: std::process::Output) -> serde_json::Value {
+    common::json_of(&out, "index build")
 }
 
 #[test]
@@ -137,21 +152,12 @@ fn index_builds_appends_reopens_and_its_graph_finds_the_exact_neighbours() {
     let idx = dir.path().join("idx");
     // The graph starts at 800 vectors: the build searches exactly, the first append crosses
     // the threshold and builds the graph, the second inserts into it.
-    let built = decodex_json(&[
-        "index",
-        "build",
-        "--model",
-        s(&m),
-        "--corpus",
-        s(&a),
-        "--out",
-        s(&idx),
-        "--hnsw-threshold",
-        "800",
-        "--chunk",
-        "256",
-        "--json",
-    ]);
+    let built = ok_json(build(
+        &m,
+        &a,
+        &idx,
+        &["--hnsw-threshold", "800", "--chunk", "256", "--json"],
+    ));
     assert_eq!(
         (built["count"].as_u64(), built["hnsw"].as_bool()),
         (Some(600), Some(false))
@@ -342,16 +348,7 @@ fn bad_input_is_one_clear_line() {
 
     // An empty corpus.
     std::fs::write(p("empty.jsonl"), "").unwrap();
-    let out = decodex(&[
-        "index",
-        "build",
-        "--model",
-        s(&m),
-        "--corpus",
-        s(&p("empty.jsonl")),
-        "--out",
-        s(&p("i0")),
-    ]);
+    let out = build(&m, &p("empty.jsonl"), &p("i0"), &[]);
     assert_clear_error(&out, &["empty.jsonl", "no records"]);
     let leftovers = std::fs::read_dir(dir.path())
         .unwrap()
@@ -371,16 +368,7 @@ fn bad_input_is_one_clear_line() {
         "{\"_id\": \"x\", \"text\": \"one\"}\n{\"_id\": \"y\", \"text\": \"two\"}\n{\"_id\": \"x\", \"text\": \"three\"}\n",
     )
     .unwrap();
-    let out = decodex(&[
-        "index",
-        "build",
-        "--model",
-        s(&m),
-        "--corpus",
-        s(&p("dup.jsonl")),
-        "--out",
-        s(&p("i1")),
-    ]);
+    let out = build(&m, &p("dup.jsonl"), &p("i1"), &[]);
     assert_clear_error(
         &out,
         &["dup.jsonl", "line 3: duplicate id \"x\" (first on line 1)"],
@@ -389,17 +377,7 @@ fn bad_input_is_one_clear_line() {
     // A good index, then appending an id it already has.
     write_corpus(&p("c.jsonl"), "c", 0, 50);
     let idx = p("idx");
-    decodex_json(&[
-        "index",
-        "build",
-        "--model",
-        s(&m),
-        "--corpus",
-        s(&p("c.jsonl")),
-        "--out",
-        s(&idx),
-        "--json",
-    ]);
+    ok_json(build(&m, &p("c.jsonl"), &idx, &["--json"]));
     let meta = std::fs::read(idx.join("index.json")).unwrap();
     let out = decodex(&["index", "add", s(&idx), "--corpus", s(&p("c.jsonl"))]);
     assert_clear_error(&out, &["duplicate id \"c0\" (already in the index)"]);
@@ -409,16 +387,7 @@ fn bad_input_is_one_clear_line() {
         "a failed add changes nothing"
     );
     // Building over an existing index is refused.
-    let out = decodex(&[
-        "index",
-        "build",
-        "--model",
-        s(&m),
-        "--corpus",
-        s(&p("c.jsonl")),
-        "--out",
-        s(&idx),
-    ]);
+    let out = build(&m, &p("c.jsonl"), &idx, &[]);
     assert_clear_error(&out, &["already exists"]);
 
     // Another model: a decoder of another dimension, and a changed copy of the same encoder.
@@ -473,19 +442,12 @@ fn bad_input_is_one_clear_line() {
     assert_clear_error(&out, &["vectors.f32", "truncated"]);
     // A graph file damaged in place (same size): hnsw_rs's reader asserts; one error line.
     let g = p("g");
-    decodex_json(&[
-        "index",
-        "build",
-        "--model",
-        s(&m),
-        "--corpus",
-        s(&p("c.jsonl")),
-        "--out",
-        s(&g),
-        "--hnsw-threshold",
-        "10",
-        "--json",
-    ]);
+    ok_json(build(
+        &m,
+        &p("c.jsonl"),
+        &g,
+        &["--hnsw-threshold", "10", "--json"],
+    ));
     let graph = g.join("hnsw.hnsw.graph");
     let mut bytes = std::fs::read(&graph).unwrap();
     let n = bytes.len();

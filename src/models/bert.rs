@@ -270,17 +270,15 @@ impl Bert {
                 Op::T(&layer.proj_w),
                 1.0,
             );
-            let skip = Skip {
-                x: &x,
-                bias: Some(&layer.proj_b),
-            };
-            let out = NormOut {
-                out: &mut x2,
-                mean: &mut mean,
-                rstd: &mut rstd,
-            };
-            layernorm_forward(out, &mut sum, Some(skip), ln(&layer.ln1_w, &layer.ln1_b));
-            std::mem::swap(&mut x, &mut x2);
+            let ln1 = ln(&layer.ln1_w, &layer.ln1_b);
+            add_norm(
+                &mut x,
+                &mut x2,
+                &mut sum,
+                &layer.proj_b,
+                ln1,
+                (&mut mean, &mut rstd),
+            );
             // x = LN2(x + gelu(x @ Wfcᵀ + b) @ Woutᵀ + b)
             fill_rows(&mut h, &layer.fc_b);
             matmul((n, i, c), &mut h, true, Op::N(&x), Op::T(&layer.fc_w), 1.0);
@@ -293,20 +291,42 @@ impl Bert {
                 Op::T(&layer.out_w),
                 1.0,
             );
-            let skip = Skip {
-                x: &x,
-                bias: Some(&layer.out_b),
-            };
-            let out = NormOut {
-                out: &mut x2,
-                mean: &mut mean,
-                rstd: &mut rstd,
-            };
-            layernorm_forward(out, &mut sum, Some(skip), ln(&layer.ln2_w, &layer.ln2_b));
-            std::mem::swap(&mut x, &mut x2);
+            let ln2 = ln(&layer.ln2_w, &layer.ln2_b);
+            add_norm(
+                &mut x,
+                &mut x2,
+                &mut sum,
+                &layer.out_b,
+                ln2,
+                (&mut mean, &mut rstd),
+            );
         }
         x
     }
+}
+
+/// The post-LayerNorm residual step: x = LN(x + sum + bias), where `sum` holds a sublayer's
+/// output without its bias. `x2` receives the result and is swapped with `x`; `sum` and the
+/// statistics are scratch.
+fn add_norm(
+    x: &mut Vec<f32>,
+    x2: &mut Vec<f32>,
+    sum: &mut [f32],
+    bias: &[f32],
+    norm: Norm,
+    (mean, rstd): (&mut [f32], &mut [f32]),
+) {
+    let out = NormOut {
+        out: x2,
+        mean,
+        rstd,
+    };
+    let skip = Skip {
+        x,
+        bias: Some(bias),
+    };
+    layernorm_forward(out, sum, Some(skip), norm);
+    std::mem::swap(x, x2);
 }
 
 /// Every row of `dst` (rows of `row.len()`) set to `row`.

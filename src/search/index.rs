@@ -230,10 +230,14 @@ fn append_records(
     Ok((added, seconds))
 }
 
-/// A folder next to `dir` for an index being written.
-fn staging_dir(dir: &Path) -> PathBuf {
+/// A fresh folder next to `dir` for an index being written, removed again (by the guard)
+/// unless the write completes.
+fn make_stage(dir: &Path) -> Result<(PathBuf, Cleanup)> {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    dir.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+    let stage = dir.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
+    Ok((stage.clone(), Cleanup(Some(stage))))
 }
 
 /// Removes a staging folder when dropped unless disarmed: a failed build leaves nothing behind.
@@ -261,17 +265,8 @@ fn file_sizes(dir: &Path, has_graph: bool) -> Result<BTreeMap<String, u64>> {
         .collect()
 }
 
-/// Builds the HNSW graph over all vectors of the staged folder and writes it there.
-fn write_graph(dir: &Path, vectors: &[f32], dim: usize, params: HnswParams) -> Result<()> {
-    let n = vectors.len() / dim;
-    let hnsw: Hnsw<f32, CosineDistance> =
-        Hnsw::new(params.m, n, 16, params.ef_construction, CosineDistance);
-    let rows: Vec<(&[f32], usize)> = vectors.chunks_exact(dim).zip(0..n).collect();
-    hnsw.parallel_insert_slice(&rows);
-    dump_graph(&hnsw, dir)
-}
-
 fn dump_graph(hnsw: &Hnsw<f32, CosineDistance>, dir: &Path) -> Result<()> {
+    // A reloaded graph refuses to overwrite its files (it may map them): none may be there.
     for f in [HNSW_GRAPH, HNSW_DATA] {
         let _ = std::fs::remove_file(dir.join(f));
     }
@@ -282,6 +277,71 @@ fn dump_graph(hnsw: &Hnsw<f32, CosineDistance>, dir: &Path) -> Result<()> {
         return Err(data_err(dir, format!("hnsw_rs wrote basename {name}")));
     }
     Ok(())
+}
+
+/// The index as it stood before an append: its folder and metadata.
+struct Previous<'a> {
+    dir: &'a Path,
+    meta: &'a IndexMeta,
+}
+
+/// Appends the records of `corpus` to the staged index in `stage` (empty for a build, the old
+/// vectors and documents for an append), brings the graph up to date and writes index.json.
+/// `meta` carries the model and HNSW settings; its count, graph flag and file sizes are
+/// replaced.
+#[allow(clippy::too_many_arguments)]
+fn stage_records(
+    embedder: &dyn Embedder,
+    corpus: &Path,
+    stage: &Path,
+    prev: Option<Previous>,
+    mut meta: IndexMeta,
+    seen: &mut HashMap<String, usize>,
+    chunk: usize,
+    progress: &dyn Fn(usize),
+) -> Result<(IndexMeta, usize, f64, f64)> {
+    let (added, embed_seconds) = append_records(embedder, corpus, stage, seen, chunk, progress)?;
+    if added == 0 {
+        return Err(data_err(
+            corpus,
+            "the corpus has no records; nothing to index",
+        ));
+    }
+    let (dim, start) = (meta.dim, meta.count);
+    let count = start + added;
+    let t1 = Instant::now();
+    let has_graph = count >= meta.hnsw_threshold;
+    if has_graph {
+        let map = map_vectors(&stage.join(VECTORS), count * dim)?;
+        // Insert the new points into the old graph, or every point into a new one.
+        let (hnsw, first) = match prev {
+            Some(p) if p.meta.has_graph => {
+                let mut g = load_graph(p.dir, start)?;
+                // A reloaded graph extends candidates when inserting; a new one does not.
+                g.set_extend_candidates(false);
+                (g, start)
+            }
+            _ => {
+                let p = meta.hnsw;
+                (
+                    Hnsw::new(p.m, count, 16, p.ef_construction, CosineDistance),
+                    0,
+                )
+            }
+        };
+        let rows: Vec<(&[f32], usize)> = as_f32(&map)[first * dim..]
+            .chunks_exact(dim)
+            .zip(first..count)
+            .collect();
+        hnsw.parallel_insert_slice(&rows);
+        dump_graph(&hnsw, stage)?;
+    }
+    let graph_seconds = t1.elapsed().as_secs_f64();
+    meta.count = count;
+    meta.has_graph = has_graph;
+    meta.files = file_sizes(stage, has_graph)?;
+    write_meta(stage, &meta)?;
+    Ok((meta, added, embed_seconds, graph_seconds))
 }
 
 /// Builds a new index in `dir` (which must not exist, or be an empty folder) from the records
@@ -308,54 +368,27 @@ pub fn build(
     {
         return Err(data_err(dir, "the folder exists and is not empty"));
     }
-    let stage = staging_dir(dir);
-    let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
-    let mut cleanup = Cleanup(Some(stage.clone()));
-    let mut seen = HashMap::new();
-    let (count, embed_seconds) =
-        append_records(embedder, corpus, &stage, &mut seen, opts.chunk, progress)?;
-    if count == 0 {
-        return Err(data_err(
-            corpus,
-            "the corpus has no records; nothing to index",
-        ));
-    }
-    let dim = embedder.dim();
-    let t1 = Instant::now();
-    let has_graph = count >= opts.hnsw_threshold;
-    if has_graph {
-        let map = map_vectors(&stage.join(VECTORS), count * dim)?;
-        write_graph(&stage, as_f32(&map), dim, opts.hnsw)?;
-    }
-    let graph_seconds = t1.elapsed().as_secs_f64();
-    let meta = IndexMeta {
+    let (stage, mut cleanup) = make_stage(dir)?;
+    let empty = IndexMeta {
         format: FORMAT,
         model: embedder.info().clone(),
-        dim,
-        count,
+        dim: embedder.dim(),
+        count: 0,
         hnsw_threshold: opts.hnsw_threshold,
         hnsw: opts.hnsw,
-        has_graph,
-        files: file_sizes(&stage, has_graph)?,
+        has_graph: false,
+        files: BTreeMap::new(),
     };
-    write_meta(&stage, &meta)?;
+    let mut seen = HashMap::new();
+    let (meta, added, embed_s, graph_s) = stage_records(
+        embedder, corpus, &stage, None, empty, &mut seen, opts.chunk, progress,
+    )?;
     if dir.exists() {
         std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))?;
     }
     std::fs::rename(&stage, dir).map_err(|e| Error::io(dir, e))?;
     cleanup.0 = None;
-    Ok(BuildReport {
-        dir: dir.to_path_buf(),
-        added: count,
-        count,
-        dim,
-        embed_seconds,
-        graph_seconds,
-        total_seconds: t0.elapsed().as_secs_f64(),
-        disk_bytes: meta.files.values().sum(),
-        has_graph,
-    })
+    Ok(BuildReport::new(dir, &meta, added, embed_s, graph_s, t0))
 }
 
 /// Appends the records of `corpus` to the index in `dir`, which must have been built with the
@@ -372,51 +405,24 @@ pub fn add(
     check_model(&old.meta, embedder.info(), dir)?;
     // Ids already in the index map to line 0.
     let mut seen: HashMap<String, usize> = old.ids.iter().map(|id| (id.clone(), 0)).collect();
-    let stage = staging_dir(dir);
-    let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
-    let mut cleanup = Cleanup(Some(stage.clone()));
+    let (stage, mut cleanup) = make_stage(dir)?;
     for f in [VECTORS, DOCS] {
         std::fs::copy(dir.join(f), stage.join(f)).map_err(|e| Error::io(stage.join(f), e))?;
     }
-    let (added, embed_seconds) =
-        append_records(embedder, corpus, &stage, &mut seen, chunk, progress)?;
-    if added == 0 {
-        return Err(data_err(
-            corpus,
-            "the corpus has no records; nothing to add",
-        ));
-    }
-    let meta0 = &old.meta;
-    let (dim, count) = (meta0.dim, meta0.count + added);
-    let t1 = Instant::now();
-    let has_graph = count >= meta0.hnsw_threshold;
-    if has_graph {
-        let map = map_vectors(&stage.join(VECTORS), count * dim)?;
-        let all = as_f32(&map);
-        if meta0.has_graph {
-            // Insert the new points into the existing graph.
-            let mut hnsw = load_graph(dir, meta0.count)?;
-            // A reloaded graph extends candidates when inserting; the build did not.
-            hnsw.set_extend_candidates(false);
-            let rows: Vec<(&[f32], usize)> = all[meta0.count * dim..]
-                .chunks_exact(dim)
-                .zip(meta0.count..count)
-                .collect();
-            hnsw.parallel_insert_slice(&rows);
-            dump_graph(&hnsw, &stage)?;
-        } else {
-            write_graph(&stage, all, dim, meta0.hnsw)?;
-        }
-    }
-    let graph_seconds = t1.elapsed().as_secs_f64();
-    let meta = IndexMeta {
-        count,
-        has_graph,
-        files: file_sizes(&stage, has_graph)?,
-        ..meta0.clone()
+    let prev = Previous {
+        dir,
+        meta: &old.meta,
     };
-    write_meta(&stage, &meta)?;
+    let (meta, added, embed_s, graph_s) = stage_records(
+        embedder,
+        corpus,
+        &stage,
+        Some(prev),
+        old.meta.clone(),
+        &mut seen,
+        chunk,
+        progress,
+    )?;
     drop(old);
     // Swap: the old folder aside, the new one in, the old one removed.
     let aside = dir.with_file_name(format!(
@@ -432,17 +438,30 @@ pub fn add(
     }
     cleanup.0 = None;
     let _ = std::fs::remove_dir_all(&aside);
-    Ok(BuildReport {
-        dir: dir.to_path_buf(),
-        added,
-        count,
-        dim,
-        embed_seconds,
-        graph_seconds,
-        total_seconds: t0.elapsed().as_secs_f64(),
-        disk_bytes: meta.files.values().sum(),
-        has_graph,
-    })
+    Ok(BuildReport::new(dir, &meta, added, embed_s, graph_s, t0))
+}
+
+impl BuildReport {
+    fn new(
+        dir: &Path,
+        meta: &IndexMeta,
+        added: usize,
+        embed_s: f64,
+        graph_s: f64,
+        t0: Instant,
+    ) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            added,
+            count: meta.count,
+            dim: meta.dim,
+            embed_seconds: embed_s,
+            graph_seconds: graph_s,
+            total_seconds: t0.elapsed().as_secs_f64(),
+            disk_bytes: meta.files.values().sum(),
+            has_graph: meta.has_graph,
+        }
+    }
 }
 
 fn write_meta(dir: &Path, meta: &IndexMeta) -> Result<()> {

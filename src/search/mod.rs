@@ -24,7 +24,7 @@ pub struct Record {
 }
 
 /// Reads records from a text file (one text per line, ids "0", "1", … by line) or JSON lines
-/// (`.jsonl`/`.json`, optionally `.gz`): `text`, an optional `title` (the text is then
+/// (`.jsonl`/`.json`, optionally `.gz`; gzip is recognised by its content): `text`, an optional `title` (the text is then
 /// `(title + " " + text).strip()`, else `text.strip()`, as BEIR builds document texts), and an
 /// id from `_id` or `id` (else the record's number). Blank JSONL lines are skipped. Records stream: nothing is
 /// held but the current line.
@@ -41,13 +41,18 @@ pub struct RecordReader {
 pub fn open_records(path: &Path) -> Result<RecordReader> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let name = path.to_string_lossy().to_lowercase();
-    let gz = name.ends_with(".gz");
     let stem = name.trim_end_matches(".gz");
     let jsonl = stem.ends_with(".jsonl") || stem.ends_with(".json");
+    let mut raw = BufReader::new(file);
+    // gzip by its magic bytes, as `data::read_text` decides (they cannot start UTF-8 text).
+    let gz = raw
+        .fill_buf()
+        .map_err(|e| Error::io(path, e))?
+        .starts_with(&[0x1f, 0x8b]);
     let lines: Box<dyn BufRead + Send> = if gz {
-        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(raw)))
     } else {
-        Box::new(BufReader::new(file))
+        Box::new(raw)
     };
     Ok(RecordReader {
         path: path.to_path_buf(),
@@ -376,6 +381,19 @@ mod tests {
             .map(|(i, t)| (i.to_string(), t.to_string()))
             .collect();
         assert_eq!(got, want);
+        // The same records gzip-compressed.
+        let gz = dir.path().join("c.jsonl.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, lines.join("\n").as_bytes()).unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        let again: Vec<(String, String)> = open_records(&gz)
+            .unwrap()
+            .read_all()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.text))
+            .collect();
+        assert_eq!(again, want);
         std::fs::write(&p, "{\"_id\": \"a\", \"text\": 3}\n").unwrap();
         let err = open_records(&p)
             .unwrap()

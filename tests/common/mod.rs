@@ -73,11 +73,14 @@ pub fn decodex(args: &[&str]) -> Output {
 
 /// Runs a command that prints one JSON object (`--json`), asserting that it succeeds.
 pub fn decodex_json(args: &[&str]) -> serde_json::Value {
-    let out = decodex(args);
+    json_of(&decodex(args), &args.join(" "))
+}
+
+/// The one JSON object a successful `decodex … --json` run (`what`) printed.
+pub fn json_of(out: &Output, what: &str) -> serde_json::Value {
     assert!(
         out.status.success(),
-        "decodex {}: {}",
-        args.join(" "),
+        "decodex {what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
