@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use decodex::config::GptConfig;
 use decodex::train::fast::kernels::{self, AttShape, Norm, NormIn, NormOut, Op};
 use decodex::train::fast::llama_kernels;
-use decodex::train::fast::Precision;
+use decodex::train::fast::{FastGpt, Precision};
 use decodex::train::optim::AdamW;
 
 const B: usize = 8;
@@ -209,15 +210,82 @@ fn adamw(c: &mut Criterion) {
         });
 }
 
-/// The c_attn projection: (N, C) @ (C, 3C).
+/// The linear layers' matmuls of the 384-wide model, forward and backward, in f32 and (on a CPU
+/// with AVX512-BF16; the software emulation is not worth timing) bf16:
+/// (m, n, k, A transposed, B transposed).
 fn matmul(c: &mut Criterion) {
-    let (m, k, n) = (N, C, 3 * C);
-    let (a, w) = (data(m * k, 22), data(k * n, 23));
-    let mut out = vec![0f32; m * n];
-    c.benchmark_group("matmul")
-        .bench_function("2048x384x1152", |bch| {
-            bch.iter(|| kernels::matmul((m, n, k), &mut out, false, Op::N(&a), Op::N(&w), 1.0))
+    let shapes = [
+        (N, 3 * C, C, false, false),
+        (N, C, C, false, false),
+        (N, 4 * C, C, false, false),
+        (N, C, 4 * C, false, false),
+        (N, C, 4 * C, false, true),
+        (C, 3 * C, N, true, false),
+        (4 * C, C, N, true, false),
+        (N, 65, C, false, true),
+    ];
+    let mut precisions = vec![("f32", Precision::F32)];
+    if Precision::bf16_supported() {
+        precisions.push(("bf16", Precision::Bf16));
+    } else {
+        eprintln!("matmul: no AVX512-BF16 on this CPU, bf16 not measured");
+    }
+    let mut g = c.benchmark_group("matmul");
+    for (m, n, k, ta, tb) in shapes {
+        let (a, b) = (data(m * k, 22), data(k * n, 23));
+        let mut out = vec![0f32; m * n];
+        g.throughput(criterion::Throughput::Elements((2 * m * n * k) as u64));
+        for &(name, prec) in &precisions {
+            let id = format!(
+                "{name}/{m}x{n}x{k}{}{}",
+                if ta { "_ta" } else { "" },
+                if tb { "_tb" } else { "" }
+            );
+            g.bench_function(id, |bch| {
+                bch.iter(|| {
+                    let (oa, ob) = (
+                        if ta { Op::T(&a) } else { Op::N(&a) },
+                        if tb { Op::T(&b) } else { Op::N(&b) },
+                    );
+                    kernels::matmul_with(prec, (m, n, k), &mut out, false, oa, ob, 1.0)
+                })
+            });
+        }
+    }
+}
+
+/// One training step (forward + backward) of the fast path: nanoGPT's CPU preset (4 layers,
+/// 128 wide, B 12, T 64) and the 384-wide GPU preset (6 layers, B 8, T 256).
+fn train_step(c: &mut Criterion) {
+    let mut g = c.benchmark_group("train_step");
+    for (name, (n_layer, n_head, n_embd), (b, t)) in [
+        ("char_preset", (4, 4, 128), (12, 64)),
+        ("gpt_384", (6, 6, 384), (8, 256)),
+    ] {
+        let cfg = GptConfig {
+            vocab_size: 65,
+            block_size: t,
+            n_layer,
+            n_head,
+            n_embd,
+            dropout: 0.0,
+            bias: true,
+            activation: "gelu_new".into(),
+            layer_norm_epsilon: 1e-5,
+        };
+        let mut m = FastGpt::new(cfg, b, t).unwrap();
+        m.params = data(m.params.len(), 30).iter().map(|x| 0.04 * x).collect();
+        let (x, y) = (ids(b * t, 65, 1), ids(b * t, 65, 2));
+        g.throughput(criterion::Throughput::Elements((b * t) as u64));
+        g.bench_function(name, |bch| {
+            bch.iter(|| {
+                m.zero_grad();
+                let loss = m.forward(&x, &y, b, t);
+                m.backward(1.0);
+                loss
+            })
         });
+    }
 }
 
 criterion_group! {
@@ -229,6 +297,7 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = layernorm, gelu, attention, cross_entropy, embedding, rmsnorm, swiglu, adamw, matmul
+    targets = layernorm, gelu, attention, cross_entropy, embedding, rmsnorm, swiglu, adamw, matmul,
+        train_step
 }
 criterion_main!(benches);

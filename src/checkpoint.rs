@@ -169,9 +169,35 @@ pub fn save_tensors(
             (name.clone(), view)
         })
         .collect();
-    let bytes =
+    let mut bytes =
         safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Invalid(e.to_string()))?;
+    sort_header(&mut bytes);
     write_atomic(path, &bytes)
+}
+
+/// Rewrites a safetensors header with its keys sorted (serde_json's map is a BTreeMap), in place:
+/// the safetensors crate writes the metadata from a `HashMap`, whose order changes from one process
+/// to the next, so the same tensors would otherwise give files that differ in their bytes. The
+/// header keeps its length (the same keys and values, padded with spaces as the crate pads it),
+/// so the data offsets stay valid.
+fn sort_header(bytes: &mut [u8]) {
+    let Some(n) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    else {
+        return;
+    };
+    let Some(header) = bytes.get(8..8 + n) else {
+        return;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return;
+    };
+    let mut sorted = serde_json::to_vec(&value).expect("a JSON value serializes");
+    if sorted.len() <= n {
+        sorted.resize(n, b' ');
+        bytes[8..8 + n].copy_from_slice(&sorted);
+    }
 }
 
 fn bytemuck_f32(data: &[f32]) -> &[u8] {
@@ -343,5 +369,39 @@ impl LoadedModel {
         Ok(crate::models::Gpt::from_tensors(
             tensors, &self.cfg, device,
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same tensors and metadata give the same bytes, whatever order the metadata map
+    /// iterates in, and the sorted header still loads.
+    #[test]
+    fn save_tensors_is_byte_reproducible() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = ([1.0f32, 2.0, 3.0], [0.5f32; 4]);
+        let tensors = [
+            ("z.weight".to_string(), vec![3], &a[..]),
+            ("a.bias".to_string(), vec![2, 2], &b[..]),
+        ];
+        let meta = || -> HashMap<String, String> {
+            (0..32)
+                .map(|i| (format!("key{i}"), format!("{i}")))
+                .collect()
+        };
+        let files: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                let p = dir.path().join(format!("{i}.safetensors"));
+                save_tensors(&p, &tensors, meta()).unwrap();
+                std::fs::read(&p).unwrap()
+            })
+            .collect();
+        assert!(files.iter().all(|f| f == &files[0]));
+        let back = load_tensors(&dir.path().join("0.safetensors")).unwrap();
+        assert_eq!(back.metadata, meta());
+        assert_eq!(back.tensors["z.weight"], (vec![3], a.to_vec()));
+        assert_eq!(back.tensors["a.bias"], (vec![2, 2], b.to_vec()));
     }
 }

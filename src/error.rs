@@ -52,6 +52,14 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
     #[error("character {ch:?} (byte offset {offset}) is not in the char tokenizer's vocabulary; prepare the data again from a corpus that contains it, or use the bpe tokenizer")]
     UnknownChar { ch: char, offset: usize },
+    /// A text file the tokenizer cannot encode: the tokenizer's error (`UnknownChar`, ...) with
+    /// the file it came from.
+    #[error("{path}: {source}")]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("token id {id} is outside the tokenizer's vocabulary (vocab_size {vocab_size})")]
     UnknownTokenId { id: u32, vocab_size: usize },
     #[error("tokenizer: {0}")]

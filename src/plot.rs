@@ -18,19 +18,28 @@ pub struct LossPoint {
     pub val_loss: Option<f64>,
 }
 
-/// Reads the metrics lines written by `decodex train`.
+/// Reads the metrics lines written by `decodex train` (blank lines skipped, and counted in the
+/// line numbers of errors); a file without any is an error.
 pub fn read_metrics(path: &Path) -> Result<Vec<LossPoint>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
+    let points = text
+        .lines()
         .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l).map_err(|e| Error::Data {
                 path: path.to_path_buf(),
                 msg: format!("line {}: {e}", i + 1),
             })
         })
-        .collect()
+        .collect::<Result<Vec<LossPoint>>>()?;
+    if points.is_empty() {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            msg: "no metrics to plot; give the metrics.jsonl a training run writes".into(),
+        });
+    }
+    Ok(points)
 }
 
 /// Draws train and val loss against step into `out` (`.png` or `.svg`, by extension).

@@ -111,6 +111,17 @@ pub fn dispatch(cmd: Command) -> Result<()> {
             let ds = squad::read_dataset(&a.data)?;
             let preds = squad::read_predictions(&a.predictions)?;
             let r = squad::evaluate(&ds, &preds);
+            // Predictions that answer no question (made for another dataset) are refused, not
+            // scored 0; questions some predictions leave unanswered score 0, as the official
+            // script scores them.
+            if r.answered == 0 {
+                bail!(
+                    "{}: none of its {} predictions answers a question of {}; give the predictions made for this dataset",
+                    a.predictions.display(),
+                    preds.len(),
+                    a.data.display()
+                );
+            }
             if r.answered < r.total {
                 tracing::warn!(
                     "{} of {} questions have no prediction and score 0",
@@ -190,6 +201,20 @@ pub(super) fn emit(json: bool, value: serde_json::Value, human: &str) -> Result<
         writeln!(out, "{value}")?;
     } else {
         writeln!(out, "{human}")?;
+    }
+    Ok(())
+}
+
+/// Refuses an `--out` folder that is the `model` being read (by any spelling: a trailing slash,
+/// `..`, a symlink), which writing would replace.
+pub(super) fn check_out_is_not(out: &Path, model: &Path) -> Result<()> {
+    if let (Ok(o), Ok(m)) = (out.canonicalize(), model.canonicalize()) {
+        if o == m {
+            bail!(
+                "{}: --out is the model directory itself; choose another folder",
+                out.display()
+            );
+        }
     }
     Ok(())
 }
@@ -565,15 +590,8 @@ fn export(model: &Path, format: &str, out: &Path, json: bool) -> Result<()> {
     if format != "hf" {
         bail!("--format {format:?} is not supported; use \"hf\"");
     }
+    check_out_is_not(out, model)?;
     let loaded = checkpoint::load_model(model)?;
-    if out.join(checkpoint::MODEL_FILE).exists()
-        && out.canonicalize().ok() == model.canonicalize().ok()
-    {
-        bail!(
-            "{}: --out is the model directory itself; choose another folder",
-            out.display()
-        );
-    }
     checkpoint::save_model(
         out,
         &loaded.cfg,
@@ -596,6 +614,14 @@ fn export(model: &Path, format: &str, out: &Path, json: bool) -> Result<()> {
     )
 }
 
+/// `logits --text` as `ids`: at least one token, and no more than the model's `context`.
+fn check_text(ids: &[u32], context: usize) -> Result<()> {
+    if ids.is_empty() {
+        bail!("--text encodes to no tokens");
+    }
+    super::generate::check_context("tokens of --text", ids.len(), 0, context)
+}
+
 fn logits(model: &Path, text: &str, out: &Path, adapter: Option<&Path>, json: bool) -> Result<()> {
     use decodex::models::pretrained::{self, Network};
     let device = Device::Cpu;
@@ -608,22 +634,16 @@ fn logits(model: &Path, text: &str, out: &Path, adapter: Option<&Path>, json: bo
         let Network::Llama(llama) = &m.network else {
             bail!("{}: --adapter needs a Llama-family model", model.display());
         };
-        let mut ids = m.tokenizer.encode(text)?;
-        ids.truncate(llama.cfg.max_position_embeddings);
-        if ids.is_empty() {
-            bail!("--text encodes to no tokens");
-        }
+        let ids = m.tokenizer.encode(text)?;
+        check_text(&ids, m.context_len())?;
         let x = candle_core::Tensor::from_slice(&ids, (1, ids.len()), &device)?;
         let l = llama.forward(&x, &mut llama.candle_cache())?;
         (ids, l)
     } else {
         let loaded = checkpoint::load_model(model)?;
         let gpt = loaded.gpt(&device)?;
-        let mut ids = loaded.tokenizer.encode(text)?;
-        ids.truncate(loaded.cfg.block_size);
-        if ids.is_empty() {
-            bail!("--text encodes to no tokens");
-        }
+        let ids = loaded.tokenizer.encode(text)?;
+        check_text(&ids, loaded.cfg.block_size)?;
         let x = candle_core::Tensor::from_slice(&ids, (1, ids.len()), &device)?;
         let l = gpt.forward(&x, None, None)?;
         (ids, l)

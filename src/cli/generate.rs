@@ -24,10 +24,30 @@ struct Plan {
     beam: BeamConfig,
 }
 
-fn plan(a: &GenerateArgs) -> Result<Plan> {
-    if a.max_new_tokens == 0 {
+/// The checks `generate` and `chat` share: at least one new token, sampling values in range.
+fn check_decoding(max_new_tokens: usize, sampling: &SamplingConfig) -> Result<()> {
+    if max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }
+    Ok(sampling.validate()?)
+}
+
+/// Refuses `tokens` input tokens that, with `new` tokens generated after them, do not fit in
+/// the model's `context` positions. `what` names the input after its count: "prompt tokens",
+/// "tokens of --text".
+pub(super) fn check_context(what: &str, tokens: usize, new: usize, context: usize) -> Result<()> {
+    if tokens + new > context {
+        let plus = if new > 0 {
+            format!(" + {new} new")
+        } else {
+            String::new()
+        };
+        bail!("{tokens} {what}{plus} exceed the model's context of {context}");
+    }
+    Ok(())
+}
+
+fn plan(a: &GenerateArgs) -> Result<Plan> {
     let strategy = if a.greedy {
         "greedy".to_string()
     } else {
@@ -62,7 +82,7 @@ fn plan(a: &GenerateArgs) -> Result<Plan> {
         eos_ids: Vec::new(),
         seed: a.seed,
     };
-    sampling.validate()?;
+    check_decoding(a.max_new_tokens, &sampling)?;
     let early_stopping = match a.early_stopping.as_str() {
         "true" => EarlyStopping::True,
         "false" => EarlyStopping::False,
@@ -158,6 +178,9 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         a.tokenizer.as_deref(),
         a.adapter.as_deref(),
     )?;
+    if a.chat {
+        model.require_chat_template()?;
+    }
     plan.sampling.eos_ids = model.eos_ids.clone();
     plan.beam.eos_ids = model.eos_ids.clone();
     let mut out = std::io::stdout().lock();
@@ -176,14 +199,13 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
             continue;
         }
         let ids = model.tokenizer.encode(&text)?;
-        if ids.len() >= model.context_len() {
-            bail!(
-                "prompt {} has {} tokens, at least the model's context of {}",
-                index + 1,
-                ids.len(),
-                model.context_len()
-            );
-        }
+        // Room for one new token at least.
+        check_context(
+            &format!("tokens of prompt {}", index + 1),
+            ids.len(),
+            1,
+            model.context_len(),
+        )?;
         let results = match &model.network {
             Network::Gpt(m) => run(m, &model, &plan, a, &ids, &mut out)?,
             Network::Llama(m) => run(m, &model, &plan, a, &ids, &mut out)?,
@@ -460,11 +482,15 @@ pub fn bench_decode(
         bail!("--prompt-tokens, --new-tokens and --reps must be at least 1");
     }
     let model = pretrained::load(path, dequantize, None)?;
-    if prompt_tokens + new_tokens.max(32) > model.context_len() {
-        bail!(
-            "{prompt_tokens} prompt tokens + {new_tokens} new exceed the context of {}",
-            model.context_len()
-        );
+    let context = model.context_len();
+    check_context("prompt tokens", prompt_tokens, new_tokens, context)?;
+    if beam {
+        check_context(
+            "prompt tokens for --beam",
+            prompt_tokens.min(BEAM_PROMPT),
+            BEAM_NEW,
+            context,
+        )?;
     }
     // A prompt of real text: the start of Tiny Shakespeare when the data folder is there.
     let corpus =
@@ -503,11 +529,16 @@ pub fn bench_decode(
             r.prompt_tokens,
             r.decode_tokens_per_sec,
             r.new_tokens,
-            beam_tps.map(|b| format!(", beam search (4 beams, 32 tokens) {b:.1} tokens/s")).unwrap_or_default()
+            beam_tps.map(|b| format!(", beam search (4 beams, {BEAM_NEW} tokens) {b:.1} tokens/s")).unwrap_or_default()
         )?;
     }
     Ok(())
 }
+
+/// `bench decode --beam`: the most prompt tokens the beam search starts from, and the tokens it
+/// generates.
+const BEAM_PROMPT: usize = 32;
+const BEAM_NEW: usize = 32;
 
 /// New tokens per second of a 4-beam search for 32 tokens (no EOS stop), when asked.
 fn time_beam<D: Decoder>(m: &D, ids: &[u32], beam: bool) -> Result<Option<f64>> {
@@ -516,12 +547,12 @@ fn time_beam<D: Decoder>(m: &D, ids: &[u32], beam: bool) -> Result<Option<f64>> 
     }
     let cfg = BeamConfig {
         num_beams: 4,
-        max_new_tokens: 32,
+        max_new_tokens: BEAM_NEW,
         early_stopping: EarlyStopping::True,
         ..BeamConfig::default()
     };
     let t = Instant::now();
-    let hyps = beam_search(m, &ids[..ids.len().min(32)], &cfg)?;
+    let hyps = beam_search(m, &ids[..ids.len().min(BEAM_PROMPT)], &cfg)?;
     let n = hyps.first().map_or(0, |h| h.tokens.len());
     Ok(Some(n as f64 / t.elapsed().as_secs_f64()))
 }
@@ -536,8 +567,10 @@ pub fn chat(a: &super::ChatArgs) -> Result<()> {
         seed: a.seed,
         ..SamplingConfig::default()
     };
-    sampling.validate()?;
+    check_decoding(a.max_new_tokens, &sampling)?;
     let model = pretrained::load(&a.model, a.dequantize, None)?;
+    // Before the first prompt is read (and `> ` shown).
+    model.require_chat_template()?;
     let sampling = SamplingConfig {
         eos_ids: model.eos_ids.clone(),
         ..sampling

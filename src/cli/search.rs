@@ -497,15 +497,15 @@ pub fn eval_sts(a: &StsArgs) -> Result<()> {
 }
 
 pub fn bench_embed(a: &BenchEmbedArgs) -> Result<()> {
+    if a.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     let model = load_embedder(&a.model)?;
     let records = open_records(&a.input)?.read_all()?;
     if records.is_empty() {
         bail!("{}: no texts", a.input.display());
     }
     let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
-    if a.rounds == 0 {
-        bail!("--rounds must be at least 1");
-    }
     model.embed(&texts)?; // warm-up
     for round in 0..a.rounds {
         let t0 = Instant::now();

@@ -15,8 +15,10 @@ use decodex::eval::{rouge, squad};
 use decodex::models::pretrained::{self, Network, Pretrained};
 use decodex::tasks;
 
+use super::commands::check_out_is_not;
 use super::{MergeArgs, TaskArgs};
 
+/// Checks the flags, then loads the model.
 fn load(a: &TaskArgs) -> Result<Pretrained> {
     if !["greedy", "beam"].contains(&a.strategy.as_str()) {
         bail!("--strategy {:?} is not one of greedy, beam", a.strategy);
@@ -24,12 +26,31 @@ fn load(a: &TaskArgs) -> Result<Pretrained> {
     if a.max_new_tokens == 0 || a.batch_size == 0 {
         bail!("--max-new-tokens and --batch-size must be at least 1");
     }
+    if a.strategy == "beam" {
+        beam_config(a, Vec::new()).validate()?;
+    }
     Ok(pretrained::load_with_adapter(
         &a.model,
         a.dequantize,
         None,
         a.adapter.as_deref(),
     )?)
+}
+
+/// The beam search of `--strategy beam`, stopping at `eos_ids`.
+fn beam_config(a: &TaskArgs, eos_ids: Vec<u32>) -> BeamConfig {
+    BeamConfig {
+        num_beams: a.num_beams,
+        num_beam_groups: 1,
+        diversity_penalty: 0.0,
+        length_penalty: a.length_penalty,
+        early_stopping: EarlyStopping::True,
+        num_return_sequences: 1,
+        no_repeat_ngram_size: a.no_repeat_ngram_size,
+        min_new_tokens: 0,
+        eos_ids,
+        max_new_tokens: a.max_new_tokens,
+    }
 }
 
 /// The user message as the model's chat template renders it (as is without a template).
@@ -89,18 +110,7 @@ fn replies<D: Decoder>(
             }
         }
     } else {
-        let cfg = BeamConfig {
-            num_beams: a.num_beams,
-            num_beam_groups: 1,
-            diversity_penalty: 0.0,
-            length_penalty: a.length_penalty,
-            early_stopping: EarlyStopping::True,
-            num_return_sequences: 1,
-            no_repeat_ngram_size: a.no_repeat_ngram_size,
-            min_new_tokens: 0,
-            eos_ids: eos.clone(),
-            max_new_tokens: a.max_new_tokens,
-        };
+        let cfg = beam_config(a, eos.clone());
         for p in &ids {
             let hyps = beam_search(m, p, &cfg)?;
             out.push(text(
@@ -296,6 +306,7 @@ pub fn answer(a: &TaskArgs) -> Result<()> {
 
 pub fn merge(a: &MergeArgs) -> Result<()> {
     use decodex::train::finetune::model::{base_shapes, Flat};
+    check_out_is_not(&a.out, &a.base)?;
     let model = pretrained::load_with_adapter(&a.base, true, None, Some(&a.adapter))?;
     let Network::Llama(llama) = &model.network else {
         bail!("{}: merging needs a Llama-family base", a.base.display());

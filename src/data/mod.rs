@@ -478,47 +478,4 @@ mod tests {
         assert!(matches!(err, Error::Data { .. }), "{err}");
         assert!(err.to_string().contains("meta.json"), "{err}");
     }
-
-    /// nanoGPT's shakespeare_char prints: vocab size 65, train 1,003,854 tokens, val 111,540.
-    /// Run with `cargo test --release --lib data -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "reads /work/shared/data"]
-    fn prepare_tiny_shakespeare_matches_nanogpt() {
-        let input = PathBuf::from("/work/shared/data/lm/tinyshakespeare/input.txt");
-        let tmp = tempfile::tempdir().unwrap();
-        let out =
-            std::env::var_os("DECODEX_PREPARE_OUT").map_or(tmp.path().to_path_buf(), PathBuf::from);
-        let report = prepare(&PrepareOptions::new(&input, TokenizerKind::Char, &out)).unwrap();
-        println!("{report:?}");
-        assert_eq!(report.vocab_size, 65);
-        assert_eq!(report.train_tokens, 1_003_854);
-        assert_eq!(report.val_tokens, 111_540);
-        let tok = Tokenizer::from_file(&out.join(TOKENIZER_FILE)).unwrap();
-        assert_eq!(tok.encode("\n !").unwrap(), vec![0, 1, 2]);
-        let text = std::fs::read_to_string(&input).unwrap();
-        let t = Instant::now();
-        let ids = tok.encode(&text).unwrap();
-        println!(
-            "char encode of {} bytes: {:.3}s",
-            text.len(),
-            t.elapsed().as_secs_f64()
-        );
-        assert_eq!(ids.len(), 1_115_394);
-    }
-
-    /// BPE on the 25 MB Gutenberg train set with vocab 8192; prints the time.
-    #[test]
-    #[ignore = "reads /work/shared/data; slow in debug"]
-    fn prepare_gutenberg_bpe_8192() {
-        let base = PathBuf::from("/work/shared/data/lm/gutenberg");
-        let tmp = tempfile::tempdir().unwrap();
-        let out =
-            std::env::var_os("DECODEX_PREPARE_OUT").map_or(tmp.path().to_path_buf(), PathBuf::from);
-        let mut opts = PrepareOptions::new(base.join("train.txt.gz"), TokenizerKind::Bpe, &out);
-        opts.val_input = Some(base.join("valid.txt"));
-        opts.vocab_size = Some(8192);
-        let report = prepare(&opts).unwrap();
-        println!("{report:?}");
-        assert_eq!(report.vocab_size, 8192);
-    }
 }

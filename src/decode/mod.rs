@@ -145,7 +145,12 @@ pub fn pick(logits: &[f32], sampling: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
                     .unwrap_or(std::cmp::Ordering::Equal)
             });
             if let Some(k) = top_k {
-                idx.truncate((*k).min(idx.len()));
+                // Every token tied with the k-th stays, as in HF's `TopKLogitsWarper` (and
+                // `processors::top_k`): the filter removes only logits below the k-th largest.
+                let k = (*k).clamp(1, idx.len());
+                let kth = logits[idx[k - 1]];
+                let keep = k + idx[k..].iter().take_while(|&&i| logits[i] >= kth).count();
+                idx.truncate(keep);
             }
             let max = logits[idx[0]];
             let mut probs: Vec<f32> = idx

@@ -20,7 +20,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::Gpt;
 use crate::tokenizer::Tokenizer;
 
@@ -46,7 +46,10 @@ pub fn perplexity(
     batch: usize,
     device: &Device,
 ) -> Result<PerplexityReport> {
-    let ids = tokenizer.encode(text)?;
+    let ids = tokenizer.encode(text).map_err(|e| Error::Encode {
+        path: file.to_path_buf(),
+        source: Box::new(e),
+    })?;
     let t = model.cfg.block_size;
     let mut windows: Vec<&[u32]> = Vec::new();
     let mut start = 0;

@@ -17,7 +17,9 @@ pub struct StsPair {
 
 /// Reads an STS Benchmark file (sts-train.csv, sts-dev.csv, sts-test.csv): TAB-separated, no
 /// header, no quoting; columns genre, file, year, id, score, sentence 1, sentence 2, and on some
-/// lines further columns (the sources), which are ignored.
+/// lines further columns (the sources), which are ignored. The file is read to be correlated
+/// with: one that has fewer than 2 pairs, or gold scores that are all equal, is an error (its
+/// correlation is undefined).
 pub fn read_sts(path: &Path) -> Result<Vec<StsPair>> {
     let text = crate::data::read_text(path)?;
     let mut pairs = Vec::new();
@@ -50,13 +52,23 @@ pub fn read_sts(path: &Path) -> Result<Vec<StsPair>> {
             s2: cols[6].to_string(),
         });
     }
-    if pairs.is_empty() {
-        return Err(Error::Data {
+    let no_correlation = |msg: String| {
+        Err(Error::Data {
             path: path.to_path_buf(),
-            msg: "no sentence pairs; give an STS Benchmark file such as sts-test.csv".into(),
-        });
+            msg: format!("{msg}; give an STS Benchmark file such as sts-test.csv"),
+        })
+    };
+    match pairs.as_slice() {
+        [] => no_correlation("no sentence pairs".into()),
+        [_] => no_correlation("1 sentence pair, and a correlation needs at least 2".into()),
+        [first, rest @ ..] if rest.iter().all(|p| p.score == first.score) => {
+            no_correlation(format!(
+                "every gold score is {}, and a correlation needs scores that differ",
+                first.score
+            ))
+        }
+        _ => Ok(pairs),
     }
-    Ok(pairs)
 }
 
 fn check_lengths(x: &[f64], y: &[f64]) -> Result<()> {

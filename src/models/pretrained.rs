@@ -109,6 +109,20 @@ pub fn load(path: &Path, dequantize: bool, tokenizer: Option<&Path>) -> Result<P
 }
 
 impl Pretrained {
+    /// The chat template, or the error for a model without one, so that a chat can be refused
+    /// before its first message.
+    pub fn require_chat_template(&self) -> Result<&str> {
+        self.chat_template
+            .as_deref()
+            .ok_or_else(|| Error::UnsupportedModel {
+                path: self.path.clone(),
+                msg: "the model has no chat template (tokenizer_config.json's chat_template or \
+                      the GGUF's tokenizer.chat_template); use an instruct model that has one, \
+                      or give this one plain-text prompts"
+                    .into(),
+            })
+    }
+
     /// The prompt as the model's chat template formats one user message, ready for the
     /// assistant's reply (Hugging Face's `apply_chat_template(..., add_generation_prompt=True)`).
     pub fn chat_prompt(&self, user: &str) -> Result<String> {
@@ -118,14 +132,12 @@ impl Pretrained {
     /// The chat template applied to a whole conversation of (role, content) messages, ready for
     /// the assistant's next reply.
     pub fn chat_prompt_for(&self, messages: &[(&str, &str)]) -> Result<String> {
-        let template = self
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| Error::UnsupportedModel {
-                path: self.path.clone(),
-                msg: "the model has no chat template; drop --chat".into(),
-            })?;
+        let template = self.require_chat_template()?;
         let mut env = minijinja::Environment::new();
+        // transformers compiles chat templates with trim_blocks and lstrip_blocks on: a block
+        // tag on its own line leaves no newline or indentation behind.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         let bad = |e: minijinja::Error| Error::UnsupportedModel {

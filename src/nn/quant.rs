@@ -430,14 +430,19 @@ mod tests {
         pub(super) static FORCE_PORTABLE: Cell<bool> = const { Cell::new(false) };
     }
 
-    /// Each format against the dequantized matrix times the exact activations (the only error
-    /// is the 8-bit activation rounding), and the SIMD kernel equal, bit for bit, to the
-    /// portable one, which spells out llama.cpp's order of operations.
-    #[test]
-    fn quantized_matmul_matches_dequantized_and_the_portable_path() {
+    /// A random (rows, cols) weight, its quantized forms and (m, cols) activations.
+    fn setup() -> (Tensor, Vec<f32>, usize, usize, usize) {
         let (rows, cols, m) = (41, 160, 6);
         let w = Tensor::from_vec(fill(rows * cols, 1), (rows, cols), &Device::Cpu).unwrap();
-        let x = fill(m * cols, 2);
+        (w, fill(m * cols, 2), rows, cols, m)
+    }
+
+    /// Each format against the dequantized matrix times the exact activations: the only error is
+    /// the 8-bit activation rounding. Runs whichever path this CPU takes (the SIMD kernel with
+    /// AVX512-VNNI, the portable one elsewhere).
+    #[test]
+    fn quantized_matmul_matches_dequantized() {
+        let (w, x, rows, cols, m) = setup();
         for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let q = QTensor::quantize(&w, dtype).unwrap();
             let deq = q
@@ -458,13 +463,9 @@ mod tests {
             }
             let mut out = vec![0f32; m * rows];
             qm.matmul(&x, m, &mut out);
-            let xq = quantize_rows(&x, cols);
-            FORCE_PORTABLE.with(|f| f.set(true));
             for i in 0..m {
                 for r in 0..rows {
                     let got = out[i * rows + r];
-                    let portable = qm.pair_dots(r / 2, &xq, i, 1)[r % 2][0];
-                    assert_eq!(got.to_bits(), portable.to_bits(), "{dtype:?} ({i},{r})");
                     // Within 1% of Σ|w·x|: the 8-bit activation codes err by up to 1/254.
                     let terms = (0..cols).map(|c| deq[r][c] * x[i * cols + c]);
                     let (exact, scale) = terms.fold((0f32, 0f32), |(e, s), t| (e + t, s + t.abs()));
@@ -474,8 +475,40 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The AVX512-VNNI kernel equal, bit for bit, to the portable one, which spells out
+    /// llama.cpp's order of operations. Needs both paths: on a CPU without AVX512-VNNI the
+    /// harness reports it ignored (build.rs sets the cfg from the build machine's CPU).
+    #[test]
+    #[cfg_attr(
+        not(decodex_avx512vnni),
+        ignore = "needs AVX512-VNNI (the build machine lacks it)"
+    )]
+    fn simd_products_equal_the_portable_path_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        assert!(vnni(), "this CPU lacks AVX512-VNNI");
+        let (w, x, rows, cols, m) = setup();
+        let mut cells = 0;
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let qm = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+            let mut out = vec![0f32; m * rows];
+            qm.matmul(&x, m, &mut out);
+            let xq = quantize_rows(&x, cols);
+            FORCE_PORTABLE.with(|f| f.set(true));
+            for i in 0..m {
+                for r in 0..rows {
+                    let got = out[i * rows + r];
+                    let portable = qm.pair_dots(r / 2, &xq, i, 1)[r % 2][0];
+                    assert_eq!(got.to_bits(), portable.to_bits(), "{dtype:?} ({i},{r})");
+                    cells += 1;
+                }
+            }
             FORCE_PORTABLE.with(|f| f.set(false));
         }
+        println!("{cells} products: AVX512-VNNI equals the portable path bit for bit");
     }
 
     /// Activation codes as llama.cpp's `quantize_row_q8_1`: 127/max scaling, ties to even.

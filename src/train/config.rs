@@ -297,14 +297,9 @@ eval_iters = 20
         assert!(err.contains("fp16") && err.contains("bf16"), "{err}");
     }
 
-    #[test]
-    fn bf16_with_the_candle_backend_is_an_error() {
-        let text = CHAR.replace(
-            "[train]\n",
-            "[train]\nprecision = \"bf16\"\nbackend = \"candle\"\n",
-        );
-        let cfg: TrainConfig = toml::from_str(&text).unwrap();
-        let m = crate::config::GptConfig {
+    /// A one-layer GPT for the backend checks.
+    fn tiny_gpt() -> crate::config::GptConfig {
+        crate::config::GptConfig {
             vocab_size: 11,
             block_size: 8,
             n_layer: 1,
@@ -314,12 +309,41 @@ eval_iters = 20
             bias: true,
             activation: "gelu_new".into(),
             layer_norm_epsilon: 1e-5,
-        };
+        }
+    }
+
+    #[test]
+    fn bf16_with_the_candle_backend_is_an_error() {
+        let text = CHAR.replace(
+            "[train]\n",
+            "[train]\nprecision = \"bf16\"\nbackend = \"candle\"\n",
+        );
+        let cfg: TrainConfig = toml::from_str(&text).unwrap();
+        let m = tiny_gpt();
         let err = crate::train::trainer::make_backend(&cfg, &m, &[])
             .err()
             .expect("candle + bf16 must be refused")
             .to_string();
         assert!(err.contains("bf16") && err.contains("fast"), "{err}");
+    }
+
+    /// On a CPU without AVX512-BF16 the bf16 matmuls exist only as a slow emulation: a config
+    /// asking for them is refused, naming the way out.
+    #[test]
+    #[cfg_attr(
+        decodex_avx512bf16,
+        ignore = "the build machine has AVX512-BF16, so bf16 is allowed"
+    )]
+    fn bf16_without_avx512_bf16_is_refused() {
+        let text = CHAR.replace("[train]\n", "[train]\nprecision = \"bf16\"\n");
+        let cfg: TrainConfig = toml::from_str(&text).unwrap();
+        let m = tiny_gpt();
+        let params = vec![0f32; m.num_params()];
+        let err = crate::train::trainer::make_backend(&cfg, &m, &params)
+            .err()
+            .expect("bf16 without AVX512-BF16 must be refused")
+            .to_string();
+        assert!(err.contains("AVX512-BF16") && err.contains("fp32"), "{err}");
     }
 
     #[test]

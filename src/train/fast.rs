@@ -50,7 +50,8 @@ pub enum Precision {
     #[default]
     F32,
     /// Inputs rounded to bf16 (nearest even), products summed in f32, like PyTorch's CPU
-    /// autocast to bfloat16. Needs AVX512-BF16; on other CPUs the matmuls run in f32.
+    /// autocast to bfloat16. Fast with AVX512-BF16; other CPUs compute the same bits in a
+    /// software emulation, far slower than f32, which the trainer refuses (`check_supported`).
     Bf16,
 }
 
@@ -66,9 +67,22 @@ impl Precision {
         }
     }
 
-    /// Whether this CPU runs `Bf16` matmuls in bf16 (AVX512-BF16) rather than falling back to f32.
+    /// Whether this CPU runs `Bf16` matmuls on AVX512-BF16 (rather than in the software emulation).
     pub fn bf16_supported() -> bool {
         bf16::available()
+    }
+
+    /// Refuses a precision this CPU runs only in emulation (bf16 without AVX512-BF16), naming
+    /// the way out, so that a config never trains 10-100x slower than it should.
+    pub fn check_supported(self) -> Result<()> {
+        if self == Precision::Bf16 && !Self::bf16_supported() {
+            return Err(Error::Invalid(
+                "precision = \"bf16\" needs a CPU with AVX512-BF16, which this one lacks (decodex \
+                 only emulates bf16 on it, for tests); set precision = \"fp32\""
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -811,10 +825,6 @@ mod tests {
     /// relative, every gradient tensor to 5e-2 in relative L2 norm. Bitwise reproducible.
     #[test]
     fn bf16_step_tracks_f32_step() {
-        if !Precision::bf16_supported() {
-            eprintln!("skipped: no AVX512-BF16 on this CPU");
-            return;
-        }
         let (loss32, g32, m) = step_at(Precision::F32);
         let (loss16, g16, _) = step_at(Precision::Bf16);
         let rel = ((loss16 - loss32) / loss32).abs();
@@ -1133,112 +1143,5 @@ mod tests {
         assert!(err.to_string().contains("dropout"), "{err}");
         assert!(FastGpt::new(tiny(true, "gelu_new"), 1, 9).is_err());
         assert!(FastGpt::new(tiny(true, "gelu_new"), 0, 8).is_err());
-    }
-
-    /// Busy CPU time of the whole machine and of this process, in clock ticks (Linux; zeros
-    /// elsewhere), to tell how much other processes competed with a timing.
-    fn cpu_ticks() -> (u64, u64) {
-        let machine = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| {
-                let f: Vec<u64> = s
-                    .lines()
-                    .next()?
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
-                // user nice system idle iowait irq softirq: busy = all but idle and iowait
-                Some(f.iter().sum::<u64>() - f.get(3)? - f.get(4)?)
-            })
-            .unwrap_or(0);
-        let me = std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .and_then(|s| {
-                let f: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
-                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-            })
-            .unwrap_or(0);
-        (machine, me)
-    }
-
-    /// Milliseconds per forward + backward (median and minimum of `iters`) on random data;
-    /// also prints how many cores other processes kept busy meanwhile.
-    fn time_fwd_bwd(cfg: GptConfig, b: usize, t: usize, iters: usize) -> f64 {
-        let mut m = FastGpt::new(cfg.clone(), b, t).unwrap();
-        randomize(&mut m, 1);
-        m.params.iter_mut().for_each(|p| *p *= 0.1);
-        let (x, y) = batch(cfg.vocab_size, b * t, 2);
-        for _ in 0..5 {
-            m.forward(&x, &y, b, t);
-            m.backward(1.0);
-        }
-        let (start, ticks) = (std::time::Instant::now(), cpu_ticks());
-        let mut fwd = Vec::new();
-        let mut ms: Vec<f64> = (0..iters)
-            .map(|_| {
-                let start = std::time::Instant::now();
-                m.forward(&x, &y, b, t);
-                fwd.push(start.elapsed().as_secs_f64() * 1e3);
-                m.backward(1.0);
-                start.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        fwd.sort_by(f64::total_cmp);
-        let (wall, end) = (start.elapsed().as_secs_f64(), cpu_ticks());
-        let others = ((end.0 - ticks.0) as f64 - (end.1 - ticks.1) as f64) / 100.0 / wall;
-        let cpu_ms = (end.1 - ticks.1) as f64 * 10.0 / iters as f64;
-        ms.sort_by(f64::total_cmp);
-        println!(
-            "{} layers, C {}, {} heads, V {}, B {b}, T {t}, {} threads: fwd+bwd median {:.2} ms, \
-             min {:.2} ms, forward median {:.2} ms (CPU time {cpu_ms:.1} ms per step; other \
-             processes busy on {others:.2} cores)",
-            cfg.n_layer,
-            cfg.n_embd,
-            cfg.n_head,
-            cfg.vocab_size,
-            rayon::current_num_threads(),
-            ms[iters / 2],
-            ms[0],
-            fwd[iters / 2]
-        );
-        ms[iters / 2]
-    }
-
-    /// nanoGPT's CPU preset (shakespeare_char on a laptop). Run with
-    /// `RAYON_NUM_THREADS=2 cargo test --release --lib bench_char_preset -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn bench_char_preset() {
-        let cfg = GptConfig {
-            vocab_size: 65,
-            block_size: 64,
-            n_layer: 4,
-            n_head: 4,
-            n_embd: 128,
-            dropout: 0.0,
-            bias: true,
-            activation: "gelu_new".into(),
-            layer_norm_epsilon: 1e-5,
-        };
-        time_fwd_bwd(cfg, 12, 64, 50);
-    }
-
-    /// nanoGPT's shakespeare_char GPU preset shape, smaller batch.
-    #[test]
-    #[ignore]
-    fn bench_char_6x384() {
-        let cfg = GptConfig {
-            vocab_size: 65,
-            block_size: 256,
-            n_layer: 6,
-            n_head: 6,
-            n_embd: 384,
-            dropout: 0.0,
-            bias: true,
-            activation: "gelu_new".into(),
-            layer_norm_epsilon: 1e-5,
-        };
-        time_fwd_bwd(cfg, 8, 256, 10);
     }
 }

@@ -172,6 +172,7 @@ pub fn make_backend(cfg: &TrainConfig, m: &GptConfig, params: &[f32]) -> Result<
     };
     let precision = Precision::parse(&cfg.train.precision)?;
     if use_fast {
+        precision.check_supported()?;
         let mut fast = FastBackend::new(m, params, cfg.train.batch_size)?;
         fast.model.set_precision(precision);
         Ok(Box::new(fast))

@@ -2,6 +2,11 @@
 //! A (m, k) and B (k, n) f32 matrices of any strides rounded to bf16 (round to nearest even)
 //! while they are packed, and products accumulated in f32 by AVX512-BF16's `vdpbf16ps`.
 //!
+//! On a CPU without AVX512-BF16 the same arithmetic runs in software (`emulated`): the same
+//! packing and rounding, and `vdpbf16ps` lane by lane as Intel's SDM defines it, so the results
+//! are the same bits, only slower. The trainer refuses bf16 on such CPUs (it would be slower
+//! than f32); the emulation is there so that the bf16 kernels are tested on every CPU.
+//!
 //! The structure is BLIS/GotoBLAS's (Van Zee & van de Geijn, "BLIS: A Framework for Rapidly
 //! Instantiating BLAS Functionality", 2015): for each NC-column block of B and KC-deep slice,
 //! B is packed into NR-wide panels (the L3/L1-resident operand); for each MC-row block of A, A is
@@ -65,19 +70,39 @@ impl Mat {
     }
 }
 
-/// Whether this CPU runs the bf16 kernels (AVX-512F, -BW and AVX512-BF16); when it does not, callers
-/// use the f32 path.
+/// Whether this CPU has the instructions of the bf16 kernels (AVX-512F, -BW and AVX512-BF16);
+/// when it does not, they run in software (`emulated`).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512bf16")
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to run the software emulation on a CPU that has AVX512-BF16 (this thread
+    /// only).
+    static FORCE_EMULATION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the AVX512-BF16 instructions run the kernels on this thread (else `emulated`).
+#[inline]
+fn hardware() -> bool {
+    #[cfg(test)]
+    if FORCE_EMULATION.with(|f| f.get()) {
+        return false;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    available()
 }
 
 /// `x` rounded to bf16 (nearest even) and back, as `vcvtneps2bf16` does it: denormal inputs
@@ -132,7 +157,7 @@ const PAR_MIN_MACS: usize = 1 << 20;
 /// bf16 and products summed in f32. beta = 0 does not read C (so it may hold NaNs).
 ///
 /// # Safety
-/// `available()` must be true; every element of A, B and C must lie inside live allocations;
+/// Every element of A, B and C must lie inside live allocations;
 /// C must not overlap A, B or memory another thread accesses meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(
@@ -212,7 +237,7 @@ pub fn b_words(k: usize, cols: usize) -> usize {
 /// Packs A (rows, k), any strides, as MR-row panels into `dst`.
 ///
 /// # Safety
-/// `available()` must be true and A must lie inside a live allocation.
+/// A must lie inside a live allocation.
 pub unsafe fn pack_a(dst: &mut [u32], a: Mat, rows: usize, k: usize) -> Panels {
     assert!(dst.len() >= a_words(rows, k));
     pack_block(dst.as_mut_ptr(), MR, a, rows, k);
@@ -258,7 +283,7 @@ pub enum Causal {
 /// calling thread, skipping the work `causal` shows to be unneeded. beta = 0 does not read C.
 ///
 /// # Safety
-/// `available()` must be true; the panels must hold (m, k) and (k, n) and still be alive (the
+/// The panels must hold (m, k) and (k, n) and still be alive (the
 /// buffers they were packed into unchanged); C must hold (m, n) and alias nothing else in use.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_packed(
@@ -479,7 +504,7 @@ unsafe fn multiply_block(
 /// dst must hold the panels; x must hold (lanes, kc).
 unsafe fn pack_block(dst: *mut u32, w: usize, x: Mat, lanes: usize, kc: usize) {
     #[cfg(target_arch = "x86_64")]
-    if x.rs == 1 && x.cs != 1 {
+    if x.rs == 1 && x.cs != 1 && hardware() {
         // Row by row of x's storage, across all panels: each source row is read contiguously.
         return x86::pack_lane_contiguous(dst, w, x, lanes, kc);
     }
@@ -496,10 +521,12 @@ unsafe fn pack_block(dst: *mut u32, w: usize, x: Mat, lanes: usize, kc: usize) {
 /// dst must hold kc.div_ceil(2)·w words; x must hold (lanes, kc).
 unsafe fn pack(dst: *mut u32, w: usize, x: Mat, lanes: usize, kc: usize) {
     #[cfg(target_arch = "x86_64")]
-    if x.cs == 1 {
-        return x86::pack_k_contiguous(dst, w, x, lanes, kc);
-    } else if x.rs == 1 {
-        return x86::pack_lane_contiguous(dst, w, x, lanes.min(w), kc);
+    if hardware() {
+        if x.cs == 1 {
+            return x86::pack_k_contiguous(dst, w, x, lanes, kc);
+        } else if x.rs == 1 {
+            return x86::pack_lane_contiguous(dst, w, x, lanes.min(w), kc);
+        }
     }
     let get = |l: usize, kk: usize| {
         if l < lanes && kk < kc {
@@ -533,9 +560,83 @@ unsafe fn kernel(
     alpha: f32,
 ) {
     #[cfg(target_arch = "x86_64")]
-    x86::kernel(kcp, a, b, c, ldc, tile, beta, alpha);
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("bf16 kernels need x86-64 with AVX512-BF16 ({kcp} {a:?} {b:?} {c:?} {ldc} {tile:?} {beta} {alpha})");
+    if hardware() {
+        return x86::kernel(kcp, a, b, c, ldc, tile, beta, alpha);
+    }
+    emulated::kernel(kcp, a, b, c, ldc, tile, beta, alpha)
+}
+
+/// The micro-kernel in software, for CPUs without AVX512-BF16: the same packed operands, the same
+/// per-lane arithmetic and the same order as `x86::kernel`, hence the same bits.
+mod emulated {
+    use super::{MR, NR};
+
+    /// The f32 value of the high (odd-k) bf16 of a pair word.
+    fn hi(w: u32) -> f32 {
+        f32::from_bits(w & 0xffff_0000)
+    }
+
+    /// The f32 value of the low (even-k) bf16 of a pair word.
+    fn lo(w: u32) -> f32 {
+        f32::from_bits(w << 16)
+    }
+
+    /// Denormals as zeros of their sign (the instruction's DAZ on inputs, FTZ on results).
+    fn flush(x: f32) -> f32 {
+        if x.is_subnormal() {
+            0.0f32.copysign(x)
+        } else {
+            x
+        }
+    }
+
+    /// One lane of `vdpbf16ps` as Intel's SDM defines it: acc += a.hi·b.hi, then acc += a.lo·b.lo,
+    /// each a fused multiply-add rounded to nearest even, with denormal inputs read as zero and
+    /// denormal results flushed to zero (MXCSR is neither read nor written).
+    pub fn dot_pair(acc: f32, a: u32, b: u32) -> f32 {
+        let t = flush(flush(hi(a)).mul_add(flush(hi(b)), flush(acc)));
+        flush(flush(lo(a)).mul_add(flush(lo(b)), t))
+    }
+
+    /// See `super::kernel`; the epilogue is `x86::kernel`'s: acc·alpha, then C·beta + that
+    /// (fused) when beta is not 0.
+    ///
+    /// # Safety
+    /// As for `super::kernel`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel(
+        kcp: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        (rows, cols): (usize, usize),
+        beta: f32,
+        alpha: f32,
+    ) {
+        let mut acc = [[0f32; NR]; MR];
+        for kp in 0..kcp {
+            let a = std::slice::from_raw_parts(a.add(kp * MR), MR);
+            let b = std::slice::from_raw_parts(b.add(kp * NR), NR);
+            for (acc, &ai) in acc.iter_mut().zip(a) {
+                for (acc, &bj) in acc.iter_mut().zip(b) {
+                    *acc = dot_pair(*acc, ai, bj);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate().take(rows) {
+            let row = c.add(i * ldc);
+            for (j, &acc) in acc.iter().enumerate().take(cols) {
+                let v = acc * alpha;
+                let p = row.add(j);
+                *p = if beta != 0.0 {
+                    (*p).mul_add(beta, v)
+                } else {
+                    v
+                };
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -709,13 +810,13 @@ mod tests {
 
     use crate::testutil::fill;
 
-    /// (rs, cs) of an (r, c) matrix stored row-major, or as its row-major transpose.
-    fn strides(r: usize, c: usize, trans: bool) -> (usize, usize) {
-        let _ = r;
-        if trans {
-            (1, r)
-        } else {
-            (c, 1)
+    /// A view of the (r, c) matrix `x` stored row-major, or as its row-major transpose.
+    fn view(x: &[f32], r: usize, c: usize, trans: bool) -> Mat {
+        let (rs, cs) = if trans { (1, r) } else { (c, 1) };
+        Mat {
+            ptr: x.as_ptr(),
+            rs,
+            cs,
         }
     }
 
@@ -730,14 +831,30 @@ mod tests {
         assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
     }
 
+    /// `vdpbf16ps`'s lane as the SDM defines it: two roundings (not one of the exact sum), the
+    /// odd (high) pair first, denormals flushed.
+    #[test]
+    fn dot_pair_is_two_fmas_high_pair_first() {
+        use emulated::dot_pair;
+        let p = |lo: f32, hi: f32| pair(lo, hi);
+        let tiny = 2f32.powi(-24); // half an ulp of 1.0: a tie, which rounds to even (1.0)
+        assert_eq!(dot_pair(1.0, p(1.0, 1.0), p(tiny, tiny)), 1.0);
+        // High first: (1 - 1) + 2^-30 = 2^-30; low first would give (1 + 2^-30) - 1 = 0.
+        let small = 2f32.powi(-15);
+        assert_eq!(dot_pair(1.0, p(small, -1.0), p(small, 1.0)), 2f32.powi(-30));
+        // A denormal accumulator reads as zero; a denormal result is flushed to zero.
+        let denormal = f32::from_bits(1);
+        assert_eq!(dot_pair(denormal, p(0.0, 0.0), p(0.0, 0.0)), 0.0);
+        let (m, n) = (2f32.powi(-64), 2f32.powi(-63));
+        assert_eq!(dot_pair(0.0, p(0.0, m), p(0.0, m)), 0.0); // 2^-128 is denormal
+        assert_eq!(dot_pair(0.0, p(0.0, n), p(0.0, n)), 2f32.powi(-126));
+    }
+
     /// The bf16 GEMM against an f64 GEMM of the bf16-rounded inputs: with f32 accumulation the
-    /// error is a few f32 ulps of Σ|a·b|.
+    /// error is a few f32 ulps of Σ|a·b|. Runs the hardware kernel where the CPU has
+    /// AVX512-BF16, the software emulation elsewhere.
     #[test]
     fn gemm_matches_f64_reference_on_rounded_inputs() {
-        if !available() {
-            eprintln!("skipped: no AVX512-BF16 on this CPU");
-            return;
-        }
         let shapes = [
             (1, 1, 1),
             (3, 5, 7),
@@ -756,30 +873,18 @@ mod tests {
                     seed += 1;
                     let (a, b) = (fill(m * k, seed), fill(k * n, seed + 100));
                     let c0 = fill(m * n, seed + 200);
-                    let ((ars, acs), (brs, bcs)) = (strides(m, k, ta), strides(k, n, tb));
                     let alpha = 0.5;
                     let mut c = c0.clone();
-                    let (am, bm) = (
-                        Mat {
-                            ptr: a.as_ptr(),
-                            rs: ars,
-                            cs: acs,
-                        },
-                        Mat {
-                            ptr: b.as_ptr(),
-                            rs: brs,
-                            cs: bcs,
-                        },
-                    );
-                    // SAFETY: available() was checked; the buffers hold the matrices.
+                    let (am, bm) = (view(&a, m, k, ta), view(&b, k, n, tb));
+                    // SAFETY: the buffers hold the matrices.
                     unsafe { gemm((m, n, k), c.as_mut_ptr(), n, beta, am, bm, alpha) };
                     let mut worst = 0f64;
                     for i in 0..m {
                         for j in 0..n {
                             let (mut s, mut mag) = (0f64, 0f64);
                             for p in 0..k {
-                                let x = round_bf16(a[i * ars + p * acs]) as f64;
-                                let y = round_bf16(b[p * brs + j * bcs]) as f64;
+                                let x = round_bf16(a[i * am.rs + p * am.cs]) as f64;
+                                let y = round_bf16(b[p * bm.rs + j * bm.cs]) as f64;
                                 s += x * y;
                                 mag += (x * y).abs();
                             }
@@ -799,9 +904,6 @@ mod tests {
 
     #[test]
     fn gemm_is_deterministic_across_thread_counts() {
-        if !available() {
-            return;
-        }
         let (m, n, k) = (300, 200, 500);
         let (a, b) = (fill(m * k, 7), fill(k * n, 8));
         let run = |threads: usize| {
@@ -822,7 +924,7 @@ mod tests {
                     cs: 1,
                 },
             );
-            // SAFETY: available() was checked; the buffers hold the matrices.
+            // SAFETY: the buffers hold the matrices.
             pool.install(|| unsafe { gemm((m, n, k), c.as_mut_ptr(), n, 0.0, am, bm, 1.0) });
             c
         };
@@ -831,165 +933,60 @@ mod tests {
         assert_eq!(one, run(3));
         assert_eq!(run(2), run(2));
     }
-}
 
-/// GFLOP/s of the bf16 GEMM and of `gemm`'s f32 on the matmul shapes of the 384-wide model:
-/// `RAYON_NUM_THREADS=2 cargo test --release -- --ignored --nocapture bf16_gflops`.
-#[cfg(test)]
-mod bench {
-    use super::*;
-    use std::time::Instant;
-
-    fn time(mut f: impl FnMut()) -> f64 {
-        f();
-        let mut best = f64::MAX;
-        for _ in 0..5 {
-            let t = Instant::now();
-            for _ in 0..5 {
-                f();
-            }
-            best = best.min(t.elapsed().as_secs_f64() / 5.0);
-        }
-        best
-    }
-
+    /// The software emulation gives the AVX512-BF16 kernels' bits, for every operand layout
+    /// (both packing routines), partial tiles, beta 0 and 1, and values that underflow. Needs
+    /// a CPU with AVX512-BF16: elsewhere the harness reports it ignored (build.rs sets the cfg
+    /// from the build machine's CPU).
     #[test]
-    #[ignore = "benchmark"]
-    fn bf16_gflops() {
-        if !available() {
-            return;
-        }
-        // (m, n, k, A transposed, B transposed)
-        let shapes = [
-            (2048, 1152, 384, false, false),
-            (2048, 384, 384, false, false),
-            (2048, 1536, 384, false, false),
-            (2048, 384, 1536, false, false),
-            (2048, 384, 1536, false, true),
-            (2048, 384, 1152, false, true),
-            (384, 1152, 2048, true, false),
-            (1536, 384, 2048, true, false),
-            (384, 1536, 2048, true, false),
-            (2048, 65, 384, false, true),
-        ];
-        println!("threads {}", rayon::current_num_threads());
-        for (m, n, k, ta, tb) in shapes {
-            let a = vec![0.5f32; m * k];
-            let b = vec![0.25f32; k * n];
-            let mut c = vec![0f32; m * n];
-            let (ars, acs) = if ta { (1, m) } else { (k, 1) };
-            let (brs, bcs) = if tb { (1, k) } else { (n, 1) };
-            let am = Mat {
-                ptr: a.as_ptr(),
-                rs: ars,
-                cs: acs,
-            };
-            let bm = Mat {
-                ptr: b.as_ptr(),
-                rs: brs,
-                cs: bcs,
-            };
-            let flop = 2.0 * (m * n * k) as f64;
-            // SAFETY: available() was checked; the buffers hold the matrices.
-            let t16 = time(|| unsafe { gemm((m, n, k), c.as_mut_ptr(), n, 0.0, am, bm, 1.0) });
-            let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
-            // SAFETY: as above.
-            let t32 = time(|| unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    c.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    a.as_ptr(),
-                    acs as isize,
-                    ars as isize,
-                    b.as_ptr(),
-                    bcs as isize,
-                    brs as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par,
-                )
-            });
-            println!(
-                "{m:>5} x {n:>5} x {k:>5} ta={} tb={}: bf16 {:6.1} GFLOP/s   f32 {:6.1} GFLOP/s",
-                ta as u8,
-                tb as u8,
-                flop / t16 / 1e9,
-                flop / t32 / 1e9
-            );
-        }
-    }
-}
-
-#[cfg(test)]
-mod pack_bench {
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    #[ignore = "benchmark"]
-    fn pack_speed() {
-        if !available() {
-            return;
-        }
-        let (rows, k) = (2048, 384);
-        let src = vec![0.5f32; rows * k];
-        let mut dst = vec![0u32; 256 * 400];
-        for (name, w, x) in [
-            (
-                "k-contig w=12",
-                MR,
-                Mat {
-                    ptr: src.as_ptr(),
-                    rs: k,
-                    cs: 1,
-                },
-            ),
-            (
-                "k-contig w=32",
-                NR,
-                Mat {
-                    ptr: src.as_ptr(),
-                    rs: k,
-                    cs: 1,
-                },
-            ),
-            (
-                "lane-contig w=12",
-                MR,
-                Mat {
-                    ptr: src.as_ptr(),
-                    rs: 1,
-                    cs: rows,
-                },
-            ),
-            (
-                "lane-contig w=32",
-                NR,
-                Mat {
-                    ptr: src.as_ptr(),
-                    rs: 1,
-                    cs: rows,
-                },
-            ),
-        ] {
-            let mut best = f64::MAX;
-            for _ in 0..10 {
-                let t = Instant::now();
-                for l0 in (0..rows).step_by(MC) {
-                    // SAFETY: test buffers hold the panels.
-                    unsafe { pack_block(dst.as_mut_ptr(), w, x.at(l0, 0), MC.min(rows - l0), k) };
+    #[cfg_attr(
+        not(decodex_avx512bf16),
+        ignore = "needs AVX512-BF16 (the build machine lacks it)"
+    )]
+    fn emulation_equals_the_hardware_bit_for_bit() {
+        assert!(available(), "this CPU lacks AVX512-BF16");
+        let shapes = [(3, 5, 7), (13, 33, 3), (47, 31, 800), (64, 600, 129)];
+        let mut seed = 500;
+        let mut cells = 0;
+        for &(m, n, k) in &shapes {
+            for (ta, tb) in [(false, false), (true, true)] {
+                for beta in [0.0f32, 1.0] {
+                    seed += 1;
+                    // Some tiny values, so that products and sums reach the denormal range.
+                    let scaled = |len, s| {
+                        let mut v = fill(len, s);
+                        v.iter_mut().step_by(7).for_each(|x| *x *= 1e-38);
+                        v
+                    };
+                    let (a, b) = (scaled(m * k, seed), scaled(k * n, seed + 100));
+                    let c0 = fill(m * n, seed + 200);
+                    let (am, bm) = (view(&a, m, k, ta), view(&b, k, n, tb));
+                    let run = |emulate: bool| {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(1)
+                            .build()
+                            .unwrap();
+                        let mut c = c0.clone();
+                        pool.install(|| {
+                            FORCE_EMULATION.with(|f| f.set(emulate));
+                            // SAFETY: the buffers hold the matrices.
+                            unsafe { gemm((m, n, k), c.as_mut_ptr(), n, beta, am, bm, 0.5) };
+                            FORCE_EMULATION.with(|f| f.set(false));
+                        });
+                        c
+                    };
+                    let (hw, sw) = (run(false), run(true));
+                    for (i, (x, y)) in hw.iter().zip(&sw).enumerate() {
+                        assert_eq!(
+                            x.to_bits(),
+                            y.to_bits(),
+                            "{m}x{n}x{k} ta={ta} tb={tb} beta={beta} element {i}: {x} vs {y}"
+                        );
+                    }
+                    cells += hw.len();
                 }
-                best = best.min(t.elapsed().as_secs_f64());
             }
-            println!("{name}: {:.3} ns/element", best * 1e9 / (rows * k) as f64);
         }
+        println!("{cells} elements: the emulation equals AVX512-BF16 bit for bit");
     }
 }

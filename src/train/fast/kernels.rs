@@ -149,8 +149,8 @@ pub fn matmul(
 
 /// dst (m, n) = [dst +] scale · a (m, k) @ b (k, n), over rayon's pool (gemm splits the work
 /// when the pool has more than one thread). Transposed operands are read in place. With
-/// `Precision::Bf16` (and a CPU with AVX512-BF16; otherwise f32) a and b are rounded to bf16
-/// and the products summed in f32 by `bf16::gemm`.
+/// `Precision::Bf16` a and b are rounded to bf16 and the products summed in f32 by `bf16::gemm`
+/// (AVX512-BF16, or its software emulation on other CPUs).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_with(
     prec: Precision,
@@ -163,14 +163,14 @@ pub fn matmul_with(
 ) {
     assert!(dst.len() >= m * n, "matmul destination too small");
     let (a, b) = (a.strided(m, k), b.strided(k, n));
-    if prec == Precision::Bf16 && bf16::available() {
+    if prec == Precision::Bf16 {
         let mat = |s: Strided| bf16::Mat {
             ptr: s.ptr,
             rs: s.rs,
             cs: s.cs,
         };
         let beta = if accumulate { 1.0 } else { 0.0 };
-        // SAFETY: as below; `available` checked the CPU.
+        // SAFETY: as below.
         return unsafe { bf16::gemm((m, n, k), dst.as_mut_ptr(), n, beta, mat(a), mat(b), scale) };
     }
     let par = match rayon::current_num_threads() {
@@ -702,7 +702,7 @@ pub fn attention_forward(
     let scale = 1.0 / (hs as f32).sqrt();
     assert!(qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && lse.len() >= b * nh * t);
     assert!(bias.is_none_or(|b| b.len() == 3 * c));
-    if prec == Precision::Bf16 && bf16::available() {
+    if prec == Precision::Bf16 {
         return attention_forward_bf16(out, lse, qkv, bias, s);
     }
     let (out, qkv) = (SyncPtr(out.as_mut_ptr()), SyncPtr(qkv.as_mut_ptr()));
@@ -771,7 +771,7 @@ pub fn attention_backward(
     let n3 = b * t * 3 * c;
     assert!(qkv.len() >= n3 && dqkv.len() >= n3 && lse.len() >= b * nh * t);
     assert!(dout.len() >= b * t * c && out.len() >= b * t * c);
-    if prec == Precision::Bf16 && bf16::available() {
+    if prec == Precision::Bf16 {
         return attention_backward_bf16(dqkv, dout, qkv, out, lse, s);
     }
     let dqkv = SyncPtr(dqkv.as_mut_ptr());
@@ -1176,10 +1176,6 @@ mod tests {
     /// input gradients within bf16 rounding, on full and partial tiles, with and without bias.
     #[test]
     fn bf16_attention_tracks_f32() {
-        if !bf16::available() {
-            eprintln!("skipped: no AVX512-BF16 on this CPU");
-            return;
-        }
         for (b, t, c, nh, with_bias) in [
             (2, 100, 64, 2, true),
             (1, 256, 128, 2, false),
