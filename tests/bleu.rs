@@ -13,7 +13,9 @@ use decodex::eval::bleu::{
 };
 use serde_json::Value;
 
-const TOL: f64 = 1e-6;
+/// The README states BLEU, precisions, BP and chrF are bit-identical to sacreBLEU's (max
+/// difference 0): sacreBLEU's floats are read from their bits, so anything above 0 is a regression.
+const TOL: f64 = 0.0;
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bleu")
@@ -75,6 +77,11 @@ fn close(what: &str, got: f64, want: f64) -> f64 {
 /// Compares every BLEU figure with sacreBLEU's; returns the largest difference.
 fn check_bleu(what: &str, got: &BleuScore, want: &Value) -> f64 {
     let mut maxdiff = close(&format!("{what} score"), got.score, exact(want, "score"));
+    assert_eq!(
+        exact_list(want, "precisions").len(),
+        4,
+        "{what}: fixture precisions"
+    );
     maxdiff = maxdiff.max(close(&format!("{what} bp"), got.bp, exact(want, "bp")));
     for (n, (&g, w)) in got
         .precisions
@@ -212,6 +219,12 @@ fn cli_json_reports_sacrebleu_figures() {
             exact(&pair["chrf"], "score"),
         );
         close("bp", v["bp"].as_f64().unwrap(), exact(bleu, "bp"));
+        assert_eq!(f64s(&v["precisions"]).len(), 4, "precisions printed");
+        assert_eq!(
+            exact_list(bleu, "precisions").len(),
+            4,
+            "fixture precisions"
+        );
         for (g, w) in f64s(&v["precisions"])
             .into_iter()
             .zip(exact_list(bleu, "precisions"))

@@ -10,23 +10,10 @@ use std::path::{Path, PathBuf};
 use common::{assert_clear_error, decodex};
 use serde_json::Value;
 
-/// A temporary copy of llama_tiny with a char tokenizer over `TEXT`'s characters.
+/// A temporary copy of llama_tiny with a char tokenizer over its 96 characters.
 fn tiny_model(tmp: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_tiny");
-    let dir = tmp.join("base");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
-    }
-    let tok = decodex::tokenizer::Tokenizer::train_char(TEXT).unwrap();
-    assert_eq!(tok.vocab_size(), 96);
-    tok.save(&dir.join("tokenizer.json")).unwrap();
-    dir
+    common::tiny_llama(tmp, "base", common::LLAMA_CHARS)
 }
-
-/// 96 characters: one token per id of the model's vocabulary.
-const TEXT: &str =
-    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:?!'\"{}[]-_\n#$%&()*+/;<=>@\\^`|~";
 
 fn write_data(tmp: &Path) -> (PathBuf, PathBuf) {
     let mut train = String::new();

@@ -76,6 +76,8 @@ fn cached_logits_match_uncached() {
     }
     let mut worst = 0.0f32;
     let mut scale = 0.0f32;
+    assert_eq!(full.len(), rows.len(), "rows");
+    assert_eq!(full[0].len(), rows[0].len(), "vocabulary");
     for (a, b) in full.iter().flatten().zip(rows.iter().flatten()) {
         worst = worst.max((a - b).abs());
         scale = scale.max(a.abs());

@@ -72,6 +72,7 @@ fn minilm_embeddings_equal_sentence_transformers() {
     let (want, rows, dim) = read_npy(&fixture("embeddings.npy")).unwrap();
     assert_eq!((rows, dim), (sentences.len(), 384));
     let got = enc.embed(&refs).unwrap();
+    assert_eq!(got.len(), want.len());
     let (mut worst, mut worst_i, mut max_abs) = (1f64, 0, 0f32);
     for (i, (g, w)) in got
         .chunks_exact(dim)
@@ -91,9 +92,12 @@ fn minilm_embeddings_equal_sentence_transformers() {
         rows,
         1.0 - worst
     );
-    assert!(worst >= 0.99999, "text {worst_i}: cosine {worst}");
-    // sentence-transformers' own runs differ by up to 2.3e-7 between batch sizes and threads.
-    assert!(max_abs <= 1e-5, "max |diff| {max_abs}");
+    // README: 1 - cosine <= 1.3e-12 (issue 7's target was cosine >= 0.99999); headroom for
+    // other CPUs' summation orders.
+    assert!(1.0 - worst <= 1e-10, "text {worst_i}: cosine {worst}");
+    // README: max |diff| 2.9e-7. sentence-transformers' own runs differ by up to 2.3e-7 between
+    // batch sizes and threads.
+    assert!(max_abs <= 1e-6, "max |diff| {max_abs}");
 }
 
 #[test]
@@ -255,6 +259,7 @@ fn embed_streams_texts_to_npy_and_safetensors() {
     let want = enc
         .embed(&["first line", "", "third line, after an empty one"])
         .unwrap();
+    assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() < 1e-6);
     }
@@ -331,7 +336,11 @@ fn decoder_embeddings_are_mean_pooled_unit_vectors() {
         ])
         .unwrap();
     let (a, b, c) = (&v[..576], &v[576..1152], &v[1152..]);
-    assert!((cosine(a, a) - 1.0).abs() < 1e-5);
+    // Mean-pooled then L2-normalised: each vector has unit length.
+    for (i, v) in [a, b, c].iter().enumerate() {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "vector {i} has norm {norm}");
+    }
     assert!(
         cosine(a, b) > cosine(a, c),
         "{} vs {}",

@@ -46,6 +46,7 @@ fn resume_is_exact(extra_model: &str, extra_train: &str) {
     });
     assert_eq!(first.len(), 17);
     assert_eq!(second.first().map(|s| s.0), Some(18));
+    assert_eq!(full.len(), first.len() + second.len());
     for (a, b) in full.iter().zip(first.iter().chain(second.iter())) {
         assert_eq!(a.0, b.0);
         assert_eq!(
@@ -99,7 +100,10 @@ fn fast_and_candle_paths_train_alike() {
         max_iters: Some(10),
         resume: false,
     });
+    assert_eq!(a.len(), 10, "fast path steps");
+    assert_eq!(b.len(), 10, "candle path steps");
     for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.0, y.0, "step numbers");
         let rel = ((x.1 - y.1) / y.1).abs();
         assert!(rel < 1e-4, "step {}: fast {} vs candle {}", x.0, x.1, y.1);
     }

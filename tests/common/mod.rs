@@ -17,16 +17,13 @@ pub fn init_cache() -> PathBuf {
     .clone()
 }
 
-/// A small English-like corpus (Tiny Shakespeare's first 100 kB when the data folder is there,
-/// otherwise generated text).
+/// A small English corpus: Tiny Shakespeare's first 100,000 characters, from the data folder
+/// (`DECODEX_DATA`). A missing dataset fails the test: no synthetic text stands in for it.
 pub fn small_corpus() -> String {
     let p = decodex::train::config::resolve_data_path(Path::new("lm/tinyshakespeare/input.txt"));
-    match std::fs::read_to_string(&p) {
-        Ok(s) => s.chars().take(100_000).collect(),
-        Err(_) => (0..4000)
-            .map(|i| format!("line {i}: the quick brown fox jumps over the lazy dog.\n"))
-            .collect(),
-    }
+    let text = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e} (set DECODEX_DATA to the data folder)", p.display()));
+    text.chars().take(100_000).collect()
 }
 
 /// A tiny char-level config over `corpus` (absolute path).
@@ -178,4 +175,43 @@ pub fn trained_model(dir: &Path, iters: usize) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     run
+}
+
+/// `decodex ARGS` with `stdin` piped in (a process that exits before reading it is not an error
+/// of the pipe: its exit status and output say what happened).
+pub fn decodex_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_decodex"))
+        .args(args)
+        .env("DECODEX_CACHE", init_cache())
+        .env("RAYON_NUM_THREADS", "2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the decodex binary runs");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    child.wait_with_output().expect("the decodex binary runs")
+}
+
+/// 96 characters: one token per id of tests/fixtures/llama_tiny's vocabulary.
+pub const LLAMA_CHARS: &str =
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:?!'\"{}[]-_\n#$%&()*+/;<=>@\\^`|~";
+
+/// A copy of tests/fixtures/llama_tiny (a Hugging Face folder, no chat template) in `dir/name`,
+/// with a char tokenizer over `chars` (96 of them).
+pub fn tiny_llama(dir: &Path, name: &str, chars: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_tiny");
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), out.join(f)).unwrap();
+    }
+    let tok = decodex::tokenizer::Tokenizer::train_char(chars).unwrap();
+    assert_eq!(tok.vocab_size(), 96);
+    tok.save(&out.join("tokenizer.json")).unwrap();
+    out
 }
