@@ -60,6 +60,25 @@ fn u32s(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// `decodex logits --model MODEL --text TEXT --out OUT --json`: the file's ids, shape and logits,
+/// after checking the JSON line counts the same tokens.
+fn run_logits(model: &Path, text: &str, out: &Path) -> (Vec<u32>, Vec<usize>, Vec<f32>) {
+    let args = [
+        "logits",
+        "--model",
+        s(model),
+        "--text",
+        text,
+        "--out",
+        s(out),
+        "--json",
+    ];
+    let v = json_lines(&decodex(&args), "logits");
+    let got = read_logits(out);
+    assert_eq!(v[0]["tokens"], got.0.len(), "tokens reported");
+    got
+}
+
 /// `input_ids` (1, T) and `logits` (1, T, V) of a file `decodex logits` wrote.
 fn read_logits(path: &Path) -> (Vec<u32>, Vec<usize>, Vec<f32>) {
     let st = decodex::checkpoint::load_tensors(path).unwrap();
@@ -94,22 +113,7 @@ fn logits_of_a_llama_folder_equal_transformers_and_the_library() {
     let text = tok.decode(&want_ids).unwrap();
     assert_eq!(tok.encode(&text).unwrap(), want_ids, "text {text:?}");
 
-    let out = d.path().join("logits.safetensors");
-    let v = json_lines(
-        &decodex(&[
-            "logits",
-            "--model",
-            s(&model),
-            "--text",
-            &text,
-            "--out",
-            s(&out),
-            "--json",
-        ]),
-        "logits",
-    );
-    assert_eq!(v[0]["tokens"], 7);
-    let (ids, shape, logits) = read_logits(&out);
+    let (ids, shape, logits) = run_logits(&model, &text, &d.path().join("logits.safetensors"));
     assert_eq!(ids, want_ids);
     assert_eq!(shape, vec![1, 7, 96]);
 
@@ -164,22 +168,7 @@ fn logits_of_a_gpt2_folder_equal_transformers() {
     let text = tok.decode(&row).unwrap();
     assert_eq!(tok.encode(&text).unwrap(), row, "text {text:?}");
 
-    let out = d.path().join("gpt2_logits.safetensors");
-    let v = json_lines(
-        &decodex(&[
-            "logits",
-            "--model",
-            s(&model),
-            "--text",
-            &text,
-            "--out",
-            s(&out),
-            "--json",
-        ]),
-        "logits",
-    );
-    assert_eq!(v[0]["tokens"], 16);
-    let (ids, shape, logits) = read_logits(&out);
+    let (ids, shape, logits) = run_logits(&model, &text, &d.path().join("gpt2_logits.safetensors"));
     assert_eq!(ids, row);
     assert_eq!(shape, vec![1, 16, 37]);
     let diff = max_abs_diff(&logits, want);

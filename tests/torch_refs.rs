@@ -331,25 +331,31 @@ fn fused_smoothed_cross_entropy_matches_pytorch() {
     for c in ce_cases() {
         let (loss, nll) =
             smoothed_cross_entropy(c.x.as_tensor(), &c.targets, &c.weights, c.eps).unwrap();
-        ok &= scalar_check(
-            &format!("{} loss", c.name),
-            loss.to_scalar::<f32>().unwrap() as f64,
-            c.loss,
-        );
-        ok &= scalar_check(&format!("{} nll", c.name), nll, c.nll);
-        let g = loss.backward().unwrap();
-        let g = g
-            .get(c.x.as_tensor())
-            .expect("the fused loss has a gradient");
-        ok &= check(
-            &format!("{} grad", c.name),
-            &flat(g),
-            &c.grad,
-            ce_grad_tol(c.x.as_tensor()),
-            true,
-        );
+        ok &= check_ce_case(&c, &loss, nll);
     }
     assert!(ok, "the fused loss differs from PyTorch (see BAD lines)");
+}
+
+/// One case's loss (a scalar tensor), unsmoothed NLL and gradient with respect to the logits
+/// against PyTorch's; prints a line each.
+fn check_ce_case(c: &CeCase, loss: &Tensor, nll: f64) -> bool {
+    let got = loss
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let mut ok = scalar_check(&format!("{} loss", c.name), got, c.loss);
+    ok &= scalar_check(&format!("{} nll", c.name), nll, c.nll);
+    let g = loss.backward().unwrap();
+    let g = g.get(c.x.as_tensor()).expect("the loss has a gradient");
+    ok &= check(
+        &format!("{} grad", c.name),
+        &flat(g),
+        &c.grad,
+        ce_grad_tol(c.x.as_tensor()),
+        true,
+    );
+    ok
 }
 
 /// The composed version (transformer-seq2seq's `smoothed_loss`, candle autograd) agrees too.
@@ -361,29 +367,12 @@ fn composed_smoothed_loss_matches_pytorch() {
         let t = Tensor::new(c.targets.as_slice(), &dev).unwrap();
         let w = Tensor::new(c.weights.as_slice(), &dev).unwrap();
         let (loss, nll) = smoothed_loss(c.x.as_tensor(), &t, &w, c.eps).unwrap();
-        let got = loss
+        let nll = nll
             .to_dtype(DType::F64)
             .unwrap()
             .to_scalar::<f64>()
             .unwrap();
-        ok &= scalar_check(&format!("{} loss", c.name), got, c.loss);
-        let got = nll
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        ok &= scalar_check(&format!("{} nll", c.name), got, c.nll);
-        let g = loss.backward().unwrap();
-        let g = g
-            .get(c.x.as_tensor())
-            .expect("the composed loss has a gradient");
-        ok &= check(
-            &format!("{} grad", c.name),
-            &flat(g),
-            &c.grad,
-            ce_grad_tol(c.x.as_tensor()),
-            true,
-        );
+        ok &= check_ce_case(&c, &loss, nll);
     }
     assert!(ok, "the composed loss differs from PyTorch (see BAD lines)");
 }
