@@ -43,15 +43,6 @@ fn json_lines(out: &Output, what: &str) -> Vec<Value> {
     lines
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    assert!(!a.is_empty(), "nothing to compare");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
-}
-
 fn u32s(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
@@ -117,7 +108,7 @@ fn logits_of_a_llama_folder_equal_transformers_and_the_library() {
     assert_eq!(ids, want_ids);
     assert_eq!(shape, vec![1, 7, 96]);
 
-    let d_hf = max_abs_diff(&logits[6 * 96..], &want_last);
+    let d_hf = common::max_abs_diff(&logits[6 * 96..], &want_last);
     println!("logits (llama_tiny, last position) vs transformers max|diff| {d_hf:.2e}");
     assert!(d_hf < 1e-4, "max |diff| {d_hf}");
 
@@ -125,7 +116,7 @@ fn logits_of_a_llama_folder_equal_transformers_and_the_library() {
     let x = Tensor::from_slice(&want_ids, (1, 7), &Device::Cpu).unwrap();
     let lib = m.forward(&x, &mut m.candle_cache()).unwrap();
     let lib = lib.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let d_lib = max_abs_diff(&logits, &lib);
+    let d_lib = common::max_abs_diff(&logits, &lib);
     println!("logits (llama_tiny, all 7 positions) vs Llama::forward max|diff| {d_lib:.2e}");
     assert!(d_lib < 1e-5, "max |diff| {d_lib}");
 }
@@ -171,7 +162,7 @@ fn logits_of_a_gpt2_folder_equal_transformers() {
     let (ids, shape, logits) = run_logits(&model, &text, &d.path().join("gpt2_logits.safetensors"));
     assert_eq!(ids, row);
     assert_eq!(shape, vec![1, 16, 37]);
-    let diff = max_abs_diff(&logits, want);
+    let diff = common::max_abs_diff(&logits, want);
     println!("logits (gpt2_tiny, 16 positions) vs transformers max|diff| {diff:.2e}");
     assert!(diff < 1e-4, "max |diff| {diff}");
 }
@@ -366,7 +357,7 @@ fn summarize_writes_a_summary_per_document_scored_as_eval_rouge() {
         ("rougeL", "rougeL"),
     ] {
         let (a, b) = (r[ours].as_f64().unwrap(), e[theirs].as_f64().unwrap());
-        worst = worst.max((a - b).abs());
+        worst = common::nan_max(worst, (a - b).abs());
     }
     println!(
         "summarize ROUGE-1/2/L {:.2}/{:.2}/{:.2}, vs eval rouge max|diff| {worst:.2e}",
@@ -594,7 +585,7 @@ fn eval_retrieval_scores_a_known_ranking() {
             .iter()
             .zip([ndcg, mrr, recall])
             .map(|(g, w)| (g - w).abs())
-            .fold(0f64, f64::max);
+            .fold(0f64, common::nan_max);
         println!(
             "eval retrieval {got:?} vs by hand [{ndcg}, {mrr}, {recall}]: max|diff| {diff:.2e}"
         );

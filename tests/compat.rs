@@ -136,15 +136,6 @@ fn f32_tensor(t: &RawTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
     (shape.clone(), f32s(bytes))
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths");
-    assert!(!a.is_empty(), "nothing to compare");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// `decodex logits` of `text`: (input ids, (T, V) shape, logits).
 fn decodex_logits(
     model: &Path,
@@ -211,7 +202,7 @@ fn gpt_export_logits_match_transformers_gpt2() {
                 let (ids, got_shape, got) = decodex_logits(&model, None, text, &out);
                 assert_eq!(ids, want_ids, "{name} {dir}: ids of {text:?}");
                 assert_eq!(got_shape, shape, "{name} {dir}");
-                let d = max_abs_diff(&got, &want);
+                let d = common::max_abs_diff(&got, &want);
                 println!(
                     "gpt {name} {dir:10} text {i} ({} tokens) logits max|diff| {d:.2e}",
                     ids.len()
@@ -319,11 +310,11 @@ fn lora_adapter_logits_match_peft_and_move_off_the_base() {
         let (ids, got_shape, got) = decodex_logits(&base, Some(&lora), text, &out);
         assert_eq!(ids, want_ids, "ids of {text:?}");
         assert_eq!(got_shape, shape);
-        let d = max_abs_diff(&got, &want);
-        let dm = max_abs_diff(&got, &want_merged);
+        let d = common::max_abs_diff(&got, &want);
+        let dm = common::max_abs_diff(&got, &want_merged);
         let out = tmp.path().join(format!("b{i}.safetensors"));
         let (_, _, got_base) = decodex_logits(&base, None, text, &out);
-        let db = max_abs_diff(&got_base, &want_base);
+        let db = common::max_abs_diff(&got_base, &want_base);
         println!(
             "peft text {i} ({} tokens) logits max|diff|: adapter vs PEFT {d:.2e}, vs PEFT merged {dm:.2e}; base {db:.2e}",
             ids.len()
@@ -337,9 +328,9 @@ fn lora_adapter_logits_match_peft_and_move_off_the_base() {
             "text {i}: vs PEFT merged max|diff| {dm:e}"
         );
         assert!(db <= LOGITS_TOL, "text {i}: base max|diff| {db:e}");
-        worst = worst.max(d);
-        moved_peft = moved_peft.max(max_abs_diff(&want, &want_base));
-        moved_decodex = moved_decodex.max(max_abs_diff(&got, &got_base));
+        worst = common::nan_max(worst, d);
+        moved_peft = moved_peft.max(common::max_abs_diff(&want, &want_base));
+        moved_decodex = moved_decodex.max(common::max_abs_diff(&got, &got_base));
     }
     println!(
         "peft: worst max|diff| {worst:.2e}; the adapter moves the logits by {moved_peft:.3} (PEFT), {moved_decodex:.3} (decodex)"
@@ -685,7 +676,7 @@ fn npy_written_by_decodex_reads_in_numpy_and_is_rewritten_byte_for_byte() {
     ]);
     let fresh = std::fs::read(&out).unwrap();
     assert_eq!(fresh[..offset], committed[..offset], "header");
-    let d = max_abs_diff(&f32s(&fresh[offset..]), &values);
+    let d = common::max_abs_diff(&f32s(&fresh[offset..]), &values);
     println!("npy: decodex embed vs numpy's reading of the committed file max|diff| {d:.2e}");
     assert!(d <= 1e-5, "max|diff| {d:e}");
 }
@@ -854,7 +845,7 @@ fn lora_finetune_leaves_the_frozen_base_bit_identical() {
                     .map(|k| b[i * r + k] as f64 * a[k * cols + j] as f64)
                     .sum();
                 let d = (got[i * cols + j] as f64 - (want[i * cols + j] as f64 + s * ba)).abs();
-                worst = worst.max(d);
+                worst = common::nan_max(worst, d);
             }
         }
     }

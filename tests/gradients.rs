@@ -3,6 +3,8 @@
 //! (`scripts/gen_gpt_fixture.py`), for both training paths (candle autograd and the fast CPU
 //! path); AdamW steps against PyTorch's losses; and a finite-difference check in f64.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -75,10 +77,9 @@ impl Fixture {
 fn check(label: &str, got: &[f32], want: &[f64], tol: f64) -> bool {
     assert_eq!(got.len(), want.len(), "{label}: length");
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
-    let diff = got
-        .iter()
-        .zip(want)
-        .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()));
+    let diff = got.iter().zip(want).fold(0.0f64, |m, (&a, &b)| {
+        common::nan_max(m, (a as f64 - b).abs())
+    });
     let rel = diff / scale;
     let ok = rel <= tol;
     println!(
@@ -305,10 +306,10 @@ fn finite_differences_agree_in_f64() {
             let mut minus = p64.clone();
             minus[off + k] -= eps;
             let fd = (loss_of(&plus).0 - loss_of(&minus).0) / (2.0 * eps);
-            maxdiff = maxdiff.max((fd - g[k]).abs());
+            maxdiff = common::nan_max(maxdiff, (fd - g[k]).abs());
         }
         let rel = maxdiff / scale;
-        worst = worst.max(rel);
+        worst = common::nan_max(worst, rel);
         println!(
             "{} fd {name:<36} maxdiff {maxdiff:.3e} rel {rel:.3e}",
             if rel < 1e-6 {

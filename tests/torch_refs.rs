@@ -9,6 +9,8 @@
 //!   ε 0, 0.1, 0.3, with padding rows and with large logits: the value, the unsmoothed NLL and
 //!   the gradient, for the fused op (training's) and the composed one.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -92,7 +94,7 @@ fn check(label: &str, got: &[f32], want: &[f64], tol: f64, relative: bool) -> bo
     let diff = got
         .iter()
         .zip(want)
-        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()));
+        .fold(0f64, |m, (&a, &b)| common::nan_max(m, (a as f64 - b).abs()));
     let err = if relative { diff / scale } else { diff };
     let ok = err <= tol;
     println!(
@@ -203,7 +205,9 @@ fn check_dead_bias(label: &str, got: &[f32], want: &[f64]) -> bool {
         reference < 1e-12,
         "{label}: PyTorch's gradient is {reference:.2e}, no longer structurally zero"
     );
-    let ours = got.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let ours = got
+        .iter()
+        .fold(0f64, |m, v| common::nan_max(m, v.abs() as f64));
     let ok = ours <= DEAD_BIAS_TOL;
     println!(
         "{} {label:<44} max|decodex| {ours:.2e} (exactly 0 in exact arithmetic; PyTorch {reference:.2e})",

@@ -214,4 +214,15 @@ mod tests {
         assert!((s.rouge_l.fmeasure - 2.0 * (5.0 / 6.0) / (1.0 + 5.0 / 6.0)).abs() < 1e-12);
         assert_eq!(score("", "x", true).rouge_l.fmeasure, 0.0);
     }
+
+    /// rouge-score's `max(..., key=fmeasure)` keeps the first reference among those with the
+    /// highest F: here both give F 2/3, the first with P 1/2 and R 1, the second the reverse.
+    #[test]
+    fn multi_reference_ties_keep_the_first_reference() {
+        let s = score_multi(&["the", "the cat sat down"], "the cat", false);
+        assert_eq!(s.rouge1.fmeasure, 2.0 / 3.0);
+        assert_eq!((s.rouge1.precision, s.rouge1.recall), (0.5, 1.0));
+        let s = score_multi(&["the cat sat down", "the"], "the cat", false);
+        assert_eq!((s.rouge1.precision, s.rouge1.recall), (1.0, 0.5));
+    }
 }

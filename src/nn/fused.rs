@@ -357,7 +357,7 @@ mod tests {
         a.iter()
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max)
+            .fold(0f32, crate::testutil::nan_max)
     }
 
     #[test]

@@ -192,7 +192,7 @@ mod tests {
                 .iter()
                 .zip(&gb)
                 .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+                .fold(0f32, crate::testutil::nan_max);
             assert!(diff < 1e-6, "eps {eps}: gradient differs by {diff}");
         }
     }

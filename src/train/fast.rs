@@ -1042,7 +1042,7 @@ mod tests {
         a.iter()
             .zip(b)
             .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+            .fold(0.0, crate::testutil::nan_max)
     }
 
     #[test]

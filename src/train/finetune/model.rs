@@ -1293,7 +1293,7 @@ mod tests {
         a.iter()
             .zip(b)
             .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+            .fold(0.0, crate::testutil::nan_max)
             / scale
     }
 
