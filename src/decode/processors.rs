@@ -494,6 +494,32 @@ mod tests {
         assert_close(&x, &[-0.7, -0.6, 0.0, 0.0]);
     }
 
+    /// Each penalty on its own, through the chain: presence without frequency, frequency
+    /// without presence, and the n-gram ban (each stage runs when its own setting is on).
+    #[test]
+    fn process_logits_applies_each_penalty_alone() {
+        let run = |cfg: SamplingConfig| {
+            let mut x = vec![0.0; 4];
+            process_logits(&mut x, &[1, 2, 3, 1], 2, &cfg, Strategy::Greedy);
+            x
+        };
+        let presence = run(SamplingConfig {
+            presence_penalty: 0.5,
+            ..Default::default()
+        });
+        assert_close(&presence, &[0.0, -0.5, 0.0, -0.5]);
+        let frequency = run(SamplingConfig {
+            frequency_penalty: 0.25,
+            ..Default::default()
+        });
+        assert_close(&frequency, &[0.0, -0.25, 0.0, -0.25]);
+        let ngram = run(SamplingConfig {
+            no_repeat_ngram_size: 2,
+            ..Default::default()
+        });
+        assert_eq!(kept(&ngram), [0, 1, 3]); // (1, 2) was seen
+    }
+
     #[test]
     fn no_repeat_ngram_bans_tokens_completing_a_seen_ngram() {
         let mut x = vec![0.0; 4];
