@@ -479,6 +479,9 @@ mod tests {
         let mut x = vec![1.0, -1.0, 0.5, 2.0];
         repetition_penalty(&mut x, &[0, 1, 1], 2.0);
         assert_eq!(x, [0.5, -2.0, 0.5, 2.0]);
+        // Ids outside the vocabulary (a prompt from a larger tokenizer) are skipped.
+        repetition_penalty(&mut x, &[4, 9], 2.0);
+        assert_eq!(x, [0.5, -2.0, 0.5, 2.0]);
     }
 
     #[test]
@@ -518,6 +521,31 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(kept(&ngram), [0, 1, 3]); // (1, 2) was seen
+        let mut x = vec![1.0, -1.0, 0.0, 0.0];
+        let cfg = SamplingConfig {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
+        process_logits(&mut x, &[0, 1], 0, &cfg, Strategy::Greedy);
+        assert_close(&x, &[0.5, -2.0, 0.0, 0.0]);
+    }
+
+    /// With every setting at its default (HF's "off" values: top-p, typical-p 1, min-p 0,
+    /// penalties 1 and 0) sampling sees the model's logits bit for bit, including a token of
+    /// probability 1 − 1e-9 (the filters' sums reach 1.0 in f32 before the tail) and one whose
+    /// probability underflows to 0.
+    #[test]
+    fn default_settings_leave_the_logits_unchanged() {
+        let logits = vec![20.0, 0.0, 0.0, -200.0];
+        let mut x = logits.clone();
+        process_logits(
+            &mut x,
+            &[0, 1, 2, 3],
+            2,
+            &SamplingConfig::default(),
+            Strategy::Sample,
+        );
+        assert_eq!(x, logits);
     }
 
     #[test]
@@ -534,6 +562,9 @@ mod tests {
         let mut x = vec![0.0; 4];
         no_repeat_ngram(&mut x, &[1], 3); // shorter than n - 1: nothing
         assert_eq!(kept(&x), [0, 1, 2, 3]);
+        let mut x = vec![0.0; 4];
+        no_repeat_ngram(&mut x, &[2, 2], 2); // exactly n ids: (2, 2) was seen
+        assert_eq!(kept(&x), [0, 1, 3]);
     }
 
     #[test]
