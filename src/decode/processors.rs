@@ -530,6 +530,26 @@ mod tests {
         assert_close(&x, &[0.5, -2.0, 0.0, 0.0]);
     }
 
+    /// The most likely token survives any top-p, even one so small that 1 − p rounds to 1 in
+    /// f32 (HF's min_tokens_to_keep = 1).
+    #[test]
+    fn top_p_keeps_the_top_token_for_tiny_p() {
+        let mut x = vec![1.0, 0.0, -1.0];
+        top_p(&mut x, 1e-9);
+        assert_eq!(kept(&x), [0]);
+    }
+
+    /// A cumulative probability equal to typical_p does not extend the kept set (HF's
+    /// `cumulative_probs < typical_p`): with the mass set to the most typical token's own
+    /// probability, only that token stays.
+    #[test]
+    fn typical_p_stops_at_a_cumulative_mass_equal_to_p() {
+        let mut x = vec![4f32.ln(), 2f32.ln(), 0.0, 0.0];
+        let mass = softmax(&x)[1]; // p ≈ 1/4: -ln p is closest to the entropy 1.75 ln 2
+        typical_p(&mut x, mass);
+        assert_eq!(kept(&x), [1]);
+    }
+
     /// With every setting at its default (HF's "off" values: top-p, typical-p 1, min-p 0,
     /// penalties 1 and 0) sampling sees the model's logits bit for bit, including a token of
     /// probability 1 − 1e-9 (the filters' sums reach 1.0 in f32 before the tail) and one whose
