@@ -742,6 +742,17 @@ mod tests {
         let masked = [f32::NEG_INFINITY, 0.0];
         assert!((0..100).all(|_| sample(&masked, &mut rng) == Some(1)));
         assert_eq!(sample(&[f32::NEG_INFINITY; 2], &mut rng), None);
+        // Large logits: the weights are exp(x − max), so nothing overflows.
+        let big = [400.0, 400.0 + 2f32.ln(), f32::NEG_INFINITY];
+        let mut counts = [0usize; 3];
+        for _ in 0..3000 {
+            counts[sample(&big, &mut rng).unwrap() as usize] += 1;
+        }
+        assert_eq!(counts[2], 0, "{counts:?}");
+        assert!(
+            (counts[1] as f32 / 3000.0 - 2.0 / 3.0).abs() < 0.05,
+            "{counts:?}"
+        );
     }
 
     #[test]
