@@ -537,6 +537,10 @@ mod tests {
         let mut x = vec![1.0, 0.0, -1.0];
         top_p(&mut x, 1e-9);
         assert_eq!(kept(&x), [0]);
+        // Large logits: the probabilities are exp(x − max) / Σ, so nothing overflows.
+        let mut x = vec![100.0, 100.0 - 2f32.ln(), 0.0];
+        top_p(&mut x, 0.5);
+        assert_eq!(kept(&x), [0]);
     }
 
     /// A cumulative probability equal to typical_p does not extend the kept set (HF's
