@@ -8,10 +8,11 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use decodex::config::GptConfig;
-use decodex::train::fast::kernels::{self, AttShape, Norm, NormIn, NormOut, Op};
-use decodex::train::fast::llama_kernels;
-use decodex::train::fast::{FastGpt, Precision};
+use decodex::kernels as llama_kernels;
+use decodex::kernels::Precision;
+use decodex::kernels::{self, AttShape, Norm, NormIn, NormOut, Op};
+use decodex::models::gpt::fast::FastGpt;
+use decodex::models::gpt::GptConfig;
 use decodex::train::optim::AdamW;
 
 const B: usize = 8;

@@ -5,12 +5,11 @@
 //! architecture), `train` (optimizer, schedule, trainer, and the fast CPU training path), `decode`
 //! (greedy search and sampling with a KV cache) and `cli` (the thin command-line layer).
 
-pub mod checkpoint;
-pub mod config;
 pub mod data;
 pub mod decode;
 pub mod error;
 pub mod eval;
+pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod plot;

@@ -72,7 +72,7 @@ fn run_logits(model: &Path, text: &str, out: &Path) -> (Vec<u32>, Vec<usize>, Ve
 
 /// `input_ids` (1, T) and `logits` (1, T, V) of a file `decodex logits` wrote.
 fn read_logits(path: &Path) -> (Vec<u32>, Vec<usize>, Vec<f32>) {
-    let st = decodex::checkpoint::load_tensors(path).unwrap();
+    let st = decodex::nn::tensor_io::load_tensors(path).unwrap();
     let (ishape, ids) = &st.tensors["input_ids"];
     let (lshape, logits) = &st.tensors["logits"];
     assert_eq!(ishape.len(), 2);
@@ -133,12 +133,12 @@ fn logits_of_a_gpt2_folder_equal_transformers() {
     let mut c = cfg_json.as_object().unwrap().clone();
     c.remove("batch_size");
     c.remove("seq_len");
-    let cfg: decodex::config::GptConfig = serde_json::from_value(Value::Object(c)).unwrap();
-    let loaded = decodex::checkpoint::load_tensors(&fx_path).unwrap();
-    let flat = decodex::checkpoint::flat_params(&cfg, &loaded, &fx_path).unwrap();
+    let cfg: decodex::models::gpt::GptConfig = serde_json::from_value(Value::Object(c)).unwrap();
+    let loaded = decodex::nn::tensor_io::load_tensors(&fx_path).unwrap();
+    let flat = decodex::models::gpt::checkpoint::flat_params(&cfg, &loaded, &fx_path).unwrap();
     let d = tempfile::tempdir().unwrap();
     let model = d.path().join("gpt2");
-    decodex::checkpoint::save_model(&model, &cfg, &flat, None, None, true).unwrap();
+    decodex::models::gpt::checkpoint::save_model(&model, &cfg, &flat, None, None, true).unwrap();
     let chars = "abcdefghijklmnopqrstuvwxyz0123456789.";
     let tok = decodex::tokenizer::Tokenizer::train_char(chars).unwrap();
     assert_eq!(tok.vocab_size(), cfg.vocab_size);

@@ -17,10 +17,11 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use decodex::models::llama::{adapter, fast, lora as model};
 use decodex::models::pretrained::{self, Network};
 use decodex::search::{read_npy, VectorWriter};
 use decodex::tokenizer::{Tokenizer, TokenizerKind};
-use decodex::train::finetune::{adapter, data, model, run};
+use decodex::train::finetune::{data, run};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -783,11 +784,11 @@ fn lora_finetune_leaves_the_frozen_base_bit_identical() {
         data::tokenize(&pre, &records, max_len, data::Overlong::Skip, &eval_path).unwrap();
     assert_eq!(evals.len(), 8);
     let loss_of = |base: model::Flat| -> f64 {
-        let method = model::Method::Lora {
+        let method = fast::Method::Lora {
             spec: saved_spec.clone(),
             params: params.clone(),
         };
-        let m = model::FtModel::new(cfg.clone(), base, method).unwrap();
+        let m = fast::FtModel::new(cfg.clone(), base, method).unwrap();
         run::eval_loss(&m, &evals, o.batch_tokens)
     };
     let again = loss_of(flat.clone());

@@ -11,7 +11,7 @@ use std::path::Path;
 use candle_core::Device;
 use decodex::decode::processors::{SamplingConfig, Strategy};
 use decodex::decode::{
-    beam_search, generate_ids, pick, BeamConfig, Decoder, EarlyStopping, Sampling,
+    beam_search, generate_ids, pick, BeamConfig, Cache, Decoder, EarlyStopping, Sampling,
 };
 use decodex::models::pretrained::{self, Pretrained};
 use decodex::models::Llama;
@@ -665,8 +665,6 @@ fn chi_square_tail_matches_tables() {
 struct FixedLogits(Vec<f32>);
 
 impl Decoder for FixedLogits {
-    type Cache = ();
-
     fn vocab_size(&self) -> usize {
         self.0.len()
     }
@@ -675,15 +673,15 @@ impl Decoder for FixedLogits {
         1 << 30
     }
 
-    fn new_cache(&self, _batch: usize) -> decodex::Result<()> {
-        Ok(())
+    fn new_cache(&self, _batch: usize) -> decodex::Result<Cache> {
+        Ok(Cache::new(()))
     }
 
-    fn step(&self, _tokens: &[u32], batch: usize, _cache: &mut ()) -> decodex::Result<Vec<f32>> {
+    fn step(&self, _tokens: &[u32], batch: usize, _cache: &mut Cache) -> decodex::Result<Vec<f32>> {
         Ok(self.0.repeat(batch))
     }
 
-    fn select_rows(&self, _cache: &mut (), _rows: &[usize]) -> decodex::Result<()> {
+    fn select_rows(&self, _cache: &mut Cache, _rows: &[usize]) -> decodex::Result<()> {
         Ok(())
     }
 }

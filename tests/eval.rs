@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use decodex::config::GptConfig;
+use decodex::models::gpt::GptConfig;
 use decodex::models::Gpt;
 use decodex::tokenizer::Tokenizer;
 

@@ -112,7 +112,8 @@ fn lora_lowers_eval_loss_leaves_base_unchanged_and_resumes_exactly() {
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["r"], 4);
     assert!(tmp.join("a/adapter_model.safetensors").exists() && tmp.join("a/loss.png").exists());
-    let st = decodex::checkpoint::load_tensors(&tmp.join("a/adapter_model.safetensors")).unwrap();
+    let st =
+        decodex::nn::tensor_io::load_tensors(&tmp.join("a/adapter_model.safetensors")).unwrap();
     assert!(st
         .tensors
         .contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"));
@@ -126,8 +127,8 @@ fn lora_lowers_eval_loss_leaves_base_unchanged_and_resumes_exactly() {
         &["--max-steps", "80", "--pause-at", "30"],
     );
     finetune(&base, &train, &eval, &p, &["--max-steps", "80", "--resume"]);
-    let a = decodex::checkpoint::load_tensors(&tmp.join("a/adapter_model.safetensors")).unwrap();
-    let b = decodex::checkpoint::load_tensors(&p.join("adapter_model.safetensors")).unwrap();
+    let a = decodex::nn::tensor_io::load_tensors(&tmp.join("a/adapter_model.safetensors")).unwrap();
+    let b = decodex::nn::tensor_io::load_tensors(&p.join("adapter_model.safetensors")).unwrap();
     assert_eq!(a.tensors.len(), b.tensors.len());
     for (name, (_, x)) in &a.tensors {
         assert_eq!(x, &b.tensors[name].1, "{name} differs after resume");
@@ -295,7 +296,7 @@ fn bad_input_is_one_clear_line() {
     // An adapter for a base of another shape.
     finetune(&base, &train, &eval, &tmp.join("a"), &["--max-steps", "1"]);
     let wpath = tmp.join("a/adapter_model.safetensors");
-    let mut st = decodex::checkpoint::load_tensors(&wpath).unwrap();
+    let mut st = decodex::nn::tensor_io::load_tensors(&wpath).unwrap();
     let sig = st.metadata["decodex_base"].replace("\"hidden_size\":64", "\"hidden_size\":576");
     st.metadata.insert("decodex_base".into(), sig);
     let named: Vec<(String, Vec<usize>, &[f32])> = st
@@ -303,7 +304,7 @@ fn bad_input_is_one_clear_line() {
         .iter()
         .map(|(n, (s, d))| (n.clone(), s.clone(), &d[..]))
         .collect();
-    decodex::checkpoint::save_tensors(&wpath, &named, st.metadata.clone()).unwrap();
+    decodex::nn::tensor_io::save_tensors(&wpath, &named, st.metadata.clone()).unwrap();
     // And one whose tensors do not fit (a PEFT adapter carries no shape record).
     let other = tmp.join("b");
     finetune(
@@ -319,14 +320,14 @@ fn bad_input_is_one_clear_line() {
         .replace("\"r\": 2", "\"r\": 4");
     std::fs::write(&cpath, text).unwrap();
     let bpath = other.join("adapter_model.safetensors");
-    let mut st = decodex::checkpoint::load_tensors(&bpath).unwrap();
+    let mut st = decodex::nn::tensor_io::load_tensors(&bpath).unwrap();
     st.metadata.remove("decodex_base");
     let named: Vec<(String, Vec<usize>, &[f32])> = st
         .tensors
         .iter()
         .map(|(n, (s, d))| (n.clone(), s.clone(), &d[..]))
         .collect();
-    decodex::checkpoint::save_tensors(&bpath, &named, st.metadata.clone()).unwrap();
+    decodex::nn::tensor_io::save_tensors(&bpath, &named, st.metadata.clone()).unwrap();
     let out = decodex(&[
         "generate",
         "--model",

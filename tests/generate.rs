@@ -5,9 +5,9 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use decodex::checkpoint;
-use decodex::config::GptConfig;
 use decodex::decode::{generate, GenerateOptions, Sampling};
+use decodex::models::gpt::checkpoint;
+use decodex::models::gpt::GptConfig;
 use decodex::models::Gpt;
 use decodex::nn::KvCache;
 use decodex::tokenizer::Tokenizer;

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
-use decodex::config::GptConfig;
+use decodex::models::gpt::fast::FastGpt;
+use decodex::models::gpt::GptConfig;
 use decodex::models::Gpt;
-use decodex::train::fast::FastGpt;
 use decodex::train::optim::{decay_ranges, AdamW};
 
 struct Fixture {

@@ -203,7 +203,7 @@ fn beam_search_matches_transformers() {
 }
 
 /// The quantized model (Q4_1) computes as llama.cpp's CPU backend does, bit for bit
-/// (`nn::ggml`, `nn::quant`), so its greedy continuations are llama.cpp's (top-k 1, default f16
+/// (`kernels::ggml`, `kernels::quant`), so its greedy continuations are llama.cpp's (top-k 1, default f16
 /// KV cache; `scripts/compare_llamacpp.py greedy`): all 32 tokens, or up to EOS, of every prompt.
 /// The target is the first 16 tokens on 8 of 10.
 #[test]
@@ -367,7 +367,7 @@ fn batched_prompts_match_one_at_a_time() {
 /// forward gives (rotary over adjacent pairs), on two packed sequences.
 #[test]
 fn finetune_forward_matches_the_gguf_model() {
-    use decodex::train::finetune::model::{FtModel, Method, Packed};
+    use decodex::models::llama::fast::{FtModel, Method, Packed};
     let (pre, base) = decodex::train::finetune::run::load_base(&common::smollm2()).unwrap();
     let cfg = match &pre.network {
         decodex::models::pretrained::Network::Llama(l) => l.cfg.clone(),

@@ -274,7 +274,7 @@ fn embed_streams_texts_to_npy_and_safetensors() {
         s(&st),
         "--json",
     ]);
-    let loaded = decodex::checkpoint::load_tensors(&st).unwrap();
+    let loaded = decodex::nn::tensor_io::load_tensors(&st).unwrap();
     let (shape, data) = &loaded.tensors["embeddings"];
     assert_eq!(shape, &vec![3, 384]);
     assert_eq!(data, &got);

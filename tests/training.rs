@@ -184,8 +184,8 @@ fn init_from_starts_from_the_checkpoint_with_its_tokenizer() {
     assert_eq!(l.len(), 1);
     let read = |dir: &std::path::Path, f: &str| std::fs::read(dir.join(f)).unwrap();
     assert_eq!(read(&ft, "tokenizer.json"), read(&base, "tokenizer.json"));
-    let a = decodex::checkpoint::load_tensors(&base.join("model.safetensors")).unwrap();
-    let b = decodex::checkpoint::load_tensors(&ft.join("model.safetensors")).unwrap();
+    let a = decodex::nn::tensor_io::load_tensors(&base.join("model.safetensors")).unwrap();
+    let b = decodex::nn::tensor_io::load_tensors(&ft.join("model.safetensors")).unwrap();
     assert_eq!(a.tensors.len(), b.tensors.len());
     for (name, (shape, data)) in &a.tensors {
         let (s, x) = &b.tensors[name];

@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde_json::json;
 
-use decodex::checkpoint;
 use decodex::data::{self, PrepareOptions};
+use decodex::models::gpt::checkpoint;
 use decodex::tokenizer::{Tokenizer, TokenizerKind};
 use decodex::train::{self, Event, TrainOptions};
 
@@ -651,7 +651,7 @@ fn logits(model: &Path, text: &str, out: &Path, adapter: Option<&Path>, json: bo
     let (_, t, v) = l.dims3()?;
     let flat = l.flatten_all()?.to_vec1::<f32>()?;
     let ids_f: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
-    checkpoint::save_tensors(
+    decodex::nn::tensor_io::save_tensors(
         out,
         &[
             ("input_ids".into(), vec![1, t], &ids_f[..]),
@@ -668,7 +668,7 @@ fn logits(model: &Path, text: &str, out: &Path, adapter: Option<&Path>, json: bo
 }
 
 fn finetune_cmd(a: &super::FinetuneArgs) -> Result<()> {
-    use decodex::train::finetune::model::{LoraSpec, Proj};
+    use decodex::models::llama::lora::{LoraSpec, Proj};
     use decodex::train::finetune::run::{finetune, FinetuneOptions};
     let lora = match a.method.as_str() {
         "lora" => {

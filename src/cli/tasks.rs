@@ -305,7 +305,7 @@ pub fn answer(a: &TaskArgs) -> Result<()> {
 }
 
 pub fn merge(a: &MergeArgs) -> Result<()> {
-    use decodex::train::finetune::model::{base_shapes, Flat};
+    use decodex::models::llama::lora::{base_shapes, Flat};
     check_out_is_not(&a.out, &a.base)?;
     let model = pretrained::load_with_adapter(&a.base, true, None, Some(&a.adapter))?;
     let Network::Llama(llama) = &model.network else {

@@ -184,7 +184,7 @@ pub struct BeamHypothesis {
 /// `select_rows(&[0; num_beams])` to expand it, then per new token `select_rows` with the
 /// chosen beams and one `step` on batch `num_beams`. Search stops after `max_new_tokens`, when
 /// every group is done, or when prompt + generated reaches `context_len()`.
-pub fn beam_search<D: Decoder>(
+pub fn beam_search<D: Decoder + ?Sized>(
     model: &D,
     prompt_ids: &[u32],
     cfg: &BeamConfig,

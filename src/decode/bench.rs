@@ -20,7 +20,7 @@ pub struct DecodeBench {
 
 /// Runs `reps` rounds (after one warm-up round) of: the prompt `prompt` in one step, then
 /// `new_tokens` greedy steps of one token each.
-pub fn bench_decode<D: Decoder>(
+pub fn bench_decode<D: Decoder + ?Sized>(
     model: &D,
     prompt: &[u32],
     new_tokens: usize,

@@ -39,7 +39,7 @@ pub struct GeneratedIds {
 ///
 /// Errors: an invalid `cfg`, an empty prompt or one longer than the context, a model error, or
 /// sampling when the processors left no token possible.
-pub fn generate_ids<D: Decoder>(
+pub fn generate_ids<D: Decoder + ?Sized>(
     model: &D,
     prompt_ids: &[u32],
     cfg: &SamplingConfig,
@@ -88,7 +88,7 @@ pub fn generate_ids<D: Decoder>(
 /// one token per row; a row that has stopped keeps feeding `pad_id` until all have. Row i samples
 /// with seed `cfg.seed + i`. `on_token(row, id, logprob)` is called as tokens are chosen.
 /// Returns one result per prompt, in order.
-pub fn generate_batch<D: Decoder>(
+pub fn generate_batch<D: Decoder + ?Sized>(
     model: &D,
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,

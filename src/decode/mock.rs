@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 
-use super::Decoder;
+use super::{Cache, Decoder};
 use crate::error::{Error, Result};
 
 /// Logits for a history; see `MockDecoder::random` and `MockDecoder::fixed`.
@@ -63,8 +63,6 @@ impl MockDecoder {
 }
 
 impl Decoder for MockDecoder {
-    type Cache = MockCache;
-
     fn vocab_size(&self) -> usize {
         self.vocab
     }
@@ -73,13 +71,14 @@ impl Decoder for MockDecoder {
         self.context
     }
 
-    fn new_cache(&self, batch: usize) -> Result<MockCache> {
-        Ok(MockCache {
+    fn new_cache(&self, batch: usize) -> Result<Cache> {
+        Ok(Cache::new(MockCache {
             rows: vec![Vec::new(); batch],
-        })
+        }))
     }
 
-    fn step(&self, tokens: &[u32], batch: usize, cache: &mut MockCache) -> Result<Vec<f32>> {
+    fn step(&self, tokens: &[u32], batch: usize, cache: &mut Cache) -> Result<Vec<f32>> {
+        let cache = cache.get::<MockCache>()?;
         self.steps.set(self.steps.get() + 1);
         if batch != cache.rows.len() || batch == 0 || tokens.is_empty() {
             return Err(Error::Invalid(format!(
@@ -103,7 +102,8 @@ impl Decoder for MockDecoder {
         Ok(logits)
     }
 
-    fn select_rows(&self, cache: &mut MockCache, rows: &[usize]) -> Result<()> {
+    fn select_rows(&self, cache: &mut Cache, rows: &[usize]) -> Result<()> {
+        let cache = cache.get::<MockCache>()?;
         if rows.iter().any(|&r| r >= cache.rows.len()) {
             return Err(Error::Invalid(format!("mock: bad rows {rows:?}")));
         }

@@ -25,47 +25,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 use crate::models::Gpt;
+pub use crate::models::{Cache, Decoder};
 use crate::nn::KvCache;
 use crate::tokenizer::Tokenizer;
-
-/// A model the decoding engine drives: decoder-only language models, and (later) the decoder
-/// side of encoder-decoder models with the encoder output inside the cache.
-pub trait Decoder {
-    /// Per-row state kept between steps (the KV cache and the position of each row).
-    type Cache;
-
-    /// Size of the logits rows `step` returns.
-    fn vocab_size(&self) -> usize;
-
-    /// The most positions (prompt + generated) the model can attend over.
-    fn context_len(&self) -> usize;
-
-    /// An empty cache for `batch` rows.
-    fn new_cache(&self, batch: usize) -> Result<Self::Cache>;
-
-    /// Feeds `tokens`, (batch, len) row-major with the same len for every row, after what the
-    /// cache holds, and returns the logits of the next token of each row: (batch, vocab_size)
-    /// row-major.
-    fn step(&self, tokens: &[u32], batch: usize, cache: &mut Self::Cache) -> Result<Vec<f32>>;
-
-    /// Replaces the cache rows by rows `rows` of the old cache, in that order (repeats allowed):
-    /// how beam search expands one prompt into beams and follows the beams it keeps.
-    fn select_rows(&self, cache: &mut Self::Cache, rows: &[usize]) -> Result<()>;
-
-    /// Before the first step: the first `pads[i]` positions of row i are padding (prompts of
-    /// different lengths, left-padded), which the model must never attend to, with positions
-    /// counted from each row's first real token. Models without attention masks refuse padding.
-    fn set_padding(&self, cache: &mut Self::Cache, pads: &[usize]) -> Result<()> {
-        let _ = cache;
-        if pads.iter().any(|&p| p > 0) {
-            return Err(Error::Invalid(
-                "this model decodes prompts of different lengths one at a time (no attention mask)"
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]

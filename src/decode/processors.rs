@@ -404,16 +404,16 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     logits.iter().map(|&x| x - max - log_sum).collect()
 }
 
-crate::train::fast::simd::simd_fn! {
+crate::kernels::simd::simd_fn! {
     /// Σ exp(x − max), vectorized (16 partial sums, the fast path's polynomial exp): the vocabulary
     /// sweep of every beam-search step.
     fn sum_exp(x: &[f32], max: f32) -> f32 {
         let mut acc = [0f32; 16];
         let chunks = x.chunks_exact(16);
-        let tail: f32 = chunks.remainder().iter().map(|&v| crate::train::fast::simd::exp(v - max)).sum();
+        let tail: f32 = chunks.remainder().iter().map(|&v| crate::kernels::simd::exp(v - max)).sum();
         for ch in chunks {
             for (a, &v) in acc.iter_mut().zip(ch) {
-                *a += crate::train::fast::simd::exp(v - max);
+                *a += crate::kernels::simd::exp(v - max);
             }
         }
         acc.iter().sum::<f32>() + tail

@@ -12,10 +12,10 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use crate::checkpoint::{load_tensors, LoadedTensors};
 use crate::error::{Error, Result};
-use crate::train::fast::kernels::{layernorm_forward, matmul, Norm, NormOut, Op, Skip};
-use crate::train::fast::simd::{self, simd_fn};
+use crate::kernels::simd::{self, simd_fn};
+use crate::kernels::{layernorm_forward, matmul, Norm, NormOut, Op, Skip};
+use crate::nn::tensor_io::{load_tensors, LoadedTensors};
 
 /// `config.json` of a Hugging Face BERT; the fields the forward uses.
 #[derive(Debug, Clone, Deserialize)]

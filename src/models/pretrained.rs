@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use super::{Gpt, Llama};
-use crate::checkpoint;
 use crate::error::{Error, Result};
+use crate::models::gpt::checkpoint;
 use crate::tokenizer::Tokenizer;
 
 /// The network of a loaded decoder.
@@ -161,7 +161,7 @@ impl Pretrained {
 
     /// The most positions the network attends over.
     pub fn context_len(&self) -> usize {
-        use crate::decode::Decoder;
+        use crate::models::Decoder;
         match &self.network {
             Network::Gpt(m) => m.context_len(),
             Network::Llama(m) => m.context_len(),
@@ -202,9 +202,9 @@ pub fn load_with_adapter(
         });
     };
     let cfg = llama.cfg.clone();
-    let (spec, params) = crate::train::finetune::adapter::load(dir, &cfg)?;
+    let (spec, params) = crate::models::llama::adapter::load(dir, &cfg)?;
     let mut tensors: std::collections::HashMap<_, _> = llama.hf_tensors()?.into_iter().collect();
-    crate::train::finetune::adapter::merge_into(&mut tensors, &cfg, &spec, &params)?;
+    crate::models::llama::adapter::merge_into(&mut tensors, &cfg, &spec, &params)?;
     model.network = Network::Llama(Llama::from_hf_tensors(cfg, tensors, path, &Device::Cpu)?);
     Ok(model)
 }

@@ -23,8 +23,8 @@ use candle_core::{DType, Device, IndexOp, Tensor, D};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::Decoder;
 use crate::error::{Error, Result};
+use crate::models::{Cache, Decoder};
 use crate::nn::linear::{maybe_dropout, Dropout, Linear};
 use crate::nn::params::{Init, Params};
 
@@ -505,8 +505,6 @@ pub struct RnnCache {
 }
 
 impl Decoder for EncodedRnn<'_> {
-    type Cache = RnnCache;
-
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
     }
@@ -515,21 +513,22 @@ impl Decoder for EncodedRnn<'_> {
         self.model.cfg.max_len
     }
 
-    fn new_cache(&self, batch: usize) -> Result<RnnCache> {
+    fn new_cache(&self, batch: usize) -> Result<Cache> {
         let rows = self.enc.memory.dim(0)?;
         if batch != rows {
             return Err(Error::Invalid(format!(
                 "a cache of {batch} rows for {rows} encoded sources"
             )));
         }
-        Ok(RnnCache {
+        Ok(Cache::new(RnnCache {
             enc: self.enc.clone(),
             state: self.start.clone(),
             pos: 0,
-        })
+        }))
     }
 
-    fn step(&self, tokens: &[u32], batch: usize, cache: &mut RnnCache) -> Result<Vec<f32>> {
+    fn step(&self, tokens: &[u32], batch: usize, cache: &mut Cache) -> Result<Vec<f32>> {
+        let cache = cache.get::<RnnCache>()?;
         let t = tokens.len() / batch.max(1);
         if t == 0 || t * batch != tokens.len() {
             return Err(Error::Invalid(format!(
@@ -555,7 +554,8 @@ impl Decoder for EncodedRnn<'_> {
         Ok(l.flatten_all()?.to_vec1()?)
     }
 
-    fn select_rows(&self, cache: &mut RnnCache, rows: &[usize]) -> Result<()> {
+    fn select_rows(&self, cache: &mut Cache, rows: &[usize]) -> Result<()> {
+        let cache = cache.get::<RnnCache>()?;
         let idx = Tensor::from_vec(
             rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
             rows.len(),

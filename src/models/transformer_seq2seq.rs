@@ -16,9 +16,9 @@
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::decode::Decoder;
 use crate::error::{Error, Result};
 use crate::models::seq2seq::{source_batch, MASKED};
+use crate::models::{Cache, Decoder};
 use crate::nn::fused;
 use crate::nn::linear::{maybe_dropout, Dropout, Linear};
 use crate::nn::params::{Init, Params};
@@ -536,8 +536,6 @@ pub struct Seq2SeqCache {
 }
 
 impl Decoder for EncodedSource<'_> {
-    type Cache = Seq2SeqCache;
-
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
     }
@@ -546,7 +544,7 @@ impl Decoder for EncodedSource<'_> {
         self.model.cfg.max_len
     }
 
-    fn new_cache(&self, batch: usize) -> Result<Seq2SeqCache> {
+    fn new_cache(&self, batch: usize) -> Result<Cache> {
         let rows = self.memory.dim(0)?;
         if batch != rows {
             return Err(Error::Invalid(format!(
@@ -565,15 +563,16 @@ impl Decoder for EncodedSource<'_> {
                 ca.keys_values(&self.memory)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Seq2SeqCache {
+        Ok(Cache::new(Seq2SeqCache {
             self_kv: vec![None; self.model.decoder.len()],
             cross_kv,
             mask: self.mask.clone(),
             pos: 0,
-        })
+        }))
     }
 
-    fn step(&self, tokens: &[u32], batch: usize, cache: &mut Seq2SeqCache) -> Result<Vec<f32>> {
+    fn step(&self, tokens: &[u32], batch: usize, cache: &mut Cache) -> Result<Vec<f32>> {
+        let cache = cache.get::<Seq2SeqCache>()?;
         let m = self.model;
         let t = tokens.len() / batch.max(1);
         if t == 0 || t * batch != tokens.len() {
@@ -618,7 +617,8 @@ impl Decoder for EncodedSource<'_> {
         Ok(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
     }
 
-    fn select_rows(&self, cache: &mut Seq2SeqCache, rows: &[usize]) -> Result<()> {
+    fn select_rows(&self, cache: &mut Cache, rows: &[usize]) -> Result<()> {
+        let cache = cache.get::<Seq2SeqCache>()?;
         let idx = Tensor::from_vec(
             rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
             rows.len(),

@@ -9,8 +9,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::train::fast::kernels::{layernorm_backward, layernorm_forward, Norm, NormIn, NormOut};
-use crate::train::fast::simd::{self, simd_fn};
+use crate::kernels::simd::{self, simd_fn};
+use crate::kernels::{layernorm_backward, layernorm_forward, Norm, NormIn, NormOut};
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     let (a, b) = l

@@ -4,14 +4,11 @@
 
 pub mod attention;
 pub mod fused;
-/// Inference only: llama.cpp's CPU arithmetic, op for op, for the quantized Llama path.
-pub mod ggml;
 pub mod layers;
 pub mod linear;
 pub mod loss;
 pub mod params;
-/// Inference only: GGUF block-quantized matrix products.
-pub mod quant;
+pub mod tensor_io;
 
 pub use attention::{causal_self_attention, KvCache};
 pub use layers::{cross_entropy, dropout, gelu, Conv1D, LayerNorm};

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::embed::{l2_normalize, Embedder, ModelInfo};
 use super::{open_records, Record};
 use crate::error::{Error, Result};
-use crate::train::fast::simd;
+use crate::kernels::simd;
 
 const META: &str = "index.json";
 const VECTORS: &str = "vectors.f32";

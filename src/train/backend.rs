@@ -1,5 +1,5 @@
 //! The two ways decodex computes a training step's gradients, behind one small trait:
-//! `FastBackend`, the hand-written CPU forward/backward of `train::fast` (the default on CPU), and
+//! `FastBackend`, the hand-written CPU forward/backward of `models::gpt::fast` (the default on CPU), and
 //! `CandleBackend`, candle's autograd over the model of `models::gpt` (dropout, other devices, and
 //! the reference the fast path is checked against).
 
@@ -7,10 +7,10 @@ use candle_core::{Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::GptConfig;
 use crate::error::{Error, Result};
+use crate::models::gpt::fast::FastGpt;
+use crate::models::gpt::GptConfig;
 use crate::models::Gpt;
-use crate::train::fast::FastGpt;
 
 pub trait Backend {
     /// Forward and backward on one (B, T) micro-batch; gradients of `scale * loss` are added to

@@ -8,9 +8,9 @@ use serde::Serialize;
 
 use crate::data::{Batcher, Meta, TokenFile};
 use crate::error::Result;
+use crate::kernels::Precision;
+use crate::kernels::{matmul_with, Op};
 use crate::train::config::TrainConfig;
-use crate::train::fast::kernels::{matmul_with, Op};
-use crate::train::fast::Precision;
 use crate::train::optim::{clip_scale, decay_ranges, global_norm, AdamW};
 use crate::train::trainer::{make_backend, model_config, prepared_data};
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::GptConfig;
 use crate::error::{Error, Result};
+use crate::models::gpt::GptConfig;
 use crate::tokenizer::TokenizerKind;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -158,7 +158,7 @@ impl TrainConfig {
                 t.backend
             ));
         }
-        crate::train::fast::Precision::parse(&t.precision)?;
+        crate::kernels::Precision::parse(&t.precision)?;
         if self.data.tokenizer == TokenizerKind::Bpe
             && self.data.vocab_size.is_none()
             && self.tokenizer_path().is_none()
@@ -181,7 +181,7 @@ impl TrainConfig {
             self.train
                 .init_from
                 .as_ref()
-                .map(|d| d.join(crate::checkpoint::TOKENIZER_FILE))
+                .map(|d| d.join(crate::models::gpt::checkpoint::TOKENIZER_FILE))
         })
     }
 
@@ -298,8 +298,8 @@ eval_iters = 20
     }
 
     /// A one-layer GPT for the backend checks.
-    fn tiny_gpt() -> crate::config::GptConfig {
-        crate::config::GptConfig {
+    fn tiny_gpt() -> crate::models::gpt::GptConfig {
+        crate::models::gpt::GptConfig {
             vocab_size: 11,
             block_size: 8,
             n_layer: 1,

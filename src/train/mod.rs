@@ -1,9 +1,9 @@
-//! Training: the config, AdamW, the two gradient backends, the loop, and the fast CPU path.
+//! Training: the config, AdamW, the two gradient backends (the fast CPU path of `models::gpt::fast`
+//! and candle autograd) and the loop.
 
 pub mod backend;
 pub mod bench;
 pub mod config;
-pub mod fast;
 pub mod finetune;
 pub mod optim;
 pub mod seq2seq;

@@ -4,9 +4,9 @@
 
 use rayon::prelude::*;
 
-use super::fast::simd::simd_fn;
+use crate::kernels::simd::simd_fn;
 
-use crate::config::GptConfig;
+use crate::models::gpt::GptConfig;
 
 #[derive(Debug, Clone)]
 pub struct AdamW {

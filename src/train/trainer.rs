@@ -10,14 +10,15 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
-use crate::config::GptConfig;
 use crate::data::{self, Batcher, Meta, PrepareOptions, TokenFile};
 use crate::error::{write_atomic, Error, Result};
+use crate::kernels::Precision;
+use crate::models::gpt::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
+use crate::models::gpt::GptConfig;
+use crate::nn::tensor_io;
 use crate::tokenizer::Tokenizer;
 use crate::train::backend::{Backend, CandleBackend, FastBackend};
 use crate::train::config::{cache_dir, resolve_data_path, TrainConfig};
-use crate::train::fast::Precision;
 use crate::train::optim::{clip_scale, decay_ranges, global_norm, AdamW};
 
 /// Set by a Ctrl-C handler; the loop checkpoints and stops at the end of the current step.
@@ -292,11 +293,11 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
     let (start, params, mut last_val) = match &resume_state {
         Some(state) => {
             let model_path = opts.out.join(checkpoint::MODEL_FILE);
-            let loaded = checkpoint::load_tensors(&model_path)?;
+            let loaded = tensor_io::load_tensors(&model_path)?;
             check_step(&loaded.metadata, state.step, &model_path)?;
             let params = checkpoint::flat_params(&m, &loaded, &model_path)?;
             let opt_path = opts.out.join(OPTIMIZER_FILE);
-            let o = checkpoint::load_tensors(&opt_path)?;
+            let o = tensor_io::load_tensors(&opt_path)?;
             check_step(&o.metadata, state.step, &opt_path)?;
             let get = |k: &str| -> Result<Vec<f32>> {
                 match o.tensors.get(k) {
@@ -512,7 +513,7 @@ fn save_checkpoint(
     tokenizer.save(&out.join(TOKENIZER_FILE))?;
     let meta = HashMap::from([("step".to_string(), step.to_string())]);
     let n = opt.m.len();
-    checkpoint::save_tensors(
+    tensor_io::save_tensors(
         &out.join(OPTIMIZER_FILE),
         &[
             ("m".into(), vec![n], &opt.m[..]),

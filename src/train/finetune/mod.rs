@@ -1,7 +1,5 @@
 //! Fine-tuning pretrained Llama-family decoders: full or LoRA, on prompt/completion data with
 //! the loss on completion tokens only.
 
-pub mod adapter;
 pub mod data;
-pub mod model;
 pub mod run;

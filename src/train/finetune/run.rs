@@ -27,12 +27,13 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
-use super::adapter;
 use super::data::{self, Example, Overlong, Task};
-use super::model::{base_shapes, init_lora, Flat, FtModel, LoraSpec, Method, Packed};
-use crate::checkpoint;
 use crate::error::{write_atomic, Error, Result};
+use crate::models::llama::adapter;
+use crate::models::llama::fast::{FtModel, Method, Packed};
+use crate::models::llama::lora::{base_shapes, init_lora, Flat, LoraSpec};
 use crate::models::pretrained::{self, Network, Pretrained};
+use crate::nn::tensor_io;
 use crate::train::optim::{clip_scale, global_norm, AdamW};
 
 #[derive(Debug, Clone)]
@@ -254,7 +255,7 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
     };
     let mut model = FtModel::new(cfg.clone(), base, method)?;
     if o.lora.is_none() && o.resume {
-        let loaded = checkpoint::load_tensors(&o.out.join("model.safetensors"))?;
+        let loaded = tensor_io::load_tensors(&o.out.join("model.safetensors"))?;
         for e in model.base.entries.clone() {
             let (_, d) = loaded
                 .tensors
@@ -278,7 +279,7 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
     let (mut step, mut elapsed0) = (0usize, 0f64);
     let state_path = o.out.join(STATE_FILE);
     if o.resume {
-        let st = checkpoint::load_tensors(&state_path)?;
+        let st = tensor_io::load_tensors(&state_path)?;
         let take = |k: &str| st.tensors.get(k).map(|(_, d)| d.clone());
         match (take("adam.m"), take("adam.v")) {
             (Some(m), Some(v)) if m.len() == n_params && v.len() == n_params => {
@@ -330,7 +331,7 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
             ("step".to_string(), step.to_string()),
             ("elapsed".to_string(), elapsed.to_string()),
         ]);
-        checkpoint::save_tensors(
+        tensor_io::save_tensors(
             &state_path,
             &[
                 ("adam.m".into(), vec![opt.m.len()], &opt.m),
@@ -454,7 +455,7 @@ pub fn save_full(dir: &Path, pre: &Pretrained, base: &Flat) -> Result<()> {
         })
         .collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    checkpoint::save_tensors(&dir.join("model.safetensors"), &tensors, meta)?;
+    tensor_io::save_tensors(&dir.join("model.safetensors"), &tensors, meta)?;
     let mut config = serde_json::to_value(&cfg).expect("json");
     config["model_type"] = json!("llama");
     config["architectures"] = json!(["LlamaForCausalLM"]);

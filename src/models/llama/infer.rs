@@ -9,11 +9,11 @@ use rayon::prelude::*;
 
 use super::{Linear, Llama, LlamaConfig, RopeStyle};
 use crate::error::{Error, Result};
-use crate::nn::ggml::{self, F16Dot};
-use crate::nn::quant::{matmul_group, QuantMatrix};
-use crate::train::fast::kernels::{matmul, Op};
-use crate::train::fast::llama_kernels::{rmsnorm_forward, swiglu_forward};
-use crate::train::fast::simd::{self, simd_fn};
+use crate::kernels::ggml::{self, F16Dot};
+use crate::kernels::quant::{matmul_group, QuantMatrix};
+use crate::kernels::simd::{self, simd_fn};
+use crate::kernels::{matmul, Op};
+use crate::kernels::{rmsnorm_forward, swiglu_forward};
 
 /// The key/value cache of `step`, for `rows` sequences at the same position.
 #[derive(Debug, Clone)]

@@ -175,7 +175,7 @@ pub fn gelu_erf_and_grad(x: f32) -> (f32, f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::fast::reference::{erf_f64, erfc_f64};
+    use crate::testutil::{erf_f64, erfc_f64};
 
     fn grid() -> impl Iterator<Item = f32> {
         (-12000..=12000).map(|i| i as f32 * 1e-3)

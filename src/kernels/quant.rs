@@ -204,7 +204,7 @@ impl QuantMatrix {
                 summs = w.m[slot].mul_add(xs[b], summs);
             }
         }
-        crate::nn::ggml::hsum8(&acc) + summs
+        crate::kernels::ggml::hsum8(&acc) + summs
     }
 }
 
@@ -325,7 +325,7 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantRows {
     out
 }
 
-crate::train::fast::simd::simd_fn! {
+crate::kernels::simd::simd_fn! {
     /// One block of 32 activations to 8-bit codes: returns (d, Σ codes).
     fn quantize_block(blk: &[f32], q: &mut [i8]) -> (f32, i32) {
         let amax = blk.iter().fold(0f32, |a, &v| a.max(v.abs()));
@@ -408,7 +408,7 @@ mod x86 {
             _mm_storeu_ps(sm.as_mut_ptr(), summs[k]);
             for (h, o) in out.iter_mut().enumerate() {
                 let a: &[f32; 8] = lanes[8 * h..8 * h + 8].try_into().unwrap();
-                o[k] = crate::nn::ggml::hsum8(a) + sm[h];
+                o[k] = crate::kernels::ggml::hsum8(a) + sm[h];
             }
         }
         out

@@ -1,6 +1,9 @@
 //! GPT-2: a decoder-only transformer, matching Hugging Face's `GPT2LMHeadModel` (and nanoGPT's
 //! `model.py`) tensor for tensor. Read top to bottom: attention, MLP, block, model.
 //!
+//! `fast` is the same function as hand-written forward and backward kernels over flat buffers, the
+//! CPU training path.
+//!
 //! Shapes: B batch, T time, C = n_embd, nh heads, hs = C / nh head size, V vocabulary.
 
 use std::collections::HashMap;
@@ -10,7 +13,13 @@ use candle_nn::VarBuilder;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::GptConfig;
+pub mod checkpoint;
+pub mod config;
+pub mod fast;
+
+pub use config::GptConfig;
+
+use crate::models::Cache;
 use crate::nn::{causal_self_attention, dropout, gelu, Conv1D, KvCache, LayerNorm};
 
 /// Training-time randomness: `Some` enables dropout with this RNG; `None` is evaluation.
@@ -301,9 +310,7 @@ pub fn flat_to_tensors(
     Ok(map)
 }
 
-impl crate::decode::Decoder for Gpt {
-    type Cache = KvCache;
-
+impl crate::models::Decoder for Gpt {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
@@ -312,16 +319,17 @@ impl crate::decode::Decoder for Gpt {
         self.cfg.block_size
     }
 
-    fn new_cache(&self, _batch: usize) -> crate::error::Result<KvCache> {
-        Ok(KvCache::new(self.cfg.n_layer))
+    fn new_cache(&self, _batch: usize) -> crate::error::Result<Cache> {
+        Ok(Cache::new(KvCache::new(self.cfg.n_layer)))
     }
 
     fn step(
         &self,
         tokens: &[u32],
         batch: usize,
-        cache: &mut KvCache,
+        cache: &mut Cache,
     ) -> crate::error::Result<Vec<f32>> {
+        let cache = cache.get::<KvCache>()?;
         let len = tokens.len() / batch.max(1);
         let device = self.wte.device();
         let ids = Tensor::from_slice(tokens, (batch, len), device)?;
@@ -330,7 +338,8 @@ impl crate::decode::Decoder for Gpt {
         Ok(last.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
-    fn select_rows(&self, cache: &mut KvCache, rows: &[usize]) -> crate::error::Result<()> {
+    fn select_rows(&self, cache: &mut Cache, rows: &[usize]) -> crate::error::Result<()> {
+        let cache = cache.get::<KvCache>()?;
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let idx = Tensor::from_vec(idx, rows.len(), self.wte.device())?;
         for (k, v) in cache.layers.iter_mut().flatten() {

@@ -4,38 +4,8 @@
 
 use std::collections::HashMap;
 
-use crate::config::GptConfig;
-
-/// erfc in f64 to ~1e−13 relative: 1 − the Maclaurin series of erf for |x| < 3, the
-/// continued fraction of erfc beyond.
-pub fn erfc_f64(x: f64) -> f64 {
-    if x < 3.0 {
-        return 1.0 - erf_f64(x);
-    }
-    // erfc(x) = e^(−x²)/√π · 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + …))))
-    let mut f = x;
-    for k in (1..80).rev() {
-        f = x + (k as f64 / 2.0) / f;
-    }
-    (-x * x).exp() / std::f64::consts::PI.sqrt() / f
-}
-
-/// erf in f64 to ~1e−14.
-pub fn erf_f64(x: f64) -> f64 {
-    let a = x.abs();
-    let r = if a < 3.0 {
-        let (mut term, mut s, mut n) = (a, a, 0.0f64);
-        while term.abs() > 1e-17 * s.abs() {
-            n += 1.0;
-            term *= -a * a / n;
-            s += term / (2.0 * n + 1.0);
-        }
-        s * 2.0 / std::f64::consts::PI.sqrt()
-    } else {
-        1.0 - erfc_f64(a)
-    };
-    r.copysign(x)
-}
+use crate::models::gpt::GptConfig;
+use crate::testutil::erf_f64;
 
 fn gelu(x: f64, exact: bool) -> f64 {
     if exact {

@@ -15,12 +15,15 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::decode::Decoder;
+use crate::models::{Cache, Decoder};
 
-#[path = "llama_infer.rs"]
+pub mod adapter;
+pub mod fast;
 pub mod infer;
+pub mod lora;
+
 use crate::error::{Error, Result};
-use crate::nn::quant::QuantMatrix;
+use crate::kernels::quant::QuantMatrix;
 
 /// The architecture's hyper-parameters, named as in Hugging Face's `LlamaConfig`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -111,7 +114,7 @@ pub enum RopeStyle {
 }
 
 /// A weight matrix (out, in) applied as x @ Wᵀ: dense f32; Q4_0, Q4_1 or Q8_0 blocks through
-/// decodex's integer kernels (`nn::quant`); other quantizations through candle's.
+/// decodex's integer kernels (`kernels::quant`); other quantizations through candle's.
 #[derive(Debug, Clone)]
 pub enum Linear {
     Dense(Tensor),
@@ -185,7 +188,7 @@ pub struct Llama {
     sin_table: Vec<f32>,
     pub device: Device,
     /// Whether the matrices are quantized (a GGUF file loaded without dequantizing). The
-    /// decoding path then computes as llama.cpp's CPU backend does (`nn::ggml`, `nn::quant`):
+    /// decoding path then computes as llama.cpp's CPU backend does (`kernels::ggml`, `kernels::quant`):
     /// f64 RMSNorm sums, ggml's rotary tables and expf, an f16 KV cache and f16 attention
     /// products; otherwise it computes in f32 as `transformers` does.
     pub quantized: bool,
@@ -429,7 +432,7 @@ impl Llama {
         let n = cfg.max_position_embeddings;
         let (cos_table, sin_table) = if quantized {
             // The quantized path computes as llama.cpp does, rotary tables included.
-            crate::nn::ggml::rope_tables(n, 2 * half, cfg.rope_theta as f32)
+            crate::kernels::ggml::rope_tables(n, 2 * half, cfg.rope_theta as f32)
         } else {
             let freqs: Vec<f32> = (0..half)
                 .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / (2 * half) as f64)) as f32)
@@ -596,8 +599,6 @@ fn causal_mask(tq: usize, tk: usize, device: &Device) -> Result<Tensor> {
 }
 
 impl Decoder for Llama {
-    type Cache = infer::Cache;
-
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
@@ -606,23 +607,26 @@ impl Decoder for Llama {
         self.cfg.max_position_embeddings
     }
 
-    fn new_cache(&self, batch: usize) -> Result<infer::Cache> {
-        Ok(infer::Cache::new(&self.cfg, batch))
+    fn new_cache(&self, batch: usize) -> Result<Cache> {
+        Ok(Cache::new(infer::Cache::new(&self.cfg, batch)))
     }
 
-    fn step(&self, tokens: &[u32], batch: usize, cache: &mut infer::Cache) -> Result<Vec<f32>> {
+    fn step(&self, tokens: &[u32], batch: usize, cache: &mut Cache) -> Result<Vec<f32>> {
+        let cache = cache.get::<infer::Cache>()?;
         // Run on a worker of the current rayon pool: each parallel region of the step then starts
         // from a thread that works in it, instead of handing off from (and waking back) the
         // caller, which at batch 1 costs more than some of the regions themselves.
         rayon::scope(|_| infer::step(self, tokens, batch, cache))
     }
 
-    fn select_rows(&self, cache: &mut infer::Cache, rows: &[usize]) -> Result<()> {
+    fn select_rows(&self, cache: &mut Cache, rows: &[usize]) -> Result<()> {
+        let cache = cache.get::<infer::Cache>()?;
         cache.select_rows(rows);
         Ok(())
     }
 
-    fn set_padding(&self, cache: &mut infer::Cache, pads: &[usize]) -> Result<()> {
+    fn set_padding(&self, cache: &mut Cache, pads: &[usize]) -> Result<()> {
+        let cache = cache.get::<infer::Cache>()?;
         cache.set_padding(pads)
     }
 }

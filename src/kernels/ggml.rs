@@ -10,7 +10,7 @@
 
 use half::f16;
 
-use crate::train::fast::simd::simd_fn;
+use crate::kernels::simd::simd_fn;
 
 /// f32 through f16 and back, rounding to nearest even (ggml's `GGML_CPU_FP32_TO_FP16`).
 #[inline(always)]

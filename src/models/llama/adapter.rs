@@ -15,10 +15,10 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::model::{lora_name, lora_shapes, Flat, LoraSpec, Proj};
-use crate::checkpoint;
+use super::lora::{lora_name, lora_shapes, Flat, LoraSpec, Proj};
 use crate::error::{write_atomic, Error, Result};
 use crate::models::llama::LlamaConfig;
+use crate::nn::tensor_io;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -83,7 +83,7 @@ pub fn save(
         ("format".to_string(), "pt".to_string()),
         (BASE_KEY.to_string(), base_signature(cfg).to_string()),
     ]);
-    checkpoint::save_tensors(&dir.join(WEIGHTS_FILE), &tensors, meta)?;
+    tensor_io::save_tensors(&dir.join(WEIGHTS_FILE), &tensors, meta)?;
     let text = serde_json::to_string_pretty(&config).expect("json");
     write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
 }
@@ -132,7 +132,7 @@ pub fn load(dir: &Path, cfg: &LlamaConfig) -> Result<(LoraSpec, Flat)> {
         targets,
     };
     let wpath = dir.join(WEIGHTS_FILE);
-    let loaded = checkpoint::load_tensors(&wpath)?;
+    let loaded = tensor_io::load_tensors(&wpath)?;
     if let Some(sig) = loaded.metadata.get(BASE_KEY) {
         let sig: serde_json::Value = serde_json::from_str(sig).unwrap_or_default();
         if sig != base_signature(cfg) {
