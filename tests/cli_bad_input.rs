@@ -258,7 +258,7 @@ fn bench_refuses_zero_counts_long_prompts_and_empty_inputs() {
             "--iters",
             "0",
         ]),
-        &["--iters must be at least 1"],
+        &["--max-steps must be at least 1"],
     );
     refused(
         &decodex(&["bench", "train", "--config", "/nonexistent.toml"]),
@@ -1005,7 +1005,7 @@ fn quickstart_refuses_zero_iterations_and_missing_presets() {
     let out = d.path().join("run");
     refused(
         &decodex(&["quickstart", "--out", s(&out), "--max-iters", "0"]),
-        &["--max-iters must be at least 1"],
+        &["--max-steps must be at least 1"],
     );
     absent(&out);
     refused(

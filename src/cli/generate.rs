@@ -2,11 +2,12 @@
 //! search, sampling or beam search.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use clap::Args;
 use serde_json::{json, Value};
 
 use decodex::decode::{
@@ -15,11 +16,67 @@ use decodex::decode::{
 };
 use decodex::models::pretrained::{self, Network, Pretrained};
 
-use super::GenerateArgs;
+use super::args::{self, given, DecodingArgs, ModelArgs, StrategyArg};
+use super::BenchDecodeArgs;
+
+#[derive(Args, Debug)]
+#[command(mut_args(args::for_generate))]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt, used as is unless --chat.
+    #[arg(long, conflicts_with = "prompts")]
+    pub prompt: Option<String>,
+    /// A JSONL file of prompts: one JSON string, or object with a "prompt" field, per line.
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// Format the prompt as a user message with the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// A tokenizer.json to use instead of the model's own.
+    #[arg(long, value_name = "FILE", alias = "tokenizer")]
+    pub tokenizer_file: Option<PathBuf>,
+    /// Greedy or sampled decoding of --prompts in batches of this many (left-padded, one forward
+    /// pass per step for the batch; Llama-family models).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub batch_size: usize,
+    /// Recompute the whole window each step instead of using the KV cache (GPT models).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Report the log-probability of each generated token.
+    #[arg(long)]
+    pub logprobs: bool,
+    #[command(flatten)]
+    pub decoding: DecodingArgs,
+    /// The global --json (not a flag of its own).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+impl GenerateArgs {
+    fn max_new_tokens(&self) -> usize {
+        given(self.decoding.max_new_tokens, "max_new_tokens")
+    }
+    fn stop(&self) -> &[String] {
+        &self.decoding.stop_strings
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(mut_args(args::for_chat))]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A system message opening the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub decoding: DecodingArgs,
+}
 
 /// What to run, checked before any model is loaded.
 struct Plan {
-    strategy: String,
+    strategy: StrategyArg,
     sampling: SamplingConfig,
     beam: BeamConfig,
 }
@@ -48,62 +105,66 @@ pub(super) fn check_context(what: &str, tokens: usize, new: usize, context: usiz
 }
 
 fn plan(a: &GenerateArgs) -> Result<Plan> {
-    let strategy = if a.greedy {
-        "greedy".to_string()
+    let d = &a.decoding;
+    d.check_profile("generate", args::GENERATE)?;
+    let strategy = if d.greedy {
+        StrategyArg::Greedy
     } else {
-        a.strategy.clone()
+        given(d.strategy, "strategy")
     };
-    if !["greedy", "sample", "beam"].contains(&strategy.as_str()) {
-        bail!("--strategy {strategy:?} is not one of greedy, sample, beam");
+    if d.do_sample && strategy != StrategyArg::Sample {
+        bail!(
+            "--do-sample asks for sampling, --{} for {} search; choose one",
+            if d.greedy { "greedy" } else { "strategy" },
+            strategy.name()
+        );
     }
-    if a.temperature.is_nan() || a.temperature < 0.0 {
-        bail!("--temperature ({}) must be at least 0", a.temperature);
+    let temperature = given(d.temperature, "temperature");
+    if temperature.is_nan() || temperature < 0.0 {
+        bail!("--temperature ({temperature}) must be at least 0");
     }
-    if let Some(p) = a.top_p {
+    if let Some(p) = d.top_p {
         if !(p > 0.0 && p <= 1.0) {
             bail!("--top-p ({p}) must be in (0, 1]");
         }
     }
-    if a.top_k == Some(0) {
+    if d.top_k == Some(0) {
         bail!("--top-k must be at least 1");
     }
+    let no_repeat_ngram_size = given(d.no_repeat_ngram_size, "no_repeat_ngram_size");
+    let min_new_tokens = given(d.min_new_tokens, "min_new_tokens");
     let sampling = SamplingConfig {
-        temperature: a.temperature,
-        top_k: a.top_k.unwrap_or(0),
-        top_p: a.top_p.unwrap_or(1.0),
-        min_p: a.min_p.unwrap_or(0.0),
-        typical_p: a.typical_p.unwrap_or(1.0),
-        repetition_penalty: a.repetition_penalty,
-        presence_penalty: a.presence_penalty,
-        frequency_penalty: a.frequency_penalty,
-        no_repeat_ngram_size: a.no_repeat_ngram_size,
-        min_new_tokens: a.min_new_tokens,
-        banned_ids: a.ban.clone(),
+        temperature,
+        top_k: d.top_k.unwrap_or(0),
+        top_p: d.top_p.unwrap_or(1.0),
+        min_p: d.min_p.unwrap_or(0.0),
+        typical_p: d.typical_p.unwrap_or(1.0),
+        repetition_penalty: given(d.repetition_penalty, "repetition_penalty"),
+        presence_penalty: given(d.presence_penalty, "presence_penalty"),
+        frequency_penalty: given(d.frequency_penalty, "frequency_penalty"),
+        no_repeat_ngram_size,
+        min_new_tokens,
+        banned_ids: d.suppress_tokens.clone(),
         eos_ids: Vec::new(),
-        seed: a.seed,
+        seed: given(d.seed, "seed"),
     };
-    check_decoding(a.max_new_tokens, &sampling)?;
-    let early_stopping = match a.early_stopping.as_str() {
-        "true" => EarlyStopping::True,
-        "false" => EarlyStopping::False,
-        "never" => EarlyStopping::Never,
-        other => bail!("--early-stopping {other:?} is not one of true, false, never"),
-    };
+    check_decoding(a.max_new_tokens(), &sampling)?;
+    let num_return_sequences = given(d.num_return_sequences, "num_return_sequences");
     let beam = BeamConfig {
-        num_beams: a.num_beams,
-        num_beam_groups: a.num_beam_groups,
-        diversity_penalty: a.diversity_penalty,
-        length_penalty: a.length_penalty,
-        early_stopping,
-        num_return_sequences: a.num_return_sequences,
-        no_repeat_ngram_size: a.no_repeat_ngram_size,
-        min_new_tokens: a.min_new_tokens,
+        num_beams: given(d.num_beams, "num_beams"),
+        num_beam_groups: given(d.num_beam_groups, "num_beam_groups"),
+        diversity_penalty: given(d.diversity_penalty, "diversity_penalty"),
+        length_penalty: given(d.length_penalty, "length_penalty"),
+        early_stopping: given(d.early_stopping, "early_stopping").into(),
+        num_return_sequences,
+        no_repeat_ngram_size,
+        min_new_tokens,
         eos_ids: Vec::new(),
-        max_new_tokens: a.max_new_tokens,
+        max_new_tokens: a.max_new_tokens(),
     };
-    if strategy == "beam" {
+    if strategy == StrategyArg::Beam {
         beam.validate()?;
-    } else if a.num_return_sequences == 0 {
+    } else if num_return_sequences == 0 {
         bail!("--num-return-sequences must be at least 1");
     }
     Ok(Plan {
@@ -155,9 +216,9 @@ fn prompts(a: &GenerateArgs) -> Result<Vec<String>> {
 fn legacy_gpt(a: &GenerateArgs, p: &Plan) -> bool {
     let d = SamplingConfig::default();
     let s = &p.sampling;
-    p.strategy != "beam"
+    p.strategy != StrategyArg::Beam
         && !a.logprobs
-        && a.num_return_sequences == 1
+        && p.beam.num_return_sequences == 1
         && s.min_p == d.min_p
         && s.typical_p == d.typical_p
         && s.repetition_penalty == d.repetition_penalty
@@ -166,17 +227,17 @@ fn legacy_gpt(a: &GenerateArgs, p: &Plan) -> bool {
         && s.no_repeat_ngram_size == 0
         && s.min_new_tokens == 0
         && s.banned_ids.is_empty()
-        && (p.strategy == "greedy" || a.temperature > 0.0)
+        && (p.strategy == StrategyArg::Greedy || s.temperature > 0.0)
 }
 
 pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     let mut plan = plan(a)?;
     let prompts = prompts(a)?;
     let model = pretrained::load_with_adapter(
-        &a.model,
-        a.dequantize,
-        a.tokenizer.as_deref(),
-        a.adapter.as_deref(),
+        &a.model.model,
+        a.model.dequantize,
+        a.tokenizer_file.as_deref(),
+        a.model.adapter.as_deref(),
     )?;
     if a.chat {
         model.require_chat_template()?;
@@ -184,8 +245,10 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     plan.sampling.eos_ids = model.eos_ids.clone();
     plan.beam.eos_ids = model.eos_ids.clone();
     let mut out = std::io::stdout().lock();
-    if let (Network::Llama(m), true) = (&model.network, a.batch_size > 1 && plan.strategy != "beam")
-    {
+    if let (Network::Llama(m), true) = (
+        &model.network,
+        a.batch_size > 1 && plan.strategy != StrategyArg::Beam,
+    ) {
         return batched(m, &model, &plan, a, &prompts, &mut out);
     }
     for (index, prompt) in prompts.iter().enumerate() {
@@ -195,7 +258,7 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
             prompt.clone()
         };
         if let (Network::Gpt(gpt), true) = (&model.network, legacy_gpt(a, &plan)) {
-            gpt_generate(a, &model, gpt, &text, index, &mut out)?;
+            gpt_generate(a, &plan, &model, gpt, &text, index, &mut out)?;
             continue;
         }
         let ids = model.tokenizer.encode(&text)?;
@@ -215,7 +278,7 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
                 r["index"] = json!(index);
                 r["prompt_tokens"] = json!(ids.len());
                 writeln!(out, "{r}")?;
-            } else if plan.strategy == "beam" {
+            } else if plan.strategy == StrategyArg::Beam {
                 writeln!(
                     out,
                     "[score {:.4}] {}{}",
@@ -239,7 +302,7 @@ fn batched<D: Decoder>(
     prompts: &[String],
     out: &mut impl Write,
 ) -> Result<()> {
-    let strategy = if plan.strategy == "greedy" {
+    let strategy = if plan.strategy == StrategyArg::Greedy {
         Strategy::Greedy
     } else {
         Strategy::Sample
@@ -263,13 +326,13 @@ fn batched<D: Decoder>(
             &ids,
             &plan.sampling,
             strategy,
-            a.max_new_tokens,
+            a.max_new_tokens(),
             pad,
             |_, _, _| {},
         )?;
         let secs = t.elapsed().as_secs_f64();
         for (k, g) in results.iter().enumerate() {
-            let text = new_text(model, &g.tokens, &a.stop)?;
+            let text = new_text(model, &g.tokens, a.stop())?;
             if a.json {
                 let mut v = json!({"index": c * a.batch_size + k, "text": text, "tokens": g.tokens,
                                    "prompt_tokens": ids[k].len(), "new_tokens": g.tokens.len(),
@@ -341,9 +404,9 @@ fn run<D: Decoder>(
     ids: &[u32],
     out: &mut impl Write,
 ) -> Result<Vec<Value>> {
-    let decode_new = |tokens: &[u32]| new_text(model, tokens, &a.stop);
+    let decode_new = |tokens: &[u32]| new_text(model, tokens, a.stop());
     let t0 = Instant::now();
-    if plan.strategy == "beam" {
+    if plan.strategy == StrategyArg::Beam {
         let hyps = beam_search(m, ids, &plan.beam)?;
         let secs = t0.elapsed().as_secs_f64();
         return hyps
@@ -356,18 +419,18 @@ fn run<D: Decoder>(
             })
             .collect();
     }
-    let strategy = if plan.strategy == "greedy" {
+    let strategy = if plan.strategy == StrategyArg::Greedy {
         Strategy::Greedy
     } else {
         Strategy::Sample
     };
     let mut results = Vec::new();
-    for r in 0..a.num_return_sequences {
+    for r in 0..plan.beam.num_return_sequences {
         let cfg = SamplingConfig {
             seed: plan.sampling.seed.wrapping_add(r as u64),
             ..plan.sampling.clone()
         };
-        let stream = !a.json && a.stop.is_empty();
+        let stream = !a.json && a.stop().is_empty();
         if stream {
             write!(
                 out,
@@ -381,7 +444,7 @@ fn run<D: Decoder>(
         }
         let mut shown = Stream::default();
         let t = Instant::now();
-        let g = generate_ids(m, ids, &cfg, strategy, a.max_new_tokens, |tok, _| {
+        let g = generate_ids(m, ids, &cfg, strategy, a.max_new_tokens(), |tok, _| {
             if stream {
                 shown.push(model, tok, out);
             }
@@ -413,26 +476,28 @@ fn run<D: Decoder>(
 /// stop strings and streaming.
 fn gpt_generate(
     a: &GenerateArgs,
+    plan: &Plan,
     model: &Pretrained,
     gpt: &decodex::models::Gpt,
     prompt: &str,
     index: usize,
     out: &mut impl Write,
 ) -> Result<()> {
-    let sampling = if a.greedy || a.strategy == "greedy" || a.temperature == 0.0 {
+    let s = &plan.sampling;
+    let sampling = if plan.strategy == StrategyArg::Greedy || s.temperature == 0.0 {
         decode::Sampling::Greedy
     } else {
         decode::Sampling::Sample {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
+            temperature: s.temperature,
+            top_k: a.decoding.top_k,
+            top_p: a.decoding.top_p,
+            seed: s.seed,
         }
     };
     let opts = GenerateOptions {
-        max_new_tokens: a.max_new_tokens,
+        max_new_tokens: a.max_new_tokens(),
         sampling,
-        stop: a.stop.clone(),
+        stop: a.stop().to_vec(),
         use_cache: !a.no_cache,
     };
     let t0 = Instant::now();
@@ -468,25 +533,23 @@ fn gpt_generate(
 }
 
 /// `decodex bench decode`.
-#[allow(clippy::too_many_arguments)]
-pub fn bench_decode(
-    path: &Path,
-    prompt_tokens: usize,
-    new_tokens: usize,
-    reps: usize,
-    dequantize: bool,
-    beam: bool,
-    json_out: bool,
-) -> Result<()> {
+pub fn bench_decode(a: &BenchDecodeArgs, json_out: bool) -> Result<()> {
+    let (prompt_tokens, new_tokens, reps) = (a.prompt_tokens, a.new_tokens, a.reps);
     if prompt_tokens == 0 || new_tokens == 0 || reps == 0 {
         bail!("--prompt-tokens, --new-tokens and --reps must be at least 1");
     }
-    let model = pretrained::load(path, dequantize, None)?;
+    if a.num_beams == 0 {
+        bail!("--num-beams must be at least 1 (1: no beam search)");
+    }
+    let beams = (a.num_beams > 1).then_some(a.num_beams);
+    let path = a.model.model.as_path();
+    let model =
+        pretrained::load_with_adapter(path, a.model.dequantize, None, a.model.adapter.as_deref())?;
     let context = model.context_len();
     check_context("prompt tokens", prompt_tokens, new_tokens, context)?;
-    if beam {
+    if beams.is_some() {
         check_context(
-            "prompt tokens for --beam",
+            "prompt tokens for --num-beams",
             prompt_tokens.min(BEAM_PROMPT),
             BEAM_NEW,
             context,
@@ -505,11 +568,11 @@ pub fn bench_decode(
     let (r, beam_tps) = match &model.network {
         Network::Gpt(m) => (
             decode::bench::bench_decode(m, &ids, new_tokens, reps)?,
-            time_beam(m, &ids, beam)?,
+            time_beam(m, &ids, beams)?,
         ),
         Network::Llama(m) => (
             decode::bench::bench_decode(m, &ids, new_tokens, reps)?,
-            time_beam(m, &ids, beam)?,
+            time_beam(m, &ids, beams)?,
         ),
     };
     let rss = decodex::train::bench::peak_rss_mb();
@@ -517,7 +580,9 @@ pub fn bench_decode(
     let v = json!({"model": path, "threads": threads, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
                    "reps": r.reps, "prompt_tokens_per_sec": r.prompt_tokens_per_sec,
                    "decode_tokens_per_sec": r.decode_tokens_per_sec,
-                   "beam4_tokens_per_sec": beam_tps, "peak_rss_mb": rss});
+                   "num_beams": a.num_beams, "beam_tokens_per_sec": beam_tps,
+                   "beam4_tokens_per_sec": beam_tps.filter(|_| a.num_beams == 4),
+                   "peak_rss_mb": rss});
     let mut out = std::io::stdout().lock();
     if json_out {
         writeln!(out, "{v}")?;
@@ -529,24 +594,25 @@ pub fn bench_decode(
             r.prompt_tokens,
             r.decode_tokens_per_sec,
             r.new_tokens,
-            beam_tps.map(|b| format!(", beam search (4 beams, {BEAM_NEW} tokens) {b:.1} tokens/s")).unwrap_or_default()
+            beam_tps.map(|b| format!(", beam search ({} beams, {BEAM_NEW} tokens) {b:.1} tokens/s", a.num_beams)).unwrap_or_default()
         )?;
     }
     Ok(())
 }
 
-/// `bench decode --beam`: the most prompt tokens the beam search starts from, and the tokens it
-/// generates.
+/// `bench decode --num-beams`: the most prompt tokens the beam search starts from, and the
+/// tokens it generates.
 const BEAM_PROMPT: usize = 32;
 const BEAM_NEW: usize = 32;
 
-/// New tokens per second of a 4-beam search for 32 tokens (no EOS stop), when asked.
-fn time_beam<D: Decoder>(m: &D, ids: &[u32], beam: bool) -> Result<Option<f64>> {
-    if !beam {
+/// New tokens per second of a beam search with `beams` beams for 32 tokens (no EOS stop), when
+/// asked.
+fn time_beam<D: Decoder>(m: &D, ids: &[u32], beams: Option<usize>) -> Result<Option<f64>> {
+    let Some(num_beams) = beams else {
         return Ok(None);
-    }
+    };
     let cfg = BeamConfig {
-        num_beams: 4,
+        num_beams,
         max_new_tokens: BEAM_NEW,
         early_stopping: EarlyStopping::True,
         ..BeamConfig::default()
@@ -559,16 +625,24 @@ fn time_beam<D: Decoder>(m: &D, ids: &[u32], beam: bool) -> Result<Option<f64>> 
 
 /// `decodex chat`: a read-reply loop over stdin; each turn renders the whole conversation with
 /// the model's chat template and streams the reply.
-pub fn chat(a: &super::ChatArgs) -> Result<()> {
+pub fn chat(a: &ChatArgs, json: bool) -> Result<()> {
+    let d = &a.decoding;
+    d.check_profile("chat", args::CHAT)?;
     let sampling = SamplingConfig {
-        temperature: a.temperature,
-        top_p: a.top_p,
-        repetition_penalty: a.repetition_penalty,
-        seed: a.seed,
+        temperature: given(d.temperature, "temperature"),
+        top_p: given(d.top_p, "top_p"),
+        repetition_penalty: given(d.repetition_penalty, "repetition_penalty"),
+        seed: given(d.seed, "seed"),
         ..SamplingConfig::default()
     };
-    check_decoding(a.max_new_tokens, &sampling)?;
-    let model = pretrained::load(&a.model, a.dequantize, None)?;
+    let max_new_tokens = given(d.max_new_tokens, "max_new_tokens");
+    check_decoding(max_new_tokens, &sampling)?;
+    let model = pretrained::load_with_adapter(
+        &a.model.model,
+        a.model.dequantize,
+        None,
+        a.model.adapter.as_deref(),
+    )?;
     // Before the first prompt is read (and `> ` shown).
     model.require_chat_template()?;
     let sampling = SamplingConfig {
@@ -582,7 +656,7 @@ pub fn chat(a: &super::ChatArgs) -> Result<()> {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     loop {
-        if !a.json {
+        if !json {
             write!(out, "> ")?;
             out.flush()?;
         }
@@ -596,7 +670,7 @@ pub fn chat(a: &super::ChatArgs) -> Result<()> {
             .map(|(r, c)| (r.as_str(), c.as_str()))
             .collect();
         let ids = model.tokenizer.encode(&model.chat_prompt_for(&msgs)?)?;
-        let strategy = if a.temperature == 0.0 {
+        let strategy = if sampling.temperature == 0.0 {
             Strategy::Greedy
         } else {
             Strategy::Sample
@@ -607,11 +681,11 @@ pub fn chat(a: &super::ChatArgs) -> Result<()> {
         };
         let mut shown = Stream::default();
         let mut emit = |tok: u32| {
-            if !a.json {
+            if !json {
                 shown.push(&model, tok, &mut out);
             }
         };
-        let n = a.max_new_tokens;
+        let n = max_new_tokens;
         let reply = match &model.network {
             Network::Gpt(m) => generate_ids(m, &ids, &turn, strategy, n, |t, _| emit(t))?,
             Network::Llama(m) => generate_ids(m, &ids, &turn, strategy, n, |t, _| emit(t))?,
@@ -619,7 +693,7 @@ pub fn chat(a: &super::ChatArgs) -> Result<()> {
         .tokens;
         shown.finish()?;
         let text = new_text(&model, &reply, &[])?;
-        if a.json {
+        if json {
             writeln!(out, "{}", json!({"reply": text, "tokens": reply}))?;
         } else {
             writeln!(out)?;

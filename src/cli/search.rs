@@ -31,10 +31,8 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Texts embedded per step.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 8192, value_name = "N")]
     pub chunk: usize,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -52,11 +50,12 @@ pub enum IndexCmd {
 
 #[derive(Args, Debug)]
 pub struct IndexBuildArgs {
-    #[arg(long)]
+    /// The embedding model, as for `embed --model`.
+    #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
-    /// Records as for `embed --input`.
-    #[arg(long)]
-    pub corpus: PathBuf,
+    /// The corpus: records as for `embed --input`.
+    #[arg(long, value_name = "FILE", alias = "corpus")]
+    pub input: PathBuf,
     /// The index folder (must not exist, or be empty).
     #[arg(long)]
     pub out: PathBuf,
@@ -66,35 +65,44 @@ pub struct IndexBuildArgs {
     /// HNSW neighbours per node (M).
     #[arg(long, default_value_t = 24)]
     pub m: usize,
-    #[arg(long, default_value_t = 200)]
+    /// HNSW candidates explored per inserted vector.
+    #[arg(long, default_value_t = 200, value_name = "N")]
     pub ef_construction: usize,
-    #[arg(long, default_value_t = 8192)]
+    /// Texts embedded per step.
+    #[arg(long, default_value_t = 8192, value_name = "N")]
     pub chunk: usize,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct IndexAddArgs {
     /// The index folder.
     pub index: PathBuf,
-    #[arg(long)]
-    pub corpus: PathBuf,
+    /// The corpus to append: records as for `embed --input`.
+    #[arg(long, value_name = "FILE", alias = "corpus")]
+    pub input: PathBuf,
     /// The model (default: the one the index records; another one is refused).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
-    #[arg(long, default_value_t = 8192)]
+    /// Texts embedded per step.
+    #[arg(long, default_value_t = 8192, value_name = "N")]
     pub chunk: usize,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct IndexQueryArgs {
+    /// The index folder.
     pub index: PathBuf,
+    /// The query text.
     #[arg(long)]
     pub query: String,
-    #[arg(short, long, default_value_t = 10)]
+    /// Documents returned.
+    #[arg(
+        short,
+        long = "top-k",
+        alias = "k",
+        default_value_t = 10,
+        value_name = "K"
+    )]
     pub k: usize,
     /// HNSW candidates explored per query.
     #[arg(long, default_value_t = 128)]
@@ -103,80 +111,93 @@ pub struct IndexQueryArgs {
     #[arg(long)]
     pub exact: bool,
     /// The model (default: the one the index records; another one is refused).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct IndexBenchArgs {
+    /// The index folder.
     pub index: PathBuf,
     /// Query texts, as for `embed --input`.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub queries: PathBuf,
-    #[arg(short, long, default_value_t = 10)]
+    /// Neighbours searched per query (recall@k).
+    #[arg(
+        short,
+        long = "top-k",
+        alias = "k",
+        default_value_t = 10,
+        value_name = "K"
+    )]
     pub k: usize,
-    #[arg(long, default_value_t = 128)]
+    /// HNSW candidates explored per query.
+    #[arg(long, default_value_t = 128, value_name = "N")]
     pub ef: usize,
     /// Only the first N queries.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    #[arg(long)]
+    /// The model (default: the one the index records; another one is refused).
+    #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct RetrievalArgs {
-    #[arg(long)]
+    /// The index folder (of the BEIR corpus).
+    #[arg(long, value_name = "DIR")]
     pub index: PathBuf,
     /// BEIR queries.jsonl.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub queries: PathBuf,
     /// BEIR qrels TSV (query-id, corpus-id, score); only its queries are run.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub qrels: PathBuf,
-    #[arg(long)]
+    /// The model (default: the one the index records; another one is refused).
+    #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Documents retrieved per query.
-    #[arg(long, default_value_t = 100)]
+    #[arg(
+        short = 'k',
+        long,
+        alias = "k",
+        default_value_t = 100,
+        value_name = "K"
+    )]
     pub top_k: usize,
-    #[arg(long, default_value_t = 256)]
+    /// HNSW candidates explored per query.
+    #[arg(long, default_value_t = 256, value_name = "N")]
     pub ef: usize,
+    /// Scan every vector instead of using the graph.
     #[arg(long)]
     pub exact: bool,
     /// Keep hits whose document id equals the query id (BEIR drops them by default).
     #[arg(long)]
     pub keep_identical_ids: bool,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct StsArgs {
-    #[arg(long)]
+    /// The embedding model, as for `embed --model`.
+    #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// An STS Benchmark file (sts-test.csv: TAB-separated, score in column 5, sentences in 6
     /// and 7).
-    #[arg(long)]
-    pub data: PathBuf,
-    #[arg(long)]
-    pub json: bool,
+    #[arg(long, value_name = "FILE", alias = "data")]
+    pub input: PathBuf,
 }
 
 #[derive(Args, Debug)]
 pub struct BenchEmbedArgs {
-    #[arg(long)]
+    /// The embedding model, as for `embed --model`.
+    #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// Texts, as for `embed --input`.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
-    #[arg(long, default_value_t = 3)]
+    /// Timed rounds over all the texts (after one warm-up round).
+    #[arg(long, default_value_t = 3, value_name = "N")]
     pub rounds: usize,
-    #[arg(long)]
-    pub json: bool,
 }
 
 fn progress_bar(total: Option<usize>, json: bool) -> indicatif::ProgressBar {
@@ -194,7 +215,7 @@ fn progress_bar(total: Option<usize>, json: bool) -> indicatif::ProgressBar {
     pb
 }
 
-pub fn embed(a: &EmbedArgs) -> Result<()> {
+pub fn embed(a: &EmbedArgs, json: bool) -> Result<()> {
     if a.chunk == 0 {
         bail!("--chunk must be at least 1");
     }
@@ -212,7 +233,7 @@ pub fn embed(a: &EmbedArgs) -> Result<()> {
     let mut out = VectorWriter::create(&a.out, rows, model.dim(), meta)?;
     let mut done = 0;
     let mut reader = open_records(&a.input)?;
-    let pb = progress_bar(Some(rows), a.json);
+    let pb = progress_bar(Some(rows), json);
     let t0 = Instant::now();
     loop {
         let chunk = reader.next_chunk(a.chunk)?;
@@ -228,7 +249,7 @@ pub fn embed(a: &EmbedArgs) -> Result<()> {
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     emit(
-        a.json,
+        json,
         json!({"out": a.out, "rows": rows, "dim": info.dim, "model": info.name,
                "seconds": secs, "texts_per_s": rows as f64 / secs, "peak_rss_mib": peak_rss_mb()}),
         &format!(
@@ -265,7 +286,7 @@ fn report_build(r: &index::BuildReport, json: bool, what: &str) -> Result<()> {
     )
 }
 
-pub fn index_cmd(cmd: &IndexCmd) -> Result<()> {
+pub fn index_cmd(cmd: &IndexCmd, json: bool) -> Result<()> {
     match cmd {
         IndexCmd::Build(a) => {
             if a.chunk == 0 || a.m < 2 || a.m > 255 || a.ef_construction == 0 {
@@ -280,24 +301,24 @@ pub fn index_cmd(cmd: &IndexCmd) -> Result<()> {
                 },
                 chunk: a.chunk,
             };
-            let pb = progress_bar(None, a.json);
-            let r = index::build(model.as_ref(), &a.corpus, &a.out, &opts, &|n| {
+            let pb = progress_bar(None, json);
+            let r = index::build(model.as_ref(), &a.input, &a.out, &opts, &|n| {
                 pb.set_position(n as u64)
             })?;
             pb.finish_and_clear();
-            report_build(&r, a.json, "built")
+            report_build(&r, json, "built")
         }
         IndexCmd::Add(a) => {
             if a.chunk == 0 {
                 bail!("--chunk must be at least 1");
             }
             let model = index_model(&a.index, a.model.as_deref())?;
-            let pb = progress_bar(None, a.json);
-            let r = index::add(model.as_ref(), &a.corpus, &a.index, a.chunk, &|n| {
+            let pb = progress_bar(None, json);
+            let r = index::add(model.as_ref(), &a.input, &a.index, a.chunk, &|n| {
                 pb.set_position(n as u64)
             })?;
             pb.finish_and_clear();
-            report_build(&r, a.json, "appended to")
+            report_build(&r, json, "appended to")
         }
         IndexCmd::Query(a) => {
             check_k(a.k, a.ef)?;
@@ -312,7 +333,7 @@ pub fn index_cmd(cmd: &IndexCmd) -> Result<()> {
             let mut out = std::io::stdout().lock();
             for (rank, h) in hits.iter().enumerate() {
                 let text = idx.text(h.row);
-                if a.json {
+                if json {
                     use std::io::Write;
                     let v = json!({"rank": rank + 1, "id": h.id, "score": h.score, "text": text});
                     writeln!(out, "{v}")?;
@@ -324,7 +345,7 @@ pub fn index_cmd(cmd: &IndexCmd) -> Result<()> {
             }
             Ok(())
         }
-        IndexCmd::Bench(a) => index_bench(a),
+        IndexCmd::Bench(a) => index_bench(a, json),
     }
 }
 
@@ -347,7 +368,7 @@ fn check_k(k: usize, ef: usize) -> Result<()> {
     Ok(())
 }
 
-fn index_bench(a: &IndexBenchArgs) -> Result<()> {
+fn index_bench(a: &IndexBenchArgs, json: bool) -> Result<()> {
     check_k(a.k, a.ef)?;
     let t_open = Instant::now();
     let idx = Index::open(&a.index)?;
@@ -391,7 +412,7 @@ fn index_bench(a: &IndexBenchArgs) -> Result<()> {
         / n as f64;
     let disk: u64 = idx.meta.files.values().sum();
     emit(
-        a.json,
+        json,
         json!({"index": a.index, "vectors": idx.len(), "queries": n, "k": a.k, "ef": a.ef,
                "hnsw": idx.meta.has_graph, "recall_at_k": recall,
                "qps": n as f64 / approx_s, "qps_exact": n as f64 / exact_s,
@@ -415,7 +436,7 @@ fn index_bench(a: &IndexBenchArgs) -> Result<()> {
     )
 }
 
-pub fn eval_retrieval(a: &RetrievalArgs) -> Result<()> {
+pub fn eval_retrieval(a: &RetrievalArgs, json: bool) -> Result<()> {
     check_k(a.top_k, a.ef)?;
     let idx = Index::open(&a.index)?;
     let model = index_model(&a.index, a.model.as_deref())?;
@@ -458,7 +479,7 @@ pub fn eval_retrieval(a: &RetrievalArgs) -> Result<()> {
     };
     let s = retrieval::scores(&run, &qrels, &opts)?;
     emit(
-        a.json,
+        json,
         json!({"index": a.index, "queries": s.queries, "ndcg@10": s.ndcg_at_10,
                "mrr@10": s.mrr_at_10, "recall@100": s.recall_at_100,
                "exact": a.exact || !idx.meta.has_graph, "seconds": secs}),
@@ -469,8 +490,8 @@ pub fn eval_retrieval(a: &RetrievalArgs) -> Result<()> {
     )
 }
 
-pub fn eval_sts(a: &StsArgs) -> Result<()> {
-    let pairs = sts::read_sts(&a.data)?;
+pub fn eval_sts(a: &StsArgs, json: bool) -> Result<()> {
+    let pairs = sts::read_sts(&a.input)?;
     let model = load_embedder(&a.model)?;
     let s1: Vec<&str> = pairs.iter().map(|p| p.s1.as_str()).collect();
     let s2: Vec<&str> = pairs.iter().map(|p| p.s2.as_str()).collect();
@@ -485,8 +506,8 @@ pub fn eval_sts(a: &StsArgs) -> Result<()> {
     let spearman = sts::spearman(&cos, &gold)?;
     let pearson = sts::pearson(&cos, &gold)?;
     emit(
-        a.json,
-        json!({"data": a.data, "pairs": pairs.len(), "spearman": spearman, "pearson": pearson}),
+        json,
+        json!({"data": a.input, "pairs": pairs.len(), "spearman": spearman, "pearson": pearson}),
         &format!(
             "{} pairs: cosine Spearman {:.4}, Pearson {:.4}",
             pairs.len(),
@@ -496,7 +517,7 @@ pub fn eval_sts(a: &StsArgs) -> Result<()> {
     )
 }
 
-pub fn bench_embed(a: &BenchEmbedArgs) -> Result<()> {
+pub fn bench_embed(a: &BenchEmbedArgs, json: bool) -> Result<()> {
     if a.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
@@ -512,7 +533,7 @@ pub fn bench_embed(a: &BenchEmbedArgs) -> Result<()> {
         std::hint::black_box(model.embed(&texts)?);
         let s = t0.elapsed().as_secs_f64();
         emit(
-            a.json,
+            json,
             json!({"round": round, "sentences": texts.len(), "seconds": s,
                    "sentences_per_s": texts.len() as f64 / s,
                    "threads": rayon::current_num_threads()}),

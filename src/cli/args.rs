@@ -1,0 +1,337 @@
+//! Flags several subcommands share: the model to load ([`ModelArgs`]) and the decoding options
+//! ([`DecodingArgs`], spelled as Hugging Face's `generate` spells them). Each decoding command
+//! states which of the decoding flags it takes and their defaults in a [`Profile`]; the others
+//! are hidden from its help and refused before any model loads.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Arg, Args, ValueEnum};
+
+// The model to load: `--model`, `--adapter`, `--dequantize`. (No doc comment: on a flattened
+// struct it would become the command's description.)
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// The model: a GGUF file (Llama architecture), a Hugging Face Llama or GPT-2 folder, or a
+    /// decodex checkpoint folder.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// A LoRA adapter folder (PEFT layout, as `decodex finetune` writes) merged into a
+    /// Llama-family model at load (the weights are then f32).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Run a GGUF model's matrices dequantized to f32 instead of quantized (always so with
+    /// --adapter).
+    #[arg(long)]
+    pub dequantize: bool,
+}
+
+/// How tokens are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// The most likely token at each step.
+    Greedy,
+    /// A token drawn from the processed distribution (--temperature, --top-k, --top-p, ...).
+    Sample,
+    /// Beam search over --num-beams hypotheses.
+    Beam,
+}
+
+impl StrategyArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            StrategyArg::Greedy => "greedy",
+            StrategyArg::Sample => "sample",
+            StrategyArg::Beam => "beam",
+        }
+    }
+}
+
+/// When beam search stops (Hugging Face's `early_stopping`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EarlyStoppingArg {
+    /// As soon as --num-beams hypotheses have finished.
+    True,
+    /// When the best candidate, at its current length, cannot beat the worst finished one
+    /// (Hugging Face's heuristic).
+    False,
+    /// When no hypothesis can become better (the exact criterion).
+    Never,
+}
+
+impl From<EarlyStoppingArg> for decodex::decode::EarlyStopping {
+    fn from(e: EarlyStoppingArg) -> Self {
+        match e {
+            EarlyStoppingArg::True => Self::True,
+            EarlyStoppingArg::False => Self::False,
+            EarlyStoppingArg::Never => Self::Never,
+        }
+    }
+}
+
+/// The help heading of the decoding flags; [`adapt`] recognizes them by it.
+const HEADING: &str = "Decoding options";
+
+// Decoding options, named as in Hugging Face's `GenerationConfig`. Every value is optional
+// here: a command's `Profile` gives the defaults of the flags it takes.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = HEADING)]
+pub struct DecodingArgs {
+    /// Tokens generated at most after the prompt.
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// Tokens generated at least before an end-of-sequence token may end the text.
+    #[arg(long, value_name = "N")]
+    pub min_new_tokens: Option<usize>,
+    /// How tokens are chosen.
+    #[arg(long, value_enum)]
+    pub strategy: Option<StrategyArg>,
+    /// Same as --strategy greedy.
+    #[arg(long)]
+    pub greedy: bool,
+    /// Sample each token instead of taking the most likely one (--strategy sample).
+    #[arg(long, alias = "sample")]
+    pub do_sample: bool,
+    /// Sampling temperature (generate, chat: 0 decodes greedily).
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Sampling: keep the k most likely tokens.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Sampling: keep the smallest set of tokens whose probability reaches p (nucleus).
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+    /// Sampling: drop tokens less likely than this fraction of the most likely one.
+    #[arg(long, value_name = "P")]
+    pub min_p: Option<f32>,
+    /// Sampling: locally typical sampling with this mass (1 = off).
+    #[arg(long, value_name = "P")]
+    pub typical_p: Option<f32>,
+    /// Divide the logit of every token already in the context by this (CTRL's penalty; 1 = off).
+    #[arg(long, value_name = "X")]
+    pub repetition_penalty: Option<f32>,
+    /// Subtract this from the logit of every token already generated (0 = off).
+    #[arg(long, value_name = "X")]
+    pub presence_penalty: Option<f32>,
+    /// Subtract this times its count from the logit of every token already generated (0 = off).
+    #[arg(long, value_name = "X")]
+    pub frequency_penalty: Option<f32>,
+    /// Never repeat an n-gram of this size (0 = off).
+    #[arg(long, value_name = "N")]
+    pub no_repeat_ngram_size: Option<usize>,
+    /// Token ids never generated (repeatable).
+    #[arg(long, value_name = "ID", visible_alias = "ban")]
+    pub suppress_tokens: Vec<u32>,
+    /// Stop when this string is generated (repeatable); the text is cut before it.
+    #[arg(long, value_name = "TEXT", visible_alias = "stop")]
+    pub stop_strings: Vec<String>,
+    /// Random seed of sampling (return sequence or line i uses seed + i).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Beams of beam search (translate: 1 is greedy search).
+    #[arg(long, value_name = "N", alias = "beam")]
+    pub num_beams: Option<usize>,
+    /// Sequences returned per input (beam search: the best ones, best first; sampling: one per
+    /// seed).
+    #[arg(long, value_name = "N", alias = "n-best")]
+    pub num_return_sequences: Option<usize>,
+    /// Beam scores are log-probability / length^this.
+    #[arg(long, value_name = "X")]
+    pub length_penalty: Option<f64>,
+    /// When beam search stops.
+    #[arg(long, value_enum)]
+    pub early_stopping: Option<EarlyStoppingArg>,
+    /// Diverse beam search: groups of beams penalized for repeating other groups' tokens.
+    #[arg(long, value_name = "N")]
+    pub num_beam_groups: Option<usize>,
+    /// Diverse beam search: the penalty per token another group already chose at a step.
+    #[arg(long, value_name = "X")]
+    pub diversity_penalty: Option<f32>,
+}
+
+/// The decoding flags one command takes (by id, the field name) with their default values.
+pub type Profile = &'static [(&'static str, Option<&'static str>)];
+
+pub const GENERATE: Profile = &[
+    ("max_new_tokens", Some("200")),
+    ("min_new_tokens", Some("0")),
+    ("strategy", Some("sample")),
+    ("greedy", None),
+    ("do_sample", None),
+    ("temperature", Some("0.8")),
+    ("top_k", None),
+    ("top_p", None),
+    ("min_p", None),
+    ("typical_p", None),
+    ("repetition_penalty", Some("1.0")),
+    ("presence_penalty", Some("0.0")),
+    ("frequency_penalty", Some("0.0")),
+    ("no_repeat_ngram_size", Some("0")),
+    ("suppress_tokens", None),
+    ("stop_strings", None),
+    ("seed", Some("1337")),
+    ("num_beams", Some("4")),
+    ("num_return_sequences", Some("1")),
+    ("length_penalty", Some("1.0")),
+    ("early_stopping", Some("false")),
+    ("num_beam_groups", Some("1")),
+    ("diversity_penalty", Some("0.0")),
+];
+
+pub const CHAT: Profile = &[
+    ("max_new_tokens", Some("256")),
+    ("temperature", Some("0.7")),
+    ("top_p", Some("0.9")),
+    ("repetition_penalty", Some("1.1")),
+    ("seed", Some("1337")),
+];
+
+pub const TRANSLATE: Profile = &[
+    ("do_sample", None),
+    ("temperature", Some("1.0")),
+    ("top_k", Some("0")),
+    ("top_p", Some("1.0")),
+    ("seed", Some("0")),
+    ("num_beams", Some("1")),
+    ("num_return_sequences", Some("1")),
+    ("length_penalty", Some("1.0")),
+];
+
+/// summarize and answer.
+pub const TASK: Profile = &[
+    ("max_new_tokens", Some("96")),
+    ("strategy", Some("greedy")),
+    ("no_repeat_ngram_size", Some("0")),
+    ("num_beams", Some("4")),
+    ("length_penalty", Some("1.0")),
+];
+
+/// Applies `profile` to one argument of a command: a decoding flag it takes gets its default,
+/// one it does not take is hidden (and refused by [`DecodingArgs::check_profile`]).
+pub fn adapt(a: Arg, profile: Profile) -> Arg {
+    if a.get_help_heading() != Some(HEADING) {
+        return a;
+    }
+    match profile.iter().find(|(id, _)| a.get_id() == *id) {
+        Some((_, Some(default))) => a.default_value(*default),
+        Some((_, None)) => a,
+        None => a.hide(true),
+    }
+}
+
+pub fn for_generate(a: Arg) -> Arg {
+    adapt(a, GENERATE)
+}
+pub fn for_chat(a: Arg) -> Arg {
+    adapt(a, CHAT)
+}
+pub fn for_translate(a: Arg) -> Arg {
+    adapt(a, TRANSLATE)
+}
+pub fn for_task(a: Arg) -> Arg {
+    adapt(a, TASK)
+}
+
+/// `--flag` of a field id.
+pub fn flag(id: &str) -> String {
+    format!("--{}", id.replace('_', "-"))
+}
+
+impl DecodingArgs {
+    /// The ids of the flags that hold a value (given, or defaulted by the command's profile).
+    fn set(&self) -> Vec<&'static str> {
+        let d = self;
+        let set = [
+            ("max_new_tokens", d.max_new_tokens.is_some()),
+            ("min_new_tokens", d.min_new_tokens.is_some()),
+            ("strategy", d.strategy.is_some()),
+            ("greedy", d.greedy),
+            ("do_sample", d.do_sample),
+            ("temperature", d.temperature.is_some()),
+            ("top_k", d.top_k.is_some()),
+            ("top_p", d.top_p.is_some()),
+            ("min_p", d.min_p.is_some()),
+            ("typical_p", d.typical_p.is_some()),
+            ("repetition_penalty", d.repetition_penalty.is_some()),
+            ("presence_penalty", d.presence_penalty.is_some()),
+            ("frequency_penalty", d.frequency_penalty.is_some()),
+            ("no_repeat_ngram_size", d.no_repeat_ngram_size.is_some()),
+            ("suppress_tokens", !d.suppress_tokens.is_empty()),
+            ("stop_strings", !d.stop_strings.is_empty()),
+            ("seed", d.seed.is_some()),
+            ("num_beams", d.num_beams.is_some()),
+            ("num_return_sequences", d.num_return_sequences.is_some()),
+            ("length_penalty", d.length_penalty.is_some()),
+            ("early_stopping", d.early_stopping.is_some()),
+            ("num_beam_groups", d.num_beam_groups.is_some()),
+            ("diversity_penalty", d.diversity_penalty.is_some()),
+        ];
+        set.iter().filter(|(_, s)| *s).map(|(id, _)| *id).collect()
+    }
+
+    /// Refuses a decoding flag that `command` does not take (those are hidden from its help).
+    pub fn check_profile(&self, command: &str, profile: Profile) -> Result<()> {
+        for id in self.set() {
+            if !profile.iter().any(|(p, _)| *p == id) {
+                bail!("{} does not apply to `decodex {command}`", flag(id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value the command's profile defaults: present once clap has parsed the flags.
+pub fn given<T>(v: Option<T>, id: &str) -> T {
+    v.unwrap_or_else(|| panic!("{} has a default in this command's profile", flag(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, Command};
+
+    /// Every decoding flag is listed by `set` (so `check_profile` sees it) and every profile
+    /// names only decoding flags.
+    #[test]
+    fn profiles_and_set_cover_the_decoding_flags() {
+        let cmd = DecodingArgs::augment_args(Command::new("x"));
+        let ids: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        let all = DecodingArgs {
+            max_new_tokens: Some(1),
+            min_new_tokens: Some(1),
+            strategy: Some(StrategyArg::Beam),
+            greedy: true,
+            do_sample: true,
+            temperature: Some(1.0),
+            top_k: Some(1),
+            top_p: Some(1.0),
+            min_p: Some(0.0),
+            typical_p: Some(1.0),
+            repetition_penalty: Some(1.0),
+            presence_penalty: Some(0.0),
+            frequency_penalty: Some(0.0),
+            no_repeat_ngram_size: Some(0),
+            suppress_tokens: vec![1],
+            stop_strings: vec!["x".into()],
+            seed: Some(0),
+            num_beams: Some(1),
+            num_return_sequences: Some(1),
+            length_penalty: Some(1.0),
+            early_stopping: Some(EarlyStoppingArg::True),
+            num_beam_groups: Some(1),
+            diversity_penalty: Some(0.0),
+        };
+        assert_eq!(all.set(), ids);
+        for p in [GENERATE, CHAT, TRANSLATE, TASK] {
+            for (id, _) in p {
+                assert!(ids.iter().any(|i| i == id), "{id}");
+            }
+        }
+        assert!(all.check_profile("generate", GENERATE).is_ok());
+        let e = all.check_profile("chat", CHAT).unwrap_err().to_string();
+        assert!(e.contains("does not apply to `decodex chat`"), "{e}");
+    }
+}

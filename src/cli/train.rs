@@ -1,0 +1,439 @@
+//! `decodex quickstart`, `decodex train` (language-model and sequence-to-sequence configs) and
+//! `decodex finetune`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use decodex::models::gpt::checkpoint;
+use decodex::train::{self, Event, TrainOptions};
+
+use super::commands::emit;
+use super::GenerateArgs;
+
+#[derive(Args, Debug)]
+pub struct QuickstartArgs {
+    /// Where the run's checkpoint and metrics go; a checkpoint already there is continued.
+    #[arg(long, default_value = "runs/shakespeare-char", value_name = "DIR")]
+    pub out: PathBuf,
+    /// The preset to train.
+    #[arg(
+        long,
+        default_value = "configs/shakespeare-char.toml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+    /// Stop after this step (the schedule is unchanged).
+    #[arg(long, value_name = "N", alias = "max-iters")]
+    pub max_steps: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// TOML config (see configs/).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Output directory for checkpoint and metrics.
+    #[arg(long, default_value = "runs/train", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Stop after step N without changing the learning-rate schedule.
+    #[arg(long, value_name = "N", alias = "max-iters")]
+    pub max_steps: Option<usize>,
+    /// Continue from the checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// How `decodex finetune` trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// Low-rank adapters on the --targets projections; the base stays frozen.
+    Lora,
+    /// Every weight of the model.
+    Full,
+}
+
+/// What happens to an example longer than --max-len.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Overlong {
+    /// Leave it out (counted).
+    Skip,
+    /// Cut its completion to fit (counted).
+    Truncate,
+}
+
+impl From<Overlong> for decodex::train::finetune::data::Overlong {
+    fn from(o: Overlong) -> Self {
+        match o {
+            Overlong::Skip => Self::Skip,
+            Overlong::Truncate => Self::Truncate,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// The base model: a GGUF file (dequantized to f32 for training) or a Hugging Face Llama
+    /// folder.
+    #[arg(long, value_name = "PATH", visible_alias = "base")]
+    pub model: PathBuf,
+    /// Training JSONL (plain or .gz): {"prompt","completion"} or {"messages"}; with --task,
+    /// DialogSum or SQuAD records.
+    #[arg(long, value_name = "FILE", alias = "data")]
+    pub input: PathBuf,
+    /// Held-out JSONL for the eval loss (default: --eval-examples held out of --input).
+    #[arg(long, value_name = "FILE")]
+    pub eval: Option<PathBuf>,
+    /// How records are read.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub task: decodex::train::finetune::data::Task,
+    /// LoRA adapters or full fine-tuning.
+    #[arg(long, value_enum, default_value = "lora")]
+    pub method: Method,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub rank: usize,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 32.0, value_name = "X")]
+    pub alpha: f64,
+    /// LoRA dropout on the adapters' input.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub dropout: f32,
+    /// Projections LoRA adapts, comma-separated: q,k,v,o,gate,up,down (or PEFT's q_proj, ...).
+    #[arg(long, default_value = "q,k,v,o,gate,up,down", value_name = "LIST")]
+    pub targets: String,
+    /// Output folder: the adapter (LoRA) or model (full), metrics.jsonl, loss.png, trainer state.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Peak learning rate (default 2e-4 for LoRA, 2e-5 for full).
+    #[arg(long, value_name = "X")]
+    pub lr: Option<f64>,
+    /// Weight decay of the optimizer.
+    #[arg(long, default_value_t = 0.0, value_name = "X")]
+    pub weight_decay: f64,
+    /// Steps of linear learning-rate warmup.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub warmup_steps: usize,
+    /// Tokens per batch (sequences packed without padding).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub batch_tokens: usize,
+    /// Optimizer steps in all (the learning-rate schedule spans them).
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub max_steps: usize,
+    /// Stop after this many minutes of training (0: no limit).
+    #[arg(long, default_value_t = 0.0, value_name = "MIN")]
+    pub time_limit_min: f64,
+    /// Save and stop after this step, as if interrupted; the schedule still spans --max-steps
+    /// and --resume continues.
+    #[arg(long, value_name = "N")]
+    pub pause_at: Option<usize>,
+    /// Longest example in tokens (capped by the model's context).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_len: usize,
+    /// What happens to a longer example.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub overlong: Overlong,
+    /// Use only the first N training examples.
+    #[arg(long, value_name = "N")]
+    pub train_examples: Option<usize>,
+    /// Examples for the eval loss: the first of --eval, or held out of --input without it.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub eval_examples: usize,
+    /// Compute the eval loss every N steps.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub eval_every: usize,
+    /// Save the weights and trainer state every N steps.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub save_every: usize,
+    /// Clip the gradient's global norm to this.
+    #[arg(long, default_value_t = 1.0, value_name = "X")]
+    pub grad_clip: f64,
+    /// Seed of data order, dropout and LoRA initialization.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub seed: u64,
+    /// Continue the run in --out (weights, optimizer moments, step, data position, elapsed time).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+pub(super) fn quickstart(a: QuickstartArgs, json: bool) -> Result<()> {
+    let out = a.out.clone();
+    // Running quickstart again continues (or, when finished, just samples from) the same run.
+    let resume = out.join(checkpoint::STATE_FILE).exists();
+    let t = TrainArgs {
+        config: a.config,
+        out: a.out,
+        max_steps: a.max_steps,
+        resume,
+    };
+    train_cmd(&t, json)?;
+    /// The sampling command's arguments, parsed like the command line.
+    #[derive(clap::Parser)]
+    struct Sample {
+        #[command(flatten)]
+        args: GenerateArgs,
+    }
+    let model = out.to_string_lossy().into_owned();
+    // A char model starts from a newline, as nanoGPT's sample.py starts from token 0.
+    let mut argv = vec!["generate", "--model", &model, "--prompt", "\n"];
+    argv.extend([
+        "--max-new-tokens",
+        "500",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "200",
+    ]);
+    let mut g = <Sample as clap::Parser>::parse_from(argv).args;
+    g.json = json;
+    if !json {
+        println!("\n--- sample (temperature 0.8, top-k 200) ---");
+    }
+    super::generate::generate_cmd(&g)
+}
+
+pub(super) fn train_cmd(a: &TrainArgs, json: bool) -> Result<train::TrainSummary> {
+    if a.max_steps == Some(0) {
+        bail!("--max-steps must be at least 1");
+    }
+    let _ = ctrlc::set_handler(|| {
+        train::trainer::STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let opts = TrainOptions {
+        config: a.config.clone(),
+        out: a.out.clone(),
+        max_iters: a.max_steps,
+        resume: a.resume,
+    };
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut write_err: Option<std::io::Error> = None;
+    let summary = train::train(&opts, |ev| match ev {
+        Event::Start {
+            start,
+            end,
+            params,
+            backend,
+            data_dir,
+        } => {
+            if json {
+                let line = json!({"event": "start", "start_step": start, "end_step": end, "params": params, "backend": backend, "data": data_dir});
+                if let Err(e) = writeln!(std::io::stdout(), "{line}") {
+                    write_err.get_or_insert(e);
+                }
+            } else {
+                if start >= end {
+                    eprintln!("the run is already at step {start} of {end}; nothing to train");
+                } else {
+                    eprintln!(
+                        "training {:.2}M parameters ({backend} backend), steps {}..{end}, data in {}",
+                        *params as f64 / 1e6,
+                        start + 1,
+                        data_dir.display()
+                    );
+                }
+                let pb = indicatif::ProgressBar::new(*end as u64);
+                pb.set_position(*start as u64);
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                    )
+                    .expect("valid template"),
+                );
+                bar = Some(pb);
+            }
+        }
+        Event::Step(log) => {
+            if json {
+                if let Err(e) =
+                    writeln!(std::io::stdout(), "{}", serde_json::to_string(log).unwrap())
+                {
+                    write_err.get_or_insert(e);
+                }
+            } else if let Some(pb) = &bar {
+                pb.set_position(log.step as u64);
+                pb.set_message(format!(
+                    "loss {:.4}, {:.0} tok/s, lr {:.2e}",
+                    log.train_loss, log.tokens_per_sec, log.lr
+                ));
+                if let Some(v) = log.val_loss {
+                    pb.println(format!(
+                        "step {:>6}: train loss {:.4}, val loss {:.4}",
+                        log.step, log.train_loss, v
+                    ));
+                }
+            }
+        }
+        Event::Checkpoint { .. } => {}
+    })?;
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    let human = format!(
+        "step {}: val loss {}, checkpoint in {} ({:.0} s){}",
+        summary.step,
+        summary
+            .final_val_loss
+            .map_or("-".into(), |v| format!("{v:.4}")),
+        summary.out.display(),
+        summary.elapsed_s,
+        if summary.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        }
+    );
+    if json {
+        emit(true, json!({"event": "done", "summary": summary}), "")?;
+    } else {
+        eprintln!("{human}");
+    }
+    Ok(summary)
+}
+
+/// `decodex train` on a sequence-to-sequence config: one line per logged step (JSON or text),
+/// then the summary.
+pub(super) fn train_seq2seq_cmd(a: &TrainArgs, json: bool) -> Result<()> {
+    if a.resume || a.max_steps.is_some() {
+        bail!("--resume and --max-steps apply to language-model configs; a seq2seq config sets epochs and max_minutes");
+    }
+    let summary = train::seq2seq::train_seq2seq(&a.config, &a.out, |log| {
+        if json {
+            println!("{}", serde_json::to_string(log).unwrap_or_default());
+        } else if let Some(v) = log.val_loss {
+            eprintln!(
+                "epoch {} step {}: val loss {v:.4} (ppl {:.2}), {:.0} tok/s, {:.0} s",
+                log.epoch,
+                log.step,
+                log.val_ppl.unwrap_or(f64::NAN),
+                log.tokens_per_sec,
+                log.elapsed_s
+            );
+        } else if let Some(l) = log.train_loss {
+            eprintln!(
+                "epoch {} step {}: loss {l:.4}, lr {:.2e}, {:.0} tok/s",
+                log.epoch, log.step, log.lr, log.tokens_per_sec
+            );
+        }
+    })?;
+    let human = format!(
+        "trained {:.2}M parameters for {} steps ({:.2} epochs) in {:.0} s: best val loss {:.4} (ppl {:.2}), {:.0} tok/s, peak RSS {:.0} MiB; model in {}",
+        summary.params as f64 / 1e6,
+        summary.steps,
+        summary.epochs_done,
+        summary.elapsed_s,
+        summary.best_val_loss,
+        summary.best_val_ppl,
+        summary.tokens_per_sec,
+        summary.peak_rss_mb,
+        summary.out_dir.display()
+    );
+    emit(json, json!({"event": "done", "summary": summary}), &human)
+}
+
+pub(super) fn finetune_cmd(a: &FinetuneArgs, json: bool) -> Result<()> {
+    use decodex::models::llama::lora::{LoraSpec, Proj};
+    use decodex::train::finetune::run::{finetune, FinetuneOptions};
+    let lora = match a.method {
+        Method::Lora => {
+            let targets = a
+                .targets
+                .split(',')
+                .map(|t| {
+                    Proj::parse(t).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown LoRA target {t:?} (choose from q,k,v,o,gate,up,down)"
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let spec = LoraSpec {
+                rank: a.rank,
+                alpha: a.alpha,
+                dropout: a.dropout,
+                targets,
+            };
+            spec.validate()?;
+            Some(spec)
+        }
+        Method::Full => None,
+    };
+    let opts = FinetuneOptions {
+        base: a.model.clone(),
+        data: a.input.clone(),
+        eval: a.eval.clone(),
+        task: a.task,
+        lr: a.lr.unwrap_or(if lora.is_some() { 2e-4 } else { 2e-5 }),
+        lora,
+        out: a.out.clone(),
+        weight_decay: a.weight_decay,
+        warmup_steps: a.warmup_steps,
+        batch_tokens: a.batch_tokens,
+        max_steps: a.max_steps,
+        time_limit_min: a.time_limit_min,
+        pause_at: a.pause_at,
+        max_len: a.max_len,
+        overlong: a.overlong.into(),
+        train_examples: a.train_examples,
+        eval_examples: a.eval_examples,
+        eval_every: a.eval_every,
+        save_every: a.save_every,
+        grad_clip: a.grad_clip,
+        seed: a.seed,
+        resume: a.resume,
+    };
+    let bar = (!json).then(|| {
+        let b = indicatif::ProgressBar::new(if a.max_steps < 1_000_000 {
+            a.max_steps as u64
+        } else {
+            0
+        });
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} step {pos} {elapsed_precise} {msg}")
+                .expect("template"),
+        );
+        b
+    });
+    finetune(&opts, |ev| {
+        if json {
+            println!("{ev}");
+            return;
+        }
+        let bar = bar.as_ref().expect("human output");
+        match ev["event"].as_str() {
+            Some("start") => bar.println(format!(
+                "fine-tuning {} parameters ({}), {} train / {} eval examples; data: {}",
+                ev["trainable_params"],
+                ev["method"].as_str().unwrap_or(""),
+                ev["train_examples"],
+                ev["eval_examples"],
+                ev["train"]
+            )),
+            Some("step") => {
+                bar.set_position(ev["step"].as_u64().unwrap_or(0));
+                bar.set_message(format!(
+                    "loss {:.4} lr {:.2e} {:.0} tok/s",
+                    ev["train_loss"].as_f64().unwrap_or(f64::NAN),
+                    ev["lr"].as_f64().unwrap_or(0.0),
+                    ev["tokens_per_sec"].as_f64().unwrap_or(0.0)
+                ));
+            }
+            Some("eval") => bar.println(format!(
+                "step {}: eval loss {:.4}",
+                ev["step"],
+                ev["val_loss"].as_f64().unwrap_or(f64::NAN)
+            )),
+            Some("done") => {
+                bar.finish_and_clear();
+                println!("{ev}");
+            }
+            _ => {}
+        }
+    })?;
+    Ok(())
+}
