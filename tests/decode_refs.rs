@@ -10,14 +10,10 @@ use std::path::Path;
 
 use candle_core::Device;
 use decodex::decode::processors::{SamplingConfig, Strategy};
-use decodex::decode::{
-    beam_search, generate_ids, pick, BeamConfig, Cache, Decoder, EarlyStopping, Sampling,
-};
+use decodex::decode::{beam_search, generate_ids, BeamConfig, Cache, Decoder, EarlyStopping};
 use decodex::models::pretrained::{self, Pretrained};
 use decodex::models::Llama;
 use decodex::train::finetune::data::{tokenize_record, Record};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
@@ -925,53 +921,5 @@ fn sampling_frequencies_follow_hf_warpers() {
             Err(e) => failures.push(e),
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// `decode::pick` (the GPT checkpoints' sliding-window path: temperature, top-k, top-p) on the
-/// settings of `cases()` it has and whose name `select` accepts: what differs.
-fn check_pick(select: impl Fn(&str) -> bool) -> (usize, Vec<String>) {
-    let (mut checked, mut failures) = (0, Vec::new());
-    for case in cases() {
-        let c = &case.cfg;
-        if c.min_p > 0.0 || c.typical_p < 1.0 || !select(case.name) {
-            continue;
-        }
-        let sampling = Sampling::Sample {
-            temperature: c.temperature,
-            top_k: (c.top_k > 0).then_some(c.top_k),
-            top_p: (c.top_p < 1.0).then_some(c.top_p),
-            seed: c.seed,
-        };
-        let mut rng = ChaCha8Rng::seed_from_u64(c.seed);
-        let mut counts = vec![0u64; case.logits.len()];
-        for _ in 0..DRAWS {
-            counts[pick(&case.logits, &sampling, &mut rng) as usize] += 1;
-        }
-        match check_counts(&case, &counts, "pick") {
-            Ok(line) => println!("{line}"),
-            Err(e) => failures.push(e),
-        }
-        checked += 1;
-    }
-    (checked, failures)
-}
-
-/// `decode::pick` against the same references as `generate_ids`, for temperature, top-k and
-/// top-p (also reached exactly), ties aside (below).
-#[test]
-fn pick_frequencies_follow_hf_warpers() {
-    let (checked, failures) = check_pick(|name| name != TIE);
-    assert_eq!(checked, 6);
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// HF's top-k (and `processors::top_k`) keeps every token tied with the k-th logit. (Regression:
-/// until issue 29 `pick` truncated the sorted ids to exactly k, so with three logits tied at the
-/// 3rd place and k = 3 it never drew two of them; HF: 7,001 draws each of 40,000.)
-#[test]
-fn pick_top_k_keeps_tokens_tied_with_the_kth() {
-    let (checked, failures) = check_pick(|name| name == TIE);
-    assert_eq!(checked, 1);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

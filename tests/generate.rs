@@ -1,11 +1,12 @@
-//! Generation: the KV cache gives the same logits as full recomputation, greedy decoding is the
-//! same with and without it, long prompts are cropped from the left, stop strings end the text,
-//! and an exported model loads back unchanged.
+//! Generation of a GPT checkpoint: the KV cache gives the same logits as full recomputation,
+//! greedy decoding is the same with and without it as the window slides past the context, long
+//! prompts are cropped from the left, sampling is seeded, the caller can stop generation, and an
+//! exported model loads back unchanged.
 
 mod common;
 
 use candle_core::{Device, Tensor};
-use decodex::decode::{generate, GenerateOptions, Sampling};
+use decodex::decode::{generate_ids, generate_ids_until, SamplingConfig, StopReason, Strategy};
 use decodex::models::gpt::checkpoint;
 use decodex::models::gpt::GptConfig;
 use decodex::models::Gpt;
@@ -96,94 +97,104 @@ fn char_tokenizer() -> Tokenizer {
     t
 }
 
+/// Decoding settings of a decodex GPT checkpoint: the window slides past the context.
+fn cropping() -> SamplingConfig {
+    SamplingConfig {
+        crop_context: true,
+        ..SamplingConfig::default()
+    }
+}
+
+fn ids(tok: &Tokenizer, text: &str) -> Vec<u32> {
+    tok.encode(text).unwrap()
+}
+
 #[test]
 fn greedy_is_the_same_with_and_without_cache_across_the_window() {
     let (_, m, _) = model(2);
     let tok = char_tokenizer();
-    let mut opts = GenerateOptions {
-        max_new_tokens: 60,
-        sampling: Sampling::Greedy,
-        stop: vec![],
-        use_cache: true,
-    };
+    let prompt = ids(&tok, "abcdefghij");
     // 60 new tokens after a 10-token prompt slide well past the 24-token window.
-    let a = generate(&m, &tok, "abcdefghij", &opts, &Device::Cpu, |_| {}).unwrap();
-    opts.use_cache = false;
-    let b = generate(&m, &tok, "abcdefghij", &opts, &Device::Cpu, |_| {}).unwrap();
+    let mut cfg = cropping();
+    let a = generate_ids(&m, &prompt, &cfg, Strategy::Greedy, 60, |_, _| {}).unwrap();
+    cfg.use_cache = false;
+    let b = generate_ids(&m, &prompt, &cfg, Strategy::Greedy, 60, |_, _| {}).unwrap();
     assert_eq!(a.tokens, b.tokens);
     assert_eq!(a.tokens.len(), 60);
+    assert_eq!(a.stopped_by, StopReason::MaxNewTokens);
+    // Without the crop, decoding stops when the context is full.
+    let c = generate_ids(
+        &m,
+        &prompt,
+        &SamplingConfig::default(),
+        Strategy::Greedy,
+        60,
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(c.stopped_by, StopReason::Context);
+    assert_eq!(c.tokens, a.tokens[..14]);
 }
 
 #[test]
-fn streaming_pieces_add_up_to_the_text_and_sampling_is_seeded() {
+fn sampling_is_seeded() {
     let (_, m, _) = model(3);
     let tok = char_tokenizer();
-    let opts = GenerateOptions {
-        max_new_tokens: 30,
-        sampling: Sampling::Sample {
-            temperature: 0.9,
-            top_k: Some(10),
-            top_p: Some(0.95),
-            seed: 5,
-        },
-        stop: vec![],
-        use_cache: true,
+    let cfg = SamplingConfig {
+        temperature: 0.9,
+        top_k: 10,
+        top_p: 0.95,
+        seed: 5,
+        ..cropping()
     };
-    let mut streamed = String::new();
-    let a = generate(&m, &tok, "abc", &opts, &Device::Cpu, |p| {
-        streamed.push_str(p)
-    })
-    .unwrap();
-    let b = generate(&m, &tok, "abc", &opts, &Device::Cpu, |_| {}).unwrap();
-    assert_eq!(streamed, a.text);
+    let prompt = ids(&tok, "abc");
+    let a = generate_ids(&m, &prompt, &cfg, Strategy::Sample, 30, |_, _| {}).unwrap();
+    let b = generate_ids(&m, &prompt, &cfg, Strategy::Sample, 30, |_, _| {}).unwrap();
     assert_eq!(a.tokens, b.tokens);
+    let other = SamplingConfig { seed: 6, ..cfg };
+    let c = generate_ids(&m, &prompt, &other, Strategy::Sample, 30, |_, _| {}).unwrap();
+    assert_ne!(a.tokens, c.tokens);
 }
 
 #[test]
 fn long_prompts_are_cropped_from_the_left() {
     let (_, m, _) = model(4);
     let tok = char_tokenizer();
-    let opts = GenerateOptions {
-        max_new_tokens: 5,
-        sampling: Sampling::Greedy,
-        stop: vec![],
-        use_cache: true,
-    };
     let long: String = "abcdefghijklmnopqrstuvwxyz".repeat(3);
     let tail: String = long.chars().skip(long.len() - 24).collect();
-    let a = generate(&m, &tok, &long, &opts, &Device::Cpu, |_| {}).unwrap();
-    let b = generate(&m, &tok, &tail, &opts, &Device::Cpu, |_| {}).unwrap();
+    let cfg = cropping();
+    let a = generate_ids(&m, &ids(&tok, &long), &cfg, Strategy::Greedy, 5, |_, _| {}).unwrap();
+    let b = generate_ids(&m, &ids(&tok, &tail), &cfg, Strategy::Greedy, 5, |_, _| {}).unwrap();
     assert_eq!(a.tokens, b.tokens);
-    assert_eq!(a.prompt_tokens, long.len());
+    // Without the crop such a prompt is an error.
+    let err = generate_ids(
+        &m,
+        &ids(&tok, &long),
+        &SamplingConfig::default(),
+        Strategy::Greedy,
+        5,
+        |_, _| {},
+    );
+    assert!(err
+        .unwrap_err()
+        .to_string()
+        .contains("longer than the model's context"));
 }
 
 #[test]
-fn stop_string_ends_generation() {
+fn on_token_can_stop_generation() {
     let (_, m, _) = model(5);
     let tok = char_tokenizer();
-    let opts = GenerateOptions {
-        max_new_tokens: 40,
-        sampling: Sampling::Greedy,
-        stop: vec![],
-        use_cache: true,
-    };
-    let free = generate(&m, &tok, "ab", &opts, &Device::Cpu, |_| {}).unwrap();
-    // Stop at the 2-char string that begins at the 6th generated character.
-    let chars: Vec<char> = free.text.chars().collect();
-    let stop: String = chars[5..7].iter().collect();
-    let first = free.text.find(&stop).unwrap();
-    let opts = GenerateOptions {
-        stop: vec![stop.clone()],
-        ..opts
-    };
-    let mut streamed = String::new();
-    let g = generate(&m, &tok, "ab", &opts, &Device::Cpu, |p| {
-        streamed.push_str(p)
+    let prompt = ids(&tok, "ab");
+    let free = generate_ids(&m, &prompt, &cropping(), Strategy::Greedy, 40, |_, _| {}).unwrap();
+    let mut seen = 0;
+    let g = generate_ids_until(&m, &prompt, &cropping(), Strategy::Greedy, 40, |_, _| {
+        seen += 1;
+        seen < 7
     })
     .unwrap();
-    assert_eq!(g.text, free.text[..first]);
-    assert_eq!(streamed, g.text);
-    assert_eq!(g.stopped_by, format!("stop:{stop}"));
+    assert_eq!(g.tokens, free.tokens[..7]);
+    assert_eq!(g.stopped_by, StopReason::Stop);
 }
 
 #[test]

@@ -6,15 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Args;
 use serde_json::{json, Value};
 
 use decodex::decode::{
-    self, beam_search, generate_ids, BeamConfig, Decoder, EarlyStopping, GenerateOptions,
+    self, beam_search, generate_ids, generate_ids_until, BeamConfig, Decoder, EarlyStopping,
     SamplingConfig, StopReason, Strategy,
 };
-use decodex::models::pretrained::{self, Network, Pretrained};
+use decodex::models::pretrained::{self, Pretrained};
 
 use super::args::{self, given, DecodingArgs, ModelArgs, StrategyArg};
 use super::BenchDecodeArgs;
@@ -147,6 +146,7 @@ fn plan(a: &GenerateArgs) -> Result<Plan> {
         banned_ids: d.suppress_tokens.clone(),
         eos_ids: Vec::new(),
         seed: given(d.seed, "seed"),
+        ..SamplingConfig::default()
     };
     check_decoding(a.max_new_tokens(), &sampling)?;
     let num_return_sequences = given(d.num_return_sequences, "num_return_sequences");
@@ -211,25 +211,6 @@ fn prompts(a: &GenerateArgs) -> Result<Vec<String>> {
     Ok(list)
 }
 
-/// Whether the GPT sliding-window path (`decode::generate`: streaming, stop strings, contexts
-/// longer than the model's) covers what was asked.
-fn legacy_gpt(a: &GenerateArgs, p: &Plan) -> bool {
-    let d = SamplingConfig::default();
-    let s = &p.sampling;
-    p.strategy != StrategyArg::Beam
-        && !a.logprobs
-        && p.beam.num_return_sequences == 1
-        && s.min_p == d.min_p
-        && s.typical_p == d.typical_p
-        && s.repetition_penalty == d.repetition_penalty
-        && s.presence_penalty == d.presence_penalty
-        && s.frequency_penalty == d.frequency_penalty
-        && s.no_repeat_ngram_size == 0
-        && s.min_new_tokens == 0
-        && s.banned_ids.is_empty()
-        && (p.strategy == StrategyArg::Greedy || s.temperature > 0.0)
-}
-
 pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     let mut plan = plan(a)?;
     let prompts = prompts(a)?;
@@ -243,13 +224,12 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         model.require_chat_template()?;
     }
     plan.sampling.eos_ids = model.eos_ids.clone();
+    plan.sampling.crop_context = model.crop_context;
+    plan.sampling.use_cache = !a.no_cache;
     plan.beam.eos_ids = model.eos_ids.clone();
     let mut out = std::io::stdout().lock();
-    if let (Network::Llama(m), true) = (
-        &model.network,
-        a.batch_size > 1 && plan.strategy != StrategyArg::Beam,
-    ) {
-        return batched(m, &model, &plan, a, &prompts, &mut out);
+    if a.batch_size > 1 && plan.strategy != StrategyArg::Beam {
+        return batched(model.decoder(), &model, &plan, a, &prompts, &mut out);
     }
     for (index, prompt) in prompts.iter().enumerate() {
         let text = if a.chat {
@@ -257,22 +237,13 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         } else {
             prompt.clone()
         };
-        if let (Network::Gpt(gpt), true) = (&model.network, legacy_gpt(a, &plan)) {
-            gpt_generate(a, &plan, &model, gpt, &text, index, &mut out)?;
-            continue;
-        }
         let ids = model.tokenizer.encode(&text)?;
-        // Room for one new token at least.
-        check_context(
-            &format!("tokens of prompt {}", index + 1),
-            ids.len(),
-            1,
-            model.context_len(),
-        )?;
-        let results = match &model.network {
-            Network::Gpt(m) => run(m, &model, &plan, a, &ids, &mut out)?,
-            Network::Llama(m) => run(m, &model, &plan, a, &ids, &mut out)?,
-        };
+        if !model.crop_context {
+            // Room for one new token at least.
+            let what = format!("tokens of prompt {}", index + 1);
+            check_context(&what, ids.len(), 1, model.context_len())?;
+        }
+        let results = run(&model, &plan, a, &ids, &mut out)?;
         for mut r in results {
             if a.json {
                 r["index"] = json!(index);
@@ -294,8 +265,8 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
 
 /// --batch-size: greedy or sampled decoding of the prompts in left-padded batches; one JSON
 /// object (or text line) per prompt, in order.
-fn batched<D: Decoder>(
-    m: &D,
+fn batched(
+    m: &dyn Decoder,
     model: &Pretrained,
     plan: &Plan,
     a: &GenerateArgs,
@@ -363,41 +334,88 @@ fn new_text(model: &Pretrained, tokens: &[u32], stop: &[String]) -> Result<Strin
     Ok(text)
 }
 
-/// Writes generated text as it completes: a token that ends inside a multi-byte character
-/// waits for the next; EOS ids are not shown. The first write error is kept for the caller.
-#[derive(Default)]
-struct Stream {
+/// Follows generated text as it completes, for streaming and stop strings: a token that ends
+/// inside a multi-byte character waits for the next; EOS ids are not shown; text that may still
+/// grow into a stop string is held back. The first write error is kept for the caller.
+struct Stream<'a> {
+    model: &'a Pretrained,
+    stop: &'a [String],
+    /// Write the text out as it comes (human mode), or only watch for stop strings.
+    show: bool,
     tokens: Vec<u32>,
     shown: usize,
+    hit: Option<String>,
     error: Option<std::io::Error>,
 }
 
-impl Stream {
-    fn push(&mut self, model: &Pretrained, tok: u32, out: &mut impl Write) {
-        if model.eos_ids.contains(&tok) || self.error.is_some() {
-            return;
-        }
-        self.tokens.push(tok);
-        if let Ok(text) = model.tokenizer.decode(&self.tokens) {
-            let end = text.trim_end_matches('\u{FFFD}').len();
-            if end > self.shown && text.is_char_boundary(self.shown) {
-                let piece = &text.as_bytes()[self.shown..end];
-                self.error = out.write_all(piece).and_then(|_| out.flush()).err();
-                self.shown = end;
-            }
+impl<'a> Stream<'a> {
+    fn new(model: &'a Pretrained, stop: &'a [String], show: bool) -> Self {
+        let (tokens, shown, hit, error) = (Vec::new(), 0, None, None);
+        Stream {
+            model,
+            stop,
+            show,
+            tokens,
+            shown,
+            hit,
+            error,
         }
     }
 
-    /// The first write error, if any.
-    fn finish(self) -> Result<()> {
+    /// Takes the next token; false once the text holds a stop string.
+    fn push(&mut self, tok: u32, out: &mut impl Write) -> bool {
+        if self.model.eos_ids.contains(&tok) {
+            return true;
+        }
+        self.tokens.push(tok);
+        let Ok(text) = self.model.tokenizer.decode(&self.tokens) else {
+            return true;
+        };
+        let first = self
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()).map(|i| (i, s)));
+        if let Some((cut, s)) = first.min() {
+            self.hit = Some(s.clone());
+            self.write(&text, cut, out);
+            return false;
+        }
+        let hold = self.stop.iter().map(|s| s.len().saturating_sub(1)).max();
+        let mut end = text
+            .trim_end_matches('\u{FFFD}')
+            .len()
+            .min(text.len() - hold.unwrap_or(0).min(text.len()));
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.write(&text, end, out);
+        true
+    }
+
+    fn write(&mut self, text: &str, end: usize, out: &mut impl Write) {
+        if self.show
+            && self.error.is_none()
+            && end > self.shown
+            && text.is_char_boundary(self.shown)
+        {
+            let piece = &text.as_bytes()[self.shown..end];
+            self.error = out.write_all(piece).and_then(|_| out.flush()).err();
+            self.shown = end;
+        }
+    }
+
+    /// Writes what was held back of the final `text`; the first write error, if any.
+    fn finish(mut self, text: &str, out: &mut impl Write) -> Result<()> {
+        if text.len() > self.shown {
+            self.write(text, text.len(), out);
+        }
         self.error.map_or(Ok(()), |e| Err(e.into()))
     }
 }
 
 /// Greedy search or sampling (`num_return_sequences` seeds) or beam search on one prompt; one
 /// JSON object per returned sequence. Greedy and sampled text streams in human mode.
-fn run<D: Decoder>(
-    m: &D,
+fn run(
     model: &Pretrained,
     plan: &Plan,
     a: &GenerateArgs,
@@ -407,7 +425,7 @@ fn run<D: Decoder>(
     let decode_new = |tokens: &[u32]| new_text(model, tokens, a.stop());
     let t0 = Instant::now();
     if plan.strategy == StrategyArg::Beam {
-        let hyps = beam_search(m, ids, &plan.beam)?;
+        let hyps = beam_search(model.decoder(), ids, &plan.beam)?;
         let secs = t0.elapsed().as_secs_f64();
         return hyps
             .iter()
@@ -430,8 +448,8 @@ fn run<D: Decoder>(
             seed: plan.sampling.seed.wrapping_add(r as u64),
             ..plan.sampling.clone()
         };
-        let stream = !a.json && a.stop().is_empty();
-        if stream {
+        let show = !a.json;
+        if show {
             write!(
                 out,
                 "{}",
@@ -442,27 +460,30 @@ fn run<D: Decoder>(
                 }
             )?;
         }
-        let mut shown = Stream::default();
+        let mut shown = Stream::new(model, a.stop(), show);
         let t = Instant::now();
-        let g = generate_ids(m, ids, &cfg, strategy, a.max_new_tokens(), |tok, _| {
-            if stream {
-                shown.push(model, tok, out);
-            }
-        })?;
-        shown.finish()?;
+        let g = generate_ids_until(
+            model.decoder(),
+            ids,
+            &cfg,
+            strategy,
+            a.max_new_tokens(),
+            |tok, _| shown.push(tok, out),
+        )?;
         let secs = t.elapsed().as_secs_f64();
         let text = decode_new(&g.tokens)?;
-        if stream {
+        let stopped_by = match (&g.stopped_by, &shown.hit) {
+            (StopReason::Stop, Some(s)) => format!("stop:{s}"),
+            (StopReason::Eos, _) => "eos".into(),
+            (StopReason::Context, _) => "context".into(),
+            _ => "max_new_tokens".into(),
+        };
+        shown.finish(&text, out)?;
+        if show {
             writeln!(out)?;
-        } else if !a.json {
-            writeln!(out, "{}{}", a.prompt.as_deref().unwrap_or(""), text)?;
         }
         let mut v = json!({"text": text, "tokens": g.tokens, "new_tokens": g.tokens.len(),
-                           "stopped_by": match g.stopped_by {
-                               StopReason::Eos => "eos",
-                               StopReason::MaxNewTokens => "max_new_tokens",
-                               StopReason::Context => "context",
-                           },
+                           "stopped_by": stopped_by,
                            "tokens_per_sec": g.tokens.len() as f64 / secs});
         if a.logprobs {
             v["logprobs"] = json!(g.logprobs);
@@ -470,66 +491,6 @@ fn run<D: Decoder>(
         results.push(v);
     }
     Ok(results)
-}
-
-/// decodex's GPT checkpoints through `decode::generate`: a window that slides past the context,
-/// stop strings and streaming.
-fn gpt_generate(
-    a: &GenerateArgs,
-    plan: &Plan,
-    model: &Pretrained,
-    gpt: &decodex::models::Gpt,
-    prompt: &str,
-    index: usize,
-    out: &mut impl Write,
-) -> Result<()> {
-    let s = &plan.sampling;
-    let sampling = if plan.strategy == StrategyArg::Greedy || s.temperature == 0.0 {
-        decode::Sampling::Greedy
-    } else {
-        decode::Sampling::Sample {
-            temperature: s.temperature,
-            top_k: a.decoding.top_k,
-            top_p: a.decoding.top_p,
-            seed: s.seed,
-        }
-    };
-    let opts = GenerateOptions {
-        max_new_tokens: a.max_new_tokens(),
-        sampling,
-        stop: a.stop().to_vec(),
-        use_cache: !a.no_cache,
-    };
-    let t0 = Instant::now();
-    if !a.json {
-        write!(out, "{prompt}")?;
-    }
-    let mut write_err = None;
-    let g = decode::generate(
-        gpt,
-        &model.tokenizer,
-        prompt,
-        &opts,
-        &Device::Cpu,
-        |piece| {
-            if !a.json {
-                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
-                    write_err.get_or_insert(e);
-                }
-            }
-        },
-    )?;
-    if let Some(e) = write_err {
-        return Err(e.into());
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    if a.json {
-        let v = json!({"index": index, "text": g.text, "tokens": g.tokens, "prompt_tokens": g.prompt_tokens, "new_tokens": g.tokens.len(), "stopped_by": g.stopped_by, "tokens_per_sec": g.tokens.len() as f64 / secs});
-        writeln!(out, "{v}")?;
-    } else {
-        writeln!(out)?;
-    }
-    Ok(())
 }
 
 /// `decodex bench decode`.
@@ -565,16 +526,9 @@ pub fn bench_decode(a: &BenchDecodeArgs, json_out: bool) -> Result<()> {
     if ids.len() < prompt_tokens {
         bail!("the benchmark text is too short for {prompt_tokens} prompt tokens");
     }
-    let (r, beam_tps) = match &model.network {
-        Network::Gpt(m) => (
-            decode::bench::bench_decode(m, &ids, new_tokens, reps)?,
-            time_beam(m, &ids, beams)?,
-        ),
-        Network::Llama(m) => (
-            decode::bench::bench_decode(m, &ids, new_tokens, reps)?,
-            time_beam(m, &ids, beams)?,
-        ),
-    };
+    let m = model.decoder();
+    let r = decode::bench::bench_decode(m, &ids, new_tokens, reps)?;
+    let beam_tps = time_beam(m, &ids, beams)?;
     let rss = decodex::train::bench::peak_rss_mb();
     let threads = rayon::current_num_threads();
     let v = json!({"model": path, "threads": threads, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
@@ -607,7 +561,7 @@ const BEAM_NEW: usize = 32;
 
 /// New tokens per second of a beam search with `beams` beams for 32 tokens (no EOS stop), when
 /// asked.
-fn time_beam<D: Decoder>(m: &D, ids: &[u32], beams: Option<usize>) -> Result<Option<f64>> {
+fn time_beam(m: &dyn Decoder, ids: &[u32], beams: Option<usize>) -> Result<Option<f64>> {
     let Some(num_beams) = beams else {
         return Ok(None);
     };
@@ -679,20 +633,15 @@ pub fn chat(a: &ChatArgs, json: bool) -> Result<()> {
             seed: sampling.seed.wrapping_add(history.len() as u64),
             ..sampling.clone()
         };
-        let mut shown = Stream::default();
-        let mut emit = |tok: u32| {
-            if !json {
-                shown.push(&model, tok, &mut out);
-            }
-        };
+        let mut shown = Stream::new(&model, &[], !json);
         let n = max_new_tokens;
-        let reply = match &model.network {
-            Network::Gpt(m) => generate_ids(m, &ids, &turn, strategy, n, |t, _| emit(t))?,
-            Network::Llama(m) => generate_ids(m, &ids, &turn, strategy, n, |t, _| emit(t))?,
-        }
+        let m = model.decoder();
+        let reply = generate_ids(m, &ids, &turn, strategy, n, |t, _| {
+            shown.push(t, &mut out);
+        })?
         .tokens;
-        shown.finish()?;
         let text = new_text(&model, &reply, &[])?;
+        shown.finish(&text, &mut out)?;
         if json {
             writeln!(out, "{}", json!({"reply": text, "tokens": reply}))?;
         } else {

@@ -20,6 +20,8 @@ pub enum StopReason {
     MaxNewTokens,
     /// Prompt + generated tokens filled the model's context.
     Context,
+    /// The caller's `on_token` asked to stop (a stop string was generated).
+    Stop,
 }
 
 /// What `generate_ids` produced.
@@ -35,10 +37,11 @@ pub struct GeneratedIds {
 
 /// Generates up to `max_new_tokens` ids after `prompt_ids`, calling `on_token(id, logprob)` as
 /// each is chosen. Stops after an EOS id of `cfg`, after `max_new_tokens`, or when prompt +
-/// generated reaches `model.context_len()` (a prompt that already fills it yields nothing).
+/// generated reaches `model.context_len()` (a prompt that already fills it yields nothing)
+/// unless `cfg.crop_context` slides the window on.
 ///
-/// Errors: an invalid `cfg`, an empty prompt or one longer than the context, a model error, or
-/// sampling when the processors left no token possible.
+/// Errors: an invalid `cfg`, an empty prompt or one longer than the context (without
+/// `crop_context`), a model error, or sampling when the processors left no token possible.
 pub fn generate_ids<D: Decoder + ?Sized>(
     model: &D,
     prompt_ids: &[u32],
@@ -47,32 +50,59 @@ pub fn generate_ids<D: Decoder + ?Sized>(
     max_new_tokens: usize,
     mut on_token: impl FnMut(u32, f32),
 ) -> Result<GeneratedIds> {
+    let keep_going = |t, l| {
+        on_token(t, l);
+        true
+    };
+    generate_ids_until(model, prompt_ids, cfg, strategy, max_new_tokens, keep_going)
+}
+
+/// `generate_ids` whose `on_token` also decides whether to go on: returning false ends
+/// generation with `StopReason::Stop` (after that token).
+pub fn generate_ids_until<D: Decoder + ?Sized>(
+    model: &D,
+    prompt_ids: &[u32],
+    cfg: &SamplingConfig,
+    strategy: Strategy,
+    max_new_tokens: usize,
+    mut on_token: impl FnMut(u32, f32) -> bool,
+) -> Result<GeneratedIds> {
     cfg.validate()?;
-    check_prompt(prompt_ids, model.context_len())?;
+    let window = model.context_len();
+    let crop = cfg.crop_context;
+    check_prompt(prompt_ids, if crop { usize::MAX } else { window })?;
     let strategy = cfg.effective_strategy(strategy);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut cache = model.new_cache(1)?;
     let mut context = prompt_ids.to_vec();
     let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
-    let mut feed = prompt_ids.to_vec();
+    let mut feed = prompt_ids[prompt_ids.len().saturating_sub(window)..].to_vec();
     let stopped_by = loop {
         if tokens.len() == max_new_tokens {
             break StopReason::MaxNewTokens;
         }
-        if context.len() >= model.context_len() {
+        if !crop && context.len() >= window {
             break StopReason::Context;
+        }
+        if !cfg.use_cache || (crop && context.len() > window && feed.len() < window) {
+            // Re-read the window: no cache, or the window slid and every position shifted.
+            cache = model.new_cache(1)?;
+            feed = context[context.len().saturating_sub(window)..].to_vec();
         }
         let mut logits = model.step(&feed, 1, &mut cache)?;
         process_logits(&mut logits, &context, tokens.len(), cfg, strategy);
         let next = choose(&logits, strategy, &mut rng)
             .ok_or_else(|| Error::Invalid("the logits processors left no token possible".into()))?;
         let logprob = log_softmax(&logits)[next as usize];
-        on_token(next, logprob);
+        let go_on = on_token(next, logprob);
         tokens.push(next);
         logprobs.push(logprob);
         context.push(next);
         if cfg.eos_ids.contains(&next) {
             break StopReason::Eos;
+        }
+        if !go_on {
+            break StopReason::Stop;
         }
         feed = vec![next];
     };

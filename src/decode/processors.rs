@@ -70,6 +70,13 @@ pub struct SamplingConfig {
     pub eos_ids: Vec<u32>,
     /// Seed of the ChaCha8 generator used by the `sample` strategy (default 0).
     pub seed: u64,
+    /// Keep the cache between steps (default). Off, each step re-reads the whole context
+    /// (Hugging Face's `use_cache=False`): slower, for checking the cache.
+    pub use_cache: bool,
+    /// When prompt + generated ids outgrow the model's context, keep decoding on the last
+    /// `context_len` of them (nanoGPT's crop; each step then re-reads the window) instead of
+    /// stopping. Prompts longer than the context are cropped from the left. Default off.
+    pub crop_context: bool,
 }
 
 impl Default for SamplingConfig {
@@ -88,6 +95,8 @@ impl Default for SamplingConfig {
             banned_ids: Vec::new(),
             eos_ids: Vec::new(),
             seed: 0,
+            use_cache: true,
+            crop_context: false,
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct Pretrained {
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub path: PathBuf,
+    /// Decoding slides a window past the context instead of stopping (decodex's own GPT
+    /// checkpoints, nanoGPT's convention); see `SamplingConfig::crop_context`.
+    pub crop_context: bool,
 }
 
 /// Loads the decoder at `path`. GGUF matrices stay quantized unless `dequantize`. `tokenizer`
@@ -57,6 +60,7 @@ pub fn load(path: &Path, dequantize: bool, tokenizer: Option<&Path>) -> Result<P
             chat_template: template,
             tokenizer: tok,
             network: Network::Llama(llama),
+            crop_context: false,
             path: path.to_path_buf(),
         });
     }
@@ -91,6 +95,7 @@ pub fn load(path: &Path, dequantize: bool, tokenizer: Option<&Path>) -> Result<P
             eos_ids,
             tokenizer: tok,
             network: Network::Llama(llama),
+            crop_context: false,
             path: path.to_path_buf(),
         });
     }
@@ -99,6 +104,7 @@ pub fn load(path: &Path, dequantize: bool, tokenizer: Option<&Path>) -> Result<P
     let eos_ids = loaded.tokenizer.eos_id().into_iter().collect();
     Ok(Pretrained {
         network: Network::Gpt(gpt),
+        crop_context: true,
         eos_ids,
         chat_template: None,
         bos_token: None,
@@ -161,10 +167,14 @@ impl Pretrained {
 
     /// The most positions the network attends over.
     pub fn context_len(&self) -> usize {
-        use crate::models::Decoder;
+        self.decoder().context_len()
+    }
+
+    /// The network as the decoding engine drives it.
+    pub fn decoder(&self) -> &dyn crate::models::Decoder {
         match &self.network {
-            Network::Gpt(m) => m.context_len(),
-            Network::Llama(m) => m.context_len(),
+            Network::Gpt(m) => m,
+            Network::Llama(m) => m,
         }
     }
 }
