@@ -325,15 +325,13 @@ fn save(dir: &Path, params: &Params, cfg: &ModelConfig, tok: &Tokenizer) -> Resu
     write_atomic(&dir.join("tokenizer.json"), tok.to_json()?.as_bytes())
 }
 
-/// Trains from `config` into `out`, calling `on_log` with each metrics line.
-pub fn train_seq2seq(
-    config: &Path,
+/// The splits (the held-out ones written to `out` as plain files), the joint BPE learned on the
+/// training pairs, the model config with its vocabulary, and the tokenized, length-filtered
+/// training and validation pairs.
+fn prepare_data(
+    cfg: &Seq2SeqTrainConfig,
     out: &Path,
-    mut on_log: impl FnMut(&Seq2SeqLog),
-) -> Result<Seq2SeqSummary> {
-    let cfg = Seq2SeqTrainConfig::from_file(config)?;
-    let device = Device::Cpu;
-    let t0 = Instant::now();
+) -> Result<(Tokenizer, ModelConfig, parallel::Encoded, parallel::Encoded)> {
     let (train, valid, test) = load_splits(&cfg.data)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // The held-out pairs as plain files, for `decodex translate` and `decodex eval bleu`.
@@ -380,21 +378,25 @@ pub fn train_seq2seq(
             "no training pair survives the length filter".into(),
         ));
     }
+    Ok((tok, mcfg, tr, va))
+}
+
+/// Trains from `config` into `out`, calling `on_log` with each metrics line.
+pub fn train_seq2seq(
+    config: &Path,
+    out: &Path,
+    mut on_log: impl FnMut(&Seq2SeqLog),
+) -> Result<Seq2SeqSummary> {
+    let cfg = Seq2SeqTrainConfig::from_file(config)?;
+    let device = Device::Cpu;
+    let t0 = Instant::now();
+    let (tok, mcfg, tr, va) = prepare_data(&cfg, out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut params = Params::init(ChaCha8Rng::seed_from_u64(cfg.train.seed), &device);
     let model = Seq2Seq::new(&mcfg, &mut params, &device)?;
     let n_params: usize = params.vars.iter().map(|(_, v)| v.elem_count()).sum();
     let o = &cfg.train;
-    let mut opt = AdamW::new(
-        params.vars.iter().map(|(_, v)| v.clone()).collect(),
-        ParamsAdamW {
-            lr: o.learning_rate,
-            beta1: o.beta1,
-            beta2: o.beta2,
-            eps: o.eps,
-            weight_decay: o.weight_decay,
-        },
-    )?;
+    let mut opt = adamw(&params, o)?;
     let drop_rng = RefCell::new(ChaCha8Rng::seed_from_u64(o.seed ^ 0x5eed));
     let mut batch_rng = ChaCha8Rng::seed_from_u64(o.seed);
     let per_epoch =
@@ -445,20 +447,8 @@ pub fn train_seq2seq(
             let lr = lr_at(o, step, total, time_frac());
             opt.set_learning_rate(lr);
             let b = make_batch(&tr.src, &tr.tgt, idx, &mcfg, &device)?;
-            let logits = model.forward(&b.src, &b.tgt_in, Some(&drop_rng))?;
-            let v = logits.dim(2)?;
-            let (loss, nll) = smoothed_cross_entropy(
-                &logits.reshape(((), v))?,
-                &b.targets,
-                &b.weights,
-                o.label_smoothing,
-            )?;
-            let mut grads = loss.backward()?;
-            if o.grad_clip > 0.0 {
-                clip(&mut grads, &params, o.grad_clip)?;
-            }
-            opt.step(&grads)?;
-            obj_sum += loss.to_scalar::<f32>()? as f64;
+            let (objective, nll) = train_batch(&model, &mut opt, &params, &b, o, &drop_rng)?;
+            obj_sum += objective;
             loss_sum += nll;
             loss_n += 1;
             tok_count += b.tokens;
@@ -507,6 +497,43 @@ pub fn train_seq2seq(
         elapsed_s: t0.elapsed().as_secs_f64(),
         peak_rss_mb: crate::train::bench::peak_rss_mb(),
     })
+}
+
+/// candle-nn's AdamW over every parameter, with the config's settings.
+fn adamw(params: &Params, o: &Seq2SeqOptim) -> Result<AdamW> {
+    let settings = ParamsAdamW {
+        lr: o.learning_rate,
+        beta1: o.beta1,
+        beta2: o.beta2,
+        eps: o.eps,
+        weight_decay: o.weight_decay,
+    };
+    Ok(AdamW::new(
+        params.vars.iter().map(|(_, v)| v.clone()).collect(),
+        settings,
+    )?)
+}
+
+/// One optimizer step on batch `b`: forward with dropout, label-smoothed cross-entropy, backward,
+/// clipping, AdamW. Returns (the smoothed objective, the plain NLL) of the batch.
+fn train_batch(
+    model: &Seq2Seq,
+    opt: &mut AdamW,
+    params: &Params,
+    b: &Batch,
+    o: &Seq2SeqOptim,
+    drop_rng: &RefCell<ChaCha8Rng>,
+) -> Result<(f64, f64)> {
+    let logits = model.forward(&b.src, &b.tgt_in, Some(drop_rng))?;
+    let v = logits.dim(2)?;
+    let logits = logits.reshape(((), v))?;
+    let (loss, nll) = smoothed_cross_entropy(&logits, &b.targets, &b.weights, o.label_smoothing)?;
+    let mut grads = loss.backward()?;
+    if o.grad_clip > 0.0 {
+        clip(&mut grads, params, o.grad_clip)?;
+    }
+    opt.step(&grads)?;
+    Ok((loss.to_scalar::<f32>()? as f64, nll))
 }
 
 /// Scales the gradients so that their global L2 norm is at most `max_norm`.

@@ -239,35 +239,7 @@ fn describe(c: &GptConfig) -> String {
 /// stops (at `max_iters`, at the end, or on Ctrl-C).
 pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<TrainSummary> {
     let t0 = Instant::now();
-    let state_path = opts.out.join(STATE_FILE);
-    let (cfg, resume_state) = if opts.resume {
-        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-        let state: TrainerState =
-            serde_json::from_str(&text).map_err(|e| Error::CorruptCheckpoint {
-                path: state_path.clone(),
-                msg: e.to_string(),
-            })?;
-        let cfg = TrainConfig::load(&opts.config)?;
-        if cfg != state.config {
-            return Err(Error::BadConfig {
-                path: opts.config.clone(),
-                msg: format!(
-                    "differs from the config of the checkpoint in {}; resume with the same config",
-                    opts.out.display()
-                ),
-            });
-        }
-        (cfg, Some(state))
-    } else {
-        if state_path.exists() {
-            return Err(Error::Invalid(format!(
-                "{} already holds a training checkpoint; pass --resume to continue it or choose another --out",
-                opts.out.display()
-            )));
-        }
-        (TrainConfig::load(&opts.config)?, None)
-    };
-
+    let (cfg, resume_state) = open_run(opts)?;
     let data_dir = prepared_data(&cfg)?;
     let meta = Meta::load(&data_dir)?;
     let tok_path = data_dir.join(TOKENIZER_FILE);
@@ -282,40 +254,8 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
     Batcher::new(TokenFile::open(&val_path, &meta.dtype)?, b, t, 0)?;
 
     let n = m.num_params();
-    let mut opt = AdamW::new(
-        n,
-        cfg.train.beta1,
-        cfg.train.beta2,
-        cfg.train.eps,
-        cfg.train.weight_decay,
-        decay_ranges(&m),
-    );
-    let (start, params, mut last_val) = match &resume_state {
-        Some(state) => {
-            let model_path = opts.out.join(checkpoint::MODEL_FILE);
-            let loaded = tensor_io::load_tensors(&model_path)?;
-            check_step(&loaded.metadata, state.step, &model_path)?;
-            let params = checkpoint::flat_params(&m, &loaded, &model_path)?;
-            let opt_path = opts.out.join(OPTIMIZER_FILE);
-            let o = tensor_io::load_tensors(&opt_path)?;
-            check_step(&o.metadata, state.step, &opt_path)?;
-            let get = |k: &str| -> Result<Vec<f32>> {
-                match o.tensors.get(k) {
-                    Some((_, d)) if d.len() == n => Ok(d.clone()),
-                    _ => Err(Error::CorruptCheckpoint {
-                        path: opt_path.clone(),
-                        msg: format!("tensor {k} is missing or has the wrong size"),
-                    }),
-                }
-            };
-            opt.m = get("m")?;
-            opt.v = get("v")?;
-            opt.step = state.adam_step;
-            batcher.set_rng_state(state.data_rng.0, state.data_rng.1);
-            (state.step, params, state.last_val_loss)
-        }
-        None => (0, initial_params(&cfg, &m)?, None),
-    };
+    let (mut opt, start, params, mut last_val) =
+        restore(opts, &cfg, &m, resume_state.as_ref(), &mut batcher)?;
     let mut backend = make_backend(&cfg, &m, &params)?;
     if let Some(state) = &resume_state {
         backend.set_rng_state(state.dropout_rng.0, state.dropout_rng.1);
@@ -338,42 +278,23 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
         data_dir: data_dir.clone(),
     });
 
-    let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut step = start;
     let mut last_train = None;
     let mut interrupted = false;
-    let save = |step: usize,
-                backend: &dyn Backend,
-                opt: &AdamW,
-                batcher: &Batcher,
-                last_val: Option<f32>|
-     -> Result<()> {
+    let save = |step, backend: &dyn Backend, opt: &AdamW, batcher: &Batcher, last_val| {
         save_checkpoint(
             &opts.out, &cfg, &m, &tokenizer, step, backend, opt, batcher, last_val,
         )
     };
     while step < end {
         let ts = Instant::now();
-        backend.zero_grad();
-        let mut loss = 0.0f32;
-        for _ in 0..accum {
-            batcher.next_batch(&mut x, &mut y);
-            loss += backend.forward_backward(&x, &y, b, t, 1.0 / accum as f32)? / accum as f32;
-        }
-        if step == start {
-            check_gradients(&m, backend.params_and_grads().1)?;
-        }
-        if !loss.is_finite() {
-            return Err(Error::Invalid(format!(
-                "the loss became {loss} at step {}; lower the learning rate",
-                step + 1
-            )));
-        }
-        let lr = cfg.lr_at(step);
-        let (p, g) = backend.params_and_grads();
-        let grad_norm = global_norm(g);
-        opt.update_scaled(p, g, lr, clip_scale(grad_norm, cfg.train.grad_clip));
-        backend.params_updated()?;
+        let (loss, lr, grad_norm) = optimizer_step(
+            backend.as_mut(),
+            &mut batcher,
+            &mut opt,
+            (&cfg, &m),
+            (step, step == start),
+        )?;
         step += 1;
         last_train = Some(loss);
         let dt = ts.elapsed().as_secs_f64();
@@ -431,6 +352,121 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
         elapsed_s: t0.elapsed().as_secs_f64(),
         interrupted,
     })
+}
+
+/// The run's config, and its trainer state when resuming (which must have been written with the
+/// same config); a fresh run refuses an `out` that already holds a checkpoint.
+fn open_run(opts: &TrainOptions) -> Result<(TrainConfig, Option<TrainerState>)> {
+    let state_path = opts.out.join(STATE_FILE);
+    Ok(if opts.resume {
+        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        let state: TrainerState =
+            serde_json::from_str(&text).map_err(|e| Error::CorruptCheckpoint {
+                path: state_path.clone(),
+                msg: e.to_string(),
+            })?;
+        let cfg = TrainConfig::load(&opts.config)?;
+        if cfg != state.config {
+            return Err(Error::BadConfig {
+                path: opts.config.clone(),
+                msg: format!(
+                    "differs from the config of the checkpoint in {}; resume with the same config",
+                    opts.out.display()
+                ),
+            });
+        }
+        (cfg, Some(state))
+    } else {
+        if state_path.exists() {
+            return Err(Error::Invalid(format!(
+                "{} already holds a training checkpoint; pass --resume to continue it or choose another --out",
+                opts.out.display()
+            )));
+        }
+        (TrainConfig::load(&opts.config)?, None)
+    })
+}
+
+/// AdamW, the first step, the parameters and the last validation loss: from the checkpoint in
+/// `opts.out` when resuming (also restoring the data order), else fresh.
+fn restore(
+    opts: &TrainOptions,
+    cfg: &TrainConfig,
+    m: &GptConfig,
+    resume_state: Option<&TrainerState>,
+    batcher: &mut Batcher,
+) -> Result<(AdamW, usize, Vec<f32>, Option<f32>)> {
+    let n = m.num_params();
+    let mut opt = AdamW::new(
+        n,
+        cfg.train.beta1,
+        cfg.train.beta2,
+        cfg.train.eps,
+        cfg.train.weight_decay,
+        decay_ranges(m),
+    );
+    let (start, params, last_val) = match resume_state {
+        Some(state) => {
+            let model_path = opts.out.join(checkpoint::MODEL_FILE);
+            let loaded = tensor_io::load_tensors(&model_path)?;
+            check_step(&loaded.metadata, state.step, &model_path)?;
+            let params = checkpoint::flat_params(m, &loaded, &model_path)?;
+            let opt_path = opts.out.join(OPTIMIZER_FILE);
+            let o = tensor_io::load_tensors(&opt_path)?;
+            check_step(&o.metadata, state.step, &opt_path)?;
+            let get = |k: &str| -> Result<Vec<f32>> {
+                match o.tensors.get(k) {
+                    Some((_, d)) if d.len() == n => Ok(d.clone()),
+                    _ => Err(Error::CorruptCheckpoint {
+                        path: opt_path.clone(),
+                        msg: format!("tensor {k} is missing or has the wrong size"),
+                    }),
+                }
+            };
+            opt.m = get("m")?;
+            opt.v = get("v")?;
+            opt.step = state.adam_step;
+            batcher.set_rng_state(state.data_rng.0, state.data_rng.1);
+            (state.step, params, state.last_val_loss)
+        }
+        None => (0, initial_params(cfg, m)?, None),
+    };
+    Ok((opt, start, params, last_val))
+}
+
+/// One optimizer step at `step` (0-based): `grad_accum` micro-batches forward and backward, the
+/// gradient norm, clipping and AdamW at the schedule's rate. Returns (loss, lr, norm). The first
+/// step of a run (`first`) checks that every parameter received a gradient.
+fn optimizer_step(
+    backend: &mut dyn Backend,
+    batcher: &mut Batcher,
+    opt: &mut AdamW,
+    (cfg, m): (&TrainConfig, &GptConfig),
+    (step, first): (usize, bool),
+) -> Result<(f32, f64, f64)> {
+    let (b, t, accum) = (cfg.train.batch_size, m.block_size, cfg.train.grad_accum);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    backend.zero_grad();
+    let mut loss = 0.0f32;
+    for _ in 0..accum {
+        batcher.next_batch(&mut x, &mut y);
+        loss += backend.forward_backward(&x, &y, b, t, 1.0 / accum as f32)? / accum as f32;
+    }
+    if first {
+        check_gradients(m, backend.params_and_grads().1)?;
+    }
+    if !loss.is_finite() {
+        return Err(Error::Invalid(format!(
+            "the loss became {loss} at step {}; lower the learning rate",
+            step + 1
+        )));
+    }
+    let lr = cfg.lr_at(step);
+    let (p, g) = backend.params_and_grads();
+    let grad_norm = global_norm(g);
+    opt.update_scaled(p, g, lr, clip_scale(grad_norm, cfg.train.grad_clip));
+    backend.params_updated()?;
+    Ok((loss, lr, grad_norm))
 }
 
 fn check_step(meta: &HashMap<String, String>, step: usize, path: &Path) -> Result<()> {

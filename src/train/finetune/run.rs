@@ -32,6 +32,7 @@ use crate::error::{write_atomic, Error, Result};
 use crate::models::llama::adapter;
 use crate::models::llama::fast::{FtModel, Method, Packed};
 use crate::models::llama::lora::{base_shapes, init_lora, Flat, LoraSpec};
+use crate::models::llama::LlamaConfig;
 use crate::models::pretrained::{self, Network, Pretrained};
 use crate::nn::tensor_io;
 use crate::train::optim::{clip_scale, global_norm, AdamW};
@@ -194,6 +195,46 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
     if let Some(spec) = &o.lora {
         spec.validate()?;
     }
+    let t_load = Instant::now();
+    let d = prepare(o)?;
+    let base_sum = o.lora.is_some().then(|| checksum(&d.base.data));
+    let mut model = build_model(o, &d.cfg, d.base.clone())?;
+    let n_params = model.params().data.len();
+    let (mut opt, step, elapsed0) = optimizer(o, n_params)?;
+    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
+    let metrics_path = o.out.join("metrics.jsonl");
+    let mut metrics = String::new();
+    if o.resume {
+        metrics = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+    }
+    let start = json!({"event": "start", "method": if o.lora.is_some() {"lora"} else {"full"},
+        "trainable_params": n_params, "base_params": model.base.data.len(),
+        "train": d.rep, "eval": d.eval_rep, "eval_examples": d.evals.len(), "train_examples": d.train.len(),
+        "max_len": d.max_len, "load_seconds": t_load.elapsed().as_secs_f64(), "resumed_at_step": step});
+    emit(&start);
+    let run = Run { o, d: &d, elapsed0 };
+    let done = run.train(&mut model, &mut opt, step, &mut metrics, &mut emit)?;
+    let base_unchanged = base_sum.map(|s| s == checksum(&model.base.data));
+    let mut done = done;
+    done["base_unchanged"] = json!(base_unchanged);
+    emit(&done);
+    Ok(done)
+}
+
+/// The data and the base model of a run.
+struct Prepared {
+    pre: Pretrained,
+    base: Flat,
+    cfg: LlamaConfig,
+    train: Vec<Example>,
+    evals: Vec<Example>,
+    rep: Value,
+    eval_rep: Option<Value>,
+    max_len: usize,
+}
+
+/// Reads and tokenizes the data (data errors first: they need no model) and loads the base.
+fn prepare(o: &FinetuneOptions) -> Result<Prepared> {
     // Data errors first: they need no model.
     let train_records = data::read_records(
         &o.data,
@@ -204,7 +245,6 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
         Some(p) => Some(data::read_records(p, o.task, Some(o.eval_examples))?),
         None => None,
     };
-    let t_load = Instant::now();
     let (pre, base) = load_base(&o.base)?;
     let cfg = cfg_of(&pre);
     let max_len = o.max_len.min(cfg.max_position_embeddings);
@@ -227,10 +267,25 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
     if let Some(n) = o.train_examples {
         train.truncate(n);
     }
-    let base_sum = o.lora.is_some().then(|| checksum(&base.data));
+    let (rep, eval_rep) = (json!(rep), eval_rep.map(|r| json!(r)));
+    Ok(Prepared {
+        pre,
+        base,
+        cfg,
+        train,
+        evals,
+        rep,
+        eval_rep,
+        max_len,
+    })
+}
+
+/// The model to train: LoRA adapters (new, or resumed from `out`) or every base weight (resumed
+/// from `out`'s model.safetensors).
+fn build_model(o: &FinetuneOptions, cfg: &LlamaConfig, base: Flat) -> Result<FtModel> {
     let method = match &o.lora {
         Some(spec) if o.resume => {
-            let (s, p) = adapter::load(&o.out, &cfg)?;
+            let (s, p) = adapter::load(&o.out, cfg)?;
             if s.rank != spec.rank || s.targets != spec.targets {
                 return Err(Error::Invalid(format!(
                     "{} holds an adapter of rank {} on {:?}; resume with the same settings",
@@ -248,7 +303,7 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
             let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
             Method::Lora {
                 spec: spec.clone(),
-                params: init_lora(&cfg, spec, &mut rng),
+                params: init_lora(cfg, spec, &mut rng),
             }
         }
         None => Method::Full,
@@ -267,7 +322,11 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
             model.base.data[e.offset..e.offset + e.len].copy_from_slice(d);
         }
     }
-    let n_params = model.params().data.len();
+    Ok(model)
+}
+
+/// AdamW, with its moments, step and the elapsed time restored on resume.
+fn optimizer(o: &FinetuneOptions, n_params: usize) -> Result<(AdamW, usize, f64)> {
     let mut opt = AdamW::new(
         n_params,
         0.9,
@@ -305,27 +364,33 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
             .and_then(|s| s.parse().ok())
             .unwrap_or(0.0);
     }
-    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
-    let metrics_path = o.out.join("metrics.jsonl");
-    let mut metrics = String::new();
-    if o.resume {
-        metrics = std::fs::read_to_string(&metrics_path).unwrap_or_default();
-    }
-    let start = json!({"event": "start", "method": if o.lora.is_some() {"lora"} else {"full"},
-        "trainable_params": n_params, "base_params": model.base.data.len(),
-        "train": rep, "eval": eval_rep, "eval_examples": evals.len(), "train_examples": train.len(),
-        "max_len": max_len, "load_seconds": t_load.elapsed().as_secs_f64(), "resumed_at_step": step});
-    emit(&start);
-    let base_name = o.base.display().to_string();
-    let save = |model: &FtModel,
-                opt: &AdamW,
-                step: usize,
-                elapsed: f64,
-                metrics: &str|
-     -> Result<()> {
+    Ok((opt, step, elapsed0))
+}
+
+/// A run's fixed parts, for the loop and the saves.
+struct Run<'a> {
+    o: &'a FinetuneOptions,
+    d: &'a Prepared,
+    elapsed0: f64,
+}
+
+impl Run<'_> {
+    /// Saves the adapter (or full model), the optimizer state, the metrics and the loss plot.
+    fn save(
+        &self,
+        model: &FtModel,
+        opt: &AdamW,
+        step: usize,
+        elapsed: f64,
+        metrics: &str,
+    ) -> Result<()> {
+        let (o, state_path) = (self.o, self.o.out.join(STATE_FILE));
+        let base_name = o.base.display().to_string();
         match &model.method {
-            Method::Lora { spec, params } => adapter::save(&o.out, &cfg, spec, params, &base_name)?,
-            Method::Full => save_full(&o.out, &pre, &model.base)?,
+            Method::Lora { spec, params } => {
+                adapter::save(&o.out, &self.d.cfg, spec, params, &base_name)?
+            }
+            Method::Full => save_full(&o.out, &self.d.pre, &model.base)?,
         }
         let meta = HashMap::from([
             ("step".to_string(), step.to_string()),
@@ -339,6 +404,7 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
             ],
             meta,
         )?;
+        let metrics_path = o.out.join("metrics.jsonl");
         write_atomic(&metrics_path, metrics.as_bytes())?;
         if let Ok(points) = crate::plot::read_metrics(&metrics_path) {
             if points.iter().any(|p| p.train_loss.is_some()) {
@@ -347,96 +413,111 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
             }
         }
         Ok(())
-    };
-    // The data order: epochs of seeded batches; a resumed run skips the batches already done.
-    let mut data_rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(1));
-    let mut queue: std::collections::VecDeque<Vec<usize>> = Default::default();
-    let mut epoch = 0;
-    let mut next_batch = |queue: &mut std::collections::VecDeque<Vec<usize>>, epoch: &mut usize| {
-        if queue.is_empty() {
-            *epoch += 1;
-            queue.extend(epoch_batches(&train, o.batch_tokens, &mut data_rng));
-        }
-        queue.pop_front().expect("non-empty epoch")
-    };
-    for _ in 0..step {
-        next_batch(&mut queue, &mut epoch);
     }
-    let mut drop_rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(2 + step as u64));
-    let t0 = Instant::now();
-    let elapsed = |t0: &Instant| elapsed0 + t0.elapsed().as_secs_f64();
-    let limit = o.time_limit_min * 60.0;
-    let mut grads = vec![0f32; n_params];
-    let mut tokens_seen = 0usize;
-    let mut last_eval = None;
-    let mut train_secs = 0.0;
-    let mut stop_reason = "max_steps";
-    while step < o.max_steps {
-        if limit > 0.0 && elapsed(&t0) >= limit {
-            stop_reason = "time_limit";
-            break;
-        }
-        if o.pause_at.is_some_and(|p| step >= p) {
-            stop_reason = "paused";
-            break;
-        }
-        let idx = next_batch(&mut queue, &mut epoch);
-        let batch = pack(&train, &idx);
-        let ts = Instant::now();
-        grads.iter_mut().for_each(|g| *g = 0.0);
-        let (loss, acts) = model.forward(&batch, Some(&mut drop_rng), true);
-        let ntg = batch.targets.len().max(1);
-        model.backward(&batch, acts.expect("saved"), 1.0 / ntg as f32, &mut grads);
-        let norm = global_norm(&grads);
-        let scale = if o.grad_clip > 0.0 {
-            clip_scale(norm, o.grad_clip)
-        } else {
-            1.0
+
+    /// The training loop from `step` on; returns the `done` object (without `base_unchanged`).
+    fn train(
+        &self,
+        model: &mut FtModel,
+        opt: &mut AdamW,
+        mut step: usize,
+        metrics: &mut String,
+        emit: &mut impl FnMut(&Value),
+    ) -> Result<Value> {
+        let (o, train, evals, elapsed0) = (self.o, &self.d.train, &self.d.evals, self.elapsed0);
+        let n_params = model.params().data.len();
+        // The data order: epochs of seeded batches; a resumed run skips the batches already done.
+        let mut data_rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(1));
+        let mut queue: std::collections::VecDeque<Vec<usize>> = Default::default();
+        let mut epoch = 0;
+        let mut next_batch = |queue: &mut std::collections::VecDeque<Vec<usize>>,
+                              epoch: &mut usize| {
+            if queue.is_empty() {
+                *epoch += 1;
+                queue.extend(epoch_batches(train, o.batch_tokens, &mut data_rng));
+            }
+            queue.pop_front().expect("non-empty epoch")
         };
-        let progress = (step as f64 / o.max_steps as f64).max(if limit > 0.0 {
-            elapsed(&t0) / limit
-        } else {
-            0.0
-        });
-        let lr = lr_at(o, step, progress);
-        opt.update_scaled(&mut model.params_mut().data, &grads, lr, scale);
-        step += 1;
-        let secs = ts.elapsed().as_secs_f64();
-        train_secs += secs;
-        tokens_seen += batch.ids.len();
-        let line = json!({"event": "step", "step": step, "epoch": epoch, "train_loss": loss / ntg as f64,
+        for _ in 0..step {
+            next_batch(&mut queue, &mut epoch);
+        }
+        let mut drop_rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(2 + step as u64));
+        let t0 = Instant::now();
+        let elapsed = |t0: &Instant| elapsed0 + t0.elapsed().as_secs_f64();
+        let limit = o.time_limit_min * 60.0;
+        let mut grads = vec![0f32; n_params];
+        let mut tokens_seen = 0usize;
+        let mut last_eval = None;
+        let mut train_secs = 0.0;
+        let mut stop_reason = "max_steps";
+        while step < o.max_steps {
+            if limit > 0.0 && elapsed(&t0) >= limit {
+                stop_reason = "time_limit";
+                break;
+            }
+            if o.pause_at.is_some_and(|p| step >= p) {
+                stop_reason = "paused";
+                break;
+            }
+            let idx = next_batch(&mut queue, &mut epoch);
+            let batch = pack(train, &idx);
+            let ts = Instant::now();
+            grads.iter_mut().for_each(|g| *g = 0.0);
+            let (loss, acts) = model.forward(&batch, Some(&mut drop_rng), true);
+            let ntg = batch.targets.len().max(1);
+            model.backward(&batch, acts.expect("saved"), 1.0 / ntg as f32, &mut grads);
+            let norm = global_norm(&grads);
+            let scale = if o.grad_clip > 0.0 {
+                clip_scale(norm, o.grad_clip)
+            } else {
+                1.0
+            };
+            let progress = (step as f64 / o.max_steps as f64).max(if limit > 0.0 {
+                elapsed(&t0) / limit
+            } else {
+                0.0
+            });
+            let lr = lr_at(o, step, progress);
+            opt.update_scaled(&mut model.params_mut().data, &grads, lr, scale);
+            step += 1;
+            let secs = ts.elapsed().as_secs_f64();
+            train_secs += secs;
+            tokens_seen += batch.ids.len();
+            let line = json!({"event": "step", "step": step, "epoch": epoch, "train_loss": loss / ntg as f64,
             "lr": lr, "grad_norm": norm, "tokens": batch.ids.len(), "targets": ntg,
             "tokens_per_sec": batch.ids.len() as f64 / secs, "elapsed": elapsed(&t0)});
-        metrics.push_str(&format!("{line}\n"));
-        emit(&line);
-        let at_end = step >= o.max_steps
-            || (limit > 0.0 && elapsed(&t0) >= limit)
-            || o.pause_at.is_some_and(|p| step >= p);
-        if !evals.is_empty() && (o.eval_every > 0 && step % o.eval_every == 0 || at_end) {
-            let ev = eval_loss(&model, &evals, o.batch_tokens);
-            last_eval = Some(ev);
-            let line =
-                json!({"event": "eval", "step": step, "val_loss": ev, "elapsed": elapsed(&t0)});
             metrics.push_str(&format!("{line}\n"));
             emit(&line);
+            let at_end = step >= o.max_steps
+                || (limit > 0.0 && elapsed(&t0) >= limit)
+                || o.pause_at.is_some_and(|p| step >= p);
+            if !evals.is_empty()
+                && (o.eval_every > 0 && step.is_multiple_of(o.eval_every) || at_end)
+            {
+                let ev = eval_loss(model, evals, o.batch_tokens);
+                last_eval = Some(ev);
+                let line =
+                    json!({"event": "eval", "step": step, "val_loss": ev, "elapsed": elapsed(&t0)});
+                metrics.push_str(&format!("{line}\n"));
+                emit(&line);
+            }
+            if o.save_every > 0 && step.is_multiple_of(o.save_every) && !at_end {
+                self.save(model, opt, step, elapsed(&t0), metrics)?;
+                emit(&json!({"event": "saved", "step": step, "dir": o.out}));
+            }
         }
-        if o.save_every > 0 && step % o.save_every == 0 && !at_end {
-            save(&model, &opt, step, elapsed(&t0), &metrics)?;
-            emit(&json!({"event": "saved", "step": step, "dir": o.out}));
+        if last_eval.is_none() && !evals.is_empty() {
+            last_eval = Some(eval_loss(model, evals, o.batch_tokens));
         }
-    }
-    if last_eval.is_none() && !evals.is_empty() {
-        last_eval = Some(eval_loss(&model, &evals, o.batch_tokens));
-    }
-    save(&model, &opt, step, elapsed(&t0), &metrics)?;
-    let base_unchanged = base_sum.map(|s| s == checksum(&model.base.data));
-    let done = json!({"event": "done", "steps": step, "stop": stop_reason, "eval_loss": last_eval,
+        self.save(model, opt, step, elapsed(&t0), metrics)?;
+        Ok(
+            json!({"event": "done", "steps": step, "stop": stop_reason, "eval_loss": last_eval,
         "tokens": tokens_seen, "train_seconds": train_secs,
         "tokens_per_sec": tokens_seen as f64 / train_secs.max(1e-9),
-        "elapsed": elapsed(&t0), "base_unchanged": base_unchanged,
-        "peak_rss_mb": crate::train::bench::peak_rss_mb(), "out": o.out});
-    emit(&done);
-    Ok(done)
+        "elapsed": elapsed(&t0),
+        "peak_rss_mb": crate::train::bench::peak_rss_mb(), "out": o.out}),
+        )
+    }
 }
 
 /// Writes a Hugging Face Llama folder: `config.json`, `model.safetensors`, `tokenizer.json`.
