@@ -271,7 +271,7 @@ fn train_step(c: &mut Criterion) {
             n_embd,
             dropout: 0.0,
             bias: true,
-            activation: "gelu_new".into(),
+            activation: decodex::models::gpt::Activation::GeluNew,
             layer_norm_epsilon: 1e-5,
         };
         let mut m = FastGpt::new(cfg, b, t).unwrap();

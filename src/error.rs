@@ -23,7 +23,8 @@ pub enum Error {
     BadConfig { path: PathBuf, msg: String },
     #[error("invalid model config: n_embd ({n_embd}) is not divisible by n_head ({n_head})")]
     HeadsDoNotDivide { n_embd: usize, n_head: usize },
-    #[error("invalid config: {0}")]
+    /// An invalid argument, setting or state: the message says which and how to fix it.
+    #[error("{0}")]
     Invalid(String),
     #[error(
         "{path}: checkpoint is truncated or corrupt ({msg}); re-train or restore it from a backup"

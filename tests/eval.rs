@@ -17,7 +17,7 @@ fn perplexity_windows_and_values() {
         n_embd: 16,
         dropout: 0.0,
         bias: true,
-        activation: "gelu_new".into(),
+        activation: decodex::models::gpt::Activation::GeluNew,
         layer_norm_epsilon: 1e-5,
     };
     let dev = Device::Cpu;

@@ -26,7 +26,7 @@ fn model_scaled(seed: u64, scale: f32) -> (GptConfig, Gpt, Vec<f32>) {
         n_embd: 32,
         dropout: 0.0,
         bias: true,
-        activation: "gelu_new".into(),
+        activation: decodex::models::gpt::Activation::GeluNew,
         layer_norm_epsilon: 1e-5,
     };
     let mut p = decodex::models::gpt::init_params(&cfg, seed);

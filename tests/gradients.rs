@@ -242,7 +242,7 @@ fn finite_differences_agree_in_f64() {
         n_embd: 8,
         dropout: 0.0,
         bias: true,
-        activation: "gelu_new".into(),
+        activation: decodex::models::gpt::Activation::GeluNew,
         layer_norm_epsilon: 1e-5,
     };
     let dev = Device::Cpu;

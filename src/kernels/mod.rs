@@ -70,14 +70,16 @@ fn add_assign(dst: &mut [f32], src: &[f32]) {
 /// The arithmetic of the matmuls. Everything else (LayerNorm, softmax, GELU, cross-entropy,
 /// reductions, the optimizer) is f32 either way, and the parameters stay f32 (the master
 /// weights).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Precision {
     /// f32 inputs, f32 products and sums.
     #[default]
+    #[serde(rename = "fp32")]
     F32,
     /// Inputs rounded to bf16 (nearest even), products summed in f32, like PyTorch's CPU
     /// autocast to bfloat16. Fast with AVX512-BF16; other CPUs compute the same bits in a
     /// software emulation, far slower than f32, which the trainer refuses (`check_supported`).
+    #[serde(rename = "bf16")]
     Bf16,
 }
 

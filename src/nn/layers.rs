@@ -77,11 +77,12 @@ impl Module for LayerNorm {
     }
 }
 
-/// GELU by its Hugging Face name: `gelu_new` (tanh approximation, GPT-2) or `gelu` (exact erf).
-pub fn gelu(x: &Tensor, activation: &str) -> Result<Tensor> {
-    match activation {
-        "gelu" => x.gelu_erf(),
-        _ => x.gelu(),
+/// GELU: the exact erf form, or else the tanh approximation (GPT-2's `gelu_new`).
+pub fn gelu(x: &Tensor, exact: bool) -> Result<Tensor> {
+    if exact {
+        x.gelu_erf()
+    } else {
+        x.gelu()
     }
 }
 

@@ -129,7 +129,7 @@ pub fn bench_train(config: &Path, iters: usize, warmup: usize) -> Result<BenchRe
     let flops_per_step = flops_per_token * tokens as f64;
     let achieved = flops_per_step / median / 1e9;
     let rss = peak_rss_mb(); // before the matmul probe below allocates its matrices
-    let peak = matmul_peak_gflops(Precision::parse(&cfg.train.precision)?);
+    let peak = matmul_peak_gflops(cfg.train.precision);
     Ok(BenchReport {
         backend: backend.name().to_string(),
         iters,

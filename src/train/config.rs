@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::kernels::Precision;
 use crate::models::gpt::GptConfig;
 use crate::tokenizer::TokenizerKind;
 
@@ -77,13 +78,13 @@ pub struct OptimConfig {
     pub log_interval: usize,
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// "auto" (fast CPU path when possible), "fast" or "candle" (the autograd reference path).
-    #[serde(default = "default_backend")]
-    pub backend: String,
+    /// How gradients are computed: "auto" (default), "fast" or "candle".
+    #[serde(default)]
+    pub backend: BackendKind,
     /// Arithmetic of the matmuls: "fp32" (default) or "bf16" (bf16 inputs, f32 sums, f32 master
     /// weights; fast path only, and only in bf16 on CPUs with AVX512-BF16).
-    #[serde(default = "default_precision")]
-    pub precision: String,
+    #[serde(default)]
+    pub precision: Precision,
     /// Start from the weights of this decodex GPT checkpoint (a folder with `config.json`,
     /// `model.safetensors`, `tokenizer.json`) instead of a random init: fine-tuning, or continued
     /// pretraining. `[model]` must describe the same architecture; the data is tokenized with the
@@ -107,11 +108,18 @@ fn default_eps() -> f64 {
 fn default_seed() -> u64 {
     1337
 }
-fn default_backend() -> String {
-    "auto".into()
-}
-fn default_precision() -> String {
-    "fp32".into()
+
+/// The gradient backend of a training run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The fast CPU path when the model allows it (no dropout), else candle autograd.
+    #[default]
+    Auto,
+    /// The hand-written forward/backward of `models::gpt::fast` (no dropout).
+    Fast,
+    /// candle's autograd over `models::gpt` (dropout; the reference path).
+    Candle,
 }
 
 impl TrainConfig {
@@ -152,13 +160,6 @@ impl TrainConfig {
                 t.learning_rate, t.min_lr
             ));
         }
-        if !["auto", "fast", "candle"].contains(&t.backend.as_str()) {
-            return bad(format!(
-                "backend {:?} must be \"auto\", \"fast\" or \"candle\"",
-                t.backend
-            ));
-        }
-        crate::kernels::Precision::parse(&t.precision)?;
         if self.data.tokenizer == TokenizerKind::Bpe
             && self.data.vocab_size.is_none()
             && self.tokenizer_path().is_none()
@@ -284,7 +285,7 @@ eval_iters = 20
     #[test]
     fn precision_defaults_to_fp32_and_is_validated() {
         let cfg: TrainConfig = toml::from_str(CHAR).unwrap();
-        assert_eq!(cfg.train.precision, "fp32");
+        assert_eq!(cfg.train.precision, Precision::F32);
         let bf16 = CHAR.replace("[train]\n", "[train]\nprecision = \"bf16\"\n");
         let cfg: TrainConfig = toml::from_str(&bf16).unwrap();
         cfg.validate_static().unwrap();
@@ -307,7 +308,7 @@ eval_iters = 20
             n_embd: 8,
             dropout: 0.0,
             bias: true,
-            activation: "gelu_new".into(),
+            activation: crate::models::gpt::Activation::GeluNew,
             layer_norm_epsilon: 1e-5,
         }
     }

@@ -18,7 +18,7 @@ use crate::models::gpt::GptConfig;
 use crate::nn::tensor_io;
 use crate::tokenizer::Tokenizer;
 use crate::train::backend::{Backend, CandleBackend, FastBackend};
-use crate::train::config::{cache_dir, resolve_data_path, TrainConfig};
+use crate::train::config::{cache_dir, resolve_data_path, BackendKind, TrainConfig};
 use crate::train::optim::{clip_scale, decay_ranges, global_norm, AdamW};
 
 /// Set by a Ctrl-C handler; the loop checkpoints and stops at the end of the current step.
@@ -158,8 +158,8 @@ pub fn model_config(cfg: &TrainConfig, meta: &Meta, tok_path: &Path) -> Result<G
 }
 
 pub fn make_backend(cfg: &TrainConfig, m: &GptConfig, params: &[f32]) -> Result<Box<dyn Backend>> {
-    let use_fast = match cfg.train.backend.as_str() {
-        "fast" => {
+    let use_fast = match cfg.train.backend {
+        BackendKind::Fast => {
             if m.dropout > 0.0 {
                 return Err(Error::Invalid(
                     "backend = \"fast\" does not support dropout > 0; use \"candle\" or \"auto\""
@@ -168,10 +168,10 @@ pub fn make_backend(cfg: &TrainConfig, m: &GptConfig, params: &[f32]) -> Result<
             }
             true
         }
-        "candle" => false,
-        _ => m.dropout == 0.0,
+        BackendKind::Candle => false,
+        BackendKind::Auto => m.dropout == 0.0,
     };
-    let precision = Precision::parse(&cfg.train.precision)?;
+    let precision = cfg.train.precision;
     if use_fast {
         precision.check_supported()?;
         let mut fast = FastBackend::new(m, params, cfg.train.batch_size)?;

@@ -10,7 +10,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{write_atomic, Error, Result};
-use crate::models::gpt::GptConfig;
+use crate::models::gpt::{Activation, GptConfig};
 use crate::nn::tensor_io::{load_tensors, save_tensors, LoadedTensors};
 use crate::tokenizer::Tokenizer;
 
@@ -81,7 +81,7 @@ impl HfGpt2Config {
             n_layer: cfg.n_layer,
             n_head: cfg.n_head,
             n_inner: None,
-            activation_function: cfg.activation.clone(),
+            activation_function: cfg.activation.name().into(),
             resid_pdrop: cfg.dropout,
             embd_pdrop: cfg.dropout,
             attn_pdrop: cfg.dropout,
@@ -112,8 +112,8 @@ impl HfGpt2Config {
             return Err(bad("untied word embeddings are not supported".into()));
         }
         let activation = match self.activation_function.as_str() {
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => "gelu_new",
-            "gelu" => "gelu",
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluNew,
+            "gelu" => Activation::Gelu,
             other => {
                 return Err(bad(format!(
                     "activation_function {other:?} is not supported"
@@ -128,7 +128,7 @@ impl HfGpt2Config {
             n_embd: self.n_embd,
             dropout: self.resid_pdrop,
             bias: self.bias,
-            activation: activation.into(),
+            activation,
             layer_norm_epsilon: self.layer_norm_epsilon,
         };
         cfg.validate().map_err(|e| bad(e.to_string()))?;

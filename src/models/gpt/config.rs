@@ -25,8 +25,8 @@ pub struct GptConfig {
     #[serde(default = "default_true")]
     pub bias: bool,
     /// `"gelu_new"` (tanh approximation, GPT-2's) or `"gelu"` (exact, erf).
-    #[serde(default = "default_activation")]
-    pub activation: String,
+    #[serde(default)]
+    pub activation: Activation,
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f64,
 }
@@ -34,8 +34,32 @@ pub struct GptConfig {
 fn default_true() -> bool {
     true
 }
-fn default_activation() -> String {
-    "gelu_new".to_string()
+/// The MLP's GELU, by Hugging Face's name for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    /// The tanh approximation (GPT-2's `gelu_new`).
+    #[default]
+    #[serde(rename = "gelu_new")]
+    GeluNew,
+    /// The exact erf form (`gelu`).
+    #[serde(rename = "gelu")]
+    Gelu,
+}
+
+impl Activation {
+    /// Hugging Face's name: "gelu_new" or "gelu".
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::GeluNew => "gelu_new",
+            Activation::Gelu => "gelu",
+        }
+    }
+}
+
+impl std::fmt::Display for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 fn default_eps() -> f64 {
     1e-5
@@ -68,12 +92,6 @@ impl GptConfig {
             return Err(Error::Invalid(format!(
                 "dropout ({}) must be in [0, 1)",
                 self.dropout
-            )));
-        }
-        if self.activation != "gelu_new" && self.activation != "gelu" {
-            return Err(Error::Invalid(format!(
-                "activation {:?} is not supported; use \"gelu_new\" or \"gelu\"",
-                self.activation
             )));
         }
         Ok(())
@@ -141,7 +159,7 @@ mod tests {
             n_embd: 128,
             dropout: 0.0,
             bias: true,
-            activation: "gelu_new".into(),
+            activation: Activation::GeluNew,
             layer_norm_epsilon: 1e-5,
         }
     }

@@ -152,7 +152,7 @@ struct Workspace {
 ///     n_embd: 8,
 ///     dropout: 0.0,
 ///     bias: true,
-///     activation: "gelu_new".into(),
+///     activation: decodex::models::gpt::Activation::GeluNew,
 ///     layer_norm_epsilon: 1e-5,
 /// };
 /// let mut model = FastGpt::new(cfg, 2, 8)?; // buffers for (B, T) up to (2, 8)
@@ -364,7 +364,7 @@ impl FastGpt {
     fn forward_on_pool(&mut self, b: usize, t: usize) -> f32 {
         let (c, v, nh) = (self.cfg.n_embd, self.cfg.vocab_size, self.cfg.n_head);
         let (n, eps) = (b * t, self.cfg.layer_norm_epsilon as f32);
-        let exact_gelu = self.cfg.activation == "gelu";
+        let exact_gelu = self.cfg.activation == crate::models::gpt::Activation::Gelu;
         let prec = self.precision;
         let (p, a, lay) = (&self.params, &mut self.acts, &self.layout);
         let (nc, nlse) = (n * c, b * nh * t);

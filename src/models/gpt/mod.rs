@@ -17,7 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod fast;
 
-pub use config::GptConfig;
+pub use config::{Activation, GptConfig};
 
 use crate::models::Cache;
 use crate::nn::{causal_self_attention, dropout, gelu, Conv1D, KvCache, LayerNorm};
@@ -94,7 +94,7 @@ fn maybe_dropout(x: &Tensor, p: f32, train: Train) -> Result<Tensor> {
 struct Mlp {
     c_fc: Conv1D,
     c_proj: Conv1D,
-    activation: String,
+    activation: Activation,
     dropout: f32,
 }
 
@@ -104,13 +104,13 @@ impl Mlp {
         Ok(Self {
             c_fc: Conv1D::new(vb.pp("c_fc"), c, 4 * c, cfg.bias)?,
             c_proj: Conv1D::new(vb.pp("c_proj"), 4 * c, c, cfg.bias)?,
-            activation: cfg.activation.clone(),
+            activation: cfg.activation,
             dropout: cfg.dropout,
         })
     }
 
     fn forward(&self, x: &Tensor, train: Train) -> Result<Tensor> {
-        let h = gelu(&self.c_fc.forward(x)?, &self.activation)?;
+        let h = gelu(&self.c_fc.forward(x)?, self.activation == Activation::Gelu)?;
         maybe_dropout(&self.c_proj.forward(&h)?, self.dropout, train)
     }
 }

@@ -67,7 +67,7 @@ pub fn forward(
     let (c, v, nh) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
     let hs = c / nh;
     let eps = cfg.layer_norm_epsilon;
-    let exact = cfg.activation == "gelu";
+    let exact = cfg.activation == crate::models::gpt::Activation::Gelu;
     let n = b * t;
 
     let (wte, wpe) = (

@@ -11,7 +11,7 @@ fn tiny(bias: bool, activation: &str) -> GptConfig {
         n_embd: 16,
         dropout: 0.0,
         bias,
-        activation: activation.into(),
+        activation: serde_json::from_value(serde_json::json!(activation)).unwrap(),
         layer_norm_epsilon: 1e-5,
     }
 }
