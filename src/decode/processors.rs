@@ -414,18 +414,9 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
 }
 
 crate::kernels::simd::simd_fn! {
-    /// Σ exp(x − max), vectorized (16 partial sums, the fast path's polynomial exp): the vocabulary
-    /// sweep of every beam-search step.
+    /// Σ exp(x − max), vectorized: the vocabulary sweep of every beam-search step.
     fn sum_exp(x: &[f32], max: f32) -> f32 {
-        let mut acc = [0f32; 16];
-        let chunks = x.chunks_exact(16);
-        let tail: f32 = chunks.remainder().iter().map(|&v| crate::kernels::simd::exp(v - max)).sum();
-        for ch in chunks {
-            for (a, &v) in acc.iter_mut().zip(ch) {
-                *a += crate::kernels::simd::exp(v - max);
-            }
-        }
-        acc.iter().sum::<f32>() + tail
+        crate::kernels::simd::sum_exp(x, max)
     }
 }
 

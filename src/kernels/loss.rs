@@ -10,16 +10,7 @@ simd_fn! {
         let mut loss = 0f64;
         for ((row, lse), &tg) in logits.chunks_exact(v).zip(lse.iter_mut()).zip(targets) {
             let m = simd::max(row);
-            let mut acc = [0f32; 16];
-            let chunks = row.chunks_exact(16);
-            let mut s: f32 = chunks.remainder().iter().map(|&x| simd::exp(x - m)).sum();
-            for ch in chunks {
-                for (a, &x) in acc.iter_mut().zip(ch) {
-                    *a += simd::exp(x - m);
-                }
-            }
-            s += acc.iter().sum::<f32>();
-            *lse = m + s.ln();
+            *lse = m + simd::sum_exp(row, m).ln();
             loss += (*lse - row[tg as usize]) as f64;
         }
         loss

@@ -38,6 +38,21 @@ pub(crate) use simd_fn;
 /// Number of independent accumulators in reductions: wide enough for 2 AVX2 registers.
 const LANES: usize = 16;
 
+/// Σ exp(x − max) with `LANES` partial sums (and `exp` below), so that the loop vectorizes: the
+/// normalizer of every softmax and cross-entropy over a vocabulary row.
+#[inline(always)]
+pub fn sum_exp(x: &[f32], max: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - max)).sum();
+    for ch in chunks {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += exp(v - max);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Sum of `x`, with `LANES` partial sums so that the loop vectorizes.
 #[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
