@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use decodex::models::rnn_seq2seq::{AttentionKind, RnnConfig, RnnSeq2Seq};
-use decodex::models::transformer_seq2seq::smoothed_loss;
 use decodex::nn::loss::smoothed_cross_entropy;
+use decodex::nn::loss::smoothed_loss;
 use decodex::nn::params::Params;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

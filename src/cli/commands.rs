@@ -137,17 +137,10 @@ fn eval(cmd: EvalCmd, json: bool) -> Result<()> {
             if a.batch_size == 0 {
                 bail!("--batch-size must be at least 1");
             }
-            let loaded = checkpoint::load_model(&a.model)?;
             let text = data::read_corpus(&a.input)?;
-            let gpt = loaded.gpt(&Device::Cpu)?;
-            let r = decodex::eval::perplexity(
-                &gpt,
-                &loaded.tokenizer,
-                &text,
-                &a.input,
-                a.batch_size,
-                &Device::Cpu,
-            )?;
+            let model = decodex::models::pretrained::load(&a.model, false, None)?;
+            let (m, tok) = (model.decoder(), &model.tokenizer);
+            let r = decodex::eval::perplexity(m, tok, &text, &a.input, a.batch_size)?;
             let human = format!(
                 "{}: {} tokens, loss {:.4} nats/token, perplexity {:.2}, {:.4} bits/byte",
                 r.file, r.tokens, r.loss, r.perplexity, r.bits_per_byte

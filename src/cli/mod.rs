@@ -147,7 +147,8 @@ pub struct BleuArgs {
 
 #[derive(Args, Debug)]
 pub struct PerplexityArgs {
-    /// A decodex checkpoint folder (GPT).
+    /// Any decoder decodex loads: a decodex GPT checkpoint, a Hugging Face Llama folder or a GGUF
+    /// file.
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// Text file (.txt or .txt.gz) to score, e.g. ../shared/data/lm/gutenberg/valid.txt.

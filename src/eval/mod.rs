@@ -17,11 +17,10 @@ pub mod sts;
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::models::Gpt;
+use crate::models::Decoder;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,18 +38,17 @@ pub struct PerplexityReport {
 /// Scores `text` with `model`: windows of `block_size + 1` tokens with stride `block_size`, so
 /// every token after the first is predicted exactly once from up to `block_size` tokens of context.
 pub fn perplexity(
-    model: &Gpt,
+    model: &dyn Decoder,
     tokenizer: &Tokenizer,
     text: &str,
     file: &Path,
     batch: usize,
-    device: &Device,
 ) -> Result<PerplexityReport> {
     let ids = tokenizer.encode(text).map_err(|e| Error::Encode {
         path: file.to_path_buf(),
         source: Box::new(e),
     })?;
-    let t = model.cfg.block_size;
+    let t = model.context_len();
     let mut windows: Vec<&[u32]> = Vec::new();
     let mut start = 0;
     while start + 1 < ids.len() {
@@ -66,10 +64,7 @@ pub fn perplexity(
             let n = group[0].len() - 1;
             let x: Vec<u32> = group.iter().flat_map(|w| w[..n].iter().copied()).collect();
             let y: Vec<u32> = group.iter().flat_map(|w| w[1..].iter().copied()).collect();
-            let xt = Tensor::from_vec(x, (group.len(), n), device)?;
-            let yt = Tensor::from_vec(y, (group.len(), n), device)?;
-            let loss = model.loss(&xt, &yt, None)?.to_scalar::<f32>()? as f64;
-            total += loss * (group.len() * n) as f64;
+            total += model.sum_nll(&x, &y, group.len())?;
             count += group.len() * n;
         }
     }

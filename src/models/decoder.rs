@@ -48,6 +48,25 @@ pub trait Decoder {
     /// how beam search expands one prompt into beams and follows the beams it keeps.
     fn select_rows(&self, cache: &mut Cache, rows: &[usize]) -> Result<()>;
 
+    /// Σ over rows and positions of −log p(target | the row's inputs up to there): `inputs` and
+    /// `targets` (batch, len) row-major, each row read from an empty cache (teacher forcing), as
+    /// perplexity needs. The default feeds one position per step; models with a whole-sequence
+    /// forward override it.
+    fn sum_nll(&self, inputs: &[u32], targets: &[u32], batch: usize) -> Result<f64> {
+        let len = inputs.len() / batch.max(1);
+        let mut total = 0f64;
+        for (row, tgt) in inputs.chunks_exact(len).zip(targets.chunks_exact(len)) {
+            let mut cache = self.new_cache(1)?;
+            for (&x, &y) in row.iter().zip(tgt) {
+                let logits = self.step(&[x], 1, &mut cache)?;
+                let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+                total += max + sum.ln() - logits[y as usize] as f64;
+            }
+        }
+        Ok(total)
+    }
+
     /// Before the first step: the first `pads[i]` positions of row i are padding (prompts of
     /// different lengths, left-padded), which the model must never attend to, with positions
     /// counted from each row's first real token. Models without attention masks refuse padding.

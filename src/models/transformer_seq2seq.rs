@@ -636,28 +636,6 @@ impl Decoder for EncodedSource<'_> {
     }
 }
 
-/// Label-smoothed cross-entropy over the non-padding targets: logits (N, V), targets (N,),
-/// weights (N,) 1 for real tokens and 0 for padding. Returns (mean loss, mean NLL), the NLL
-/// without smoothing (what perplexity is computed from).
-pub fn smoothed_loss(
-    logits: &Tensor,
-    targets: &Tensor,
-    weights: &Tensor,
-    smoothing: f64,
-) -> Result<(Tensor, Tensor)> {
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let logp = shifted.broadcast_sub(&lse)?;
-    let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
-    let smooth = logp.mean(D::Minus1)?.neg()?;
-    let per = ((&nll * (1.0 - smoothing))? + (smooth * smoothing)?)?;
-    let n = weights.sum_all()?;
-    let loss = (per * weights)?.sum_all()?.div(&n)?;
-    let nll = (nll * weights)?.sum_all()?.div(&n)?;
-    Ok((loss, nll))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,18 +707,5 @@ mod tests {
             let diff = max_abs_diff(&got, &steps[0][11..]);
             assert!(diff < 1e-4, "padding changed the result: {diff}");
         }
-    }
-
-    #[test]
-    fn smoothed_loss_without_smoothing_is_cross_entropy() {
-        let logits = Tensor::new(&[[1f32, 2.0, 3.0], [0.5, 0.1, -1.0]], &Device::Cpu).unwrap();
-        let t = Tensor::new(&[2u32, 0], &Device::Cpu).unwrap();
-        let w = Tensor::new(&[1f32, 0.0], &Device::Cpu).unwrap();
-        let (loss, nll) = smoothed_loss(&logits, &t, &w, 0.0).unwrap();
-        let want = -(3f32.exp() / (1f32.exp() + 2f32.exp() + 3f32.exp())).ln();
-        assert!((loss.to_scalar::<f32>().unwrap() - want).abs() < 1e-6);
-        assert!((nll.to_scalar::<f32>().unwrap() - want).abs() < 1e-6);
-        let (smoothed, _) = smoothed_loss(&logits, &t, &w, 0.1).unwrap();
-        assert!(smoothed.to_scalar::<f32>().unwrap() > want);
     }
 }

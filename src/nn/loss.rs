@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -142,10 +142,32 @@ pub fn smoothed_cross_entropy(
     Ok((loss, nll))
 }
 
+/// The same loss composed of differentiable candle ops (max, exp, sum, log, gather, mean): the
+/// reference the fused op is checked against. Label-smoothed cross-entropy over the non-padding targets: logits (N, V), targets (N,),
+/// weights (N,) 1 for real tokens and 0 for padding. Returns (mean loss, mean NLL), the NLL
+/// without smoothing (what perplexity is computed from).
+pub fn smoothed_loss(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    smoothing: f64,
+) -> Result<(Tensor, Tensor)> {
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let logp = shifted.broadcast_sub(&lse)?;
+    let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    let smooth = logp.mean(D::Minus1)?.neg()?;
+    let per = ((&nll * (1.0 - smoothing))? + (smooth * smoothing)?)?;
+    let n = weights.sum_all()?;
+    let loss = (per * weights)?.sum_all()?.div(&n)?;
+    let nll = (nll * weights)?.sum_all()?.div(&n)?;
+    Ok((loss, nll))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::transformer_seq2seq::smoothed_loss;
     use candle_core::{Device, Var};
 
     /// Value and gradient equal the composed, autograd version.
@@ -195,5 +217,18 @@ mod tests {
                 .fold(0f32, crate::testutil::nan_max);
             assert!(diff < 1e-6, "eps {eps}: gradient differs by {diff}");
         }
+    }
+
+    #[test]
+    fn smoothed_loss_without_smoothing_is_cross_entropy() {
+        let logits = Tensor::new(&[[1f32, 2.0, 3.0], [0.5, 0.1, -1.0]], &Device::Cpu).unwrap();
+        let t = Tensor::new(&[2u32, 0], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[1f32, 0.0], &Device::Cpu).unwrap();
+        let (loss, nll) = smoothed_loss(&logits, &t, &w, 0.0).unwrap();
+        let want = -(3f32.exp() / (1f32.exp() + 2f32.exp() + 3f32.exp())).ln();
+        assert!((loss.to_scalar::<f32>().unwrap() - want).abs() < 1e-6);
+        assert!((nll.to_scalar::<f32>().unwrap() - want).abs() < 1e-6);
+        let (smoothed, _) = smoothed_loss(&logits, &t, &w, 0.1).unwrap();
+        assert!(smoothed.to_scalar::<f32>().unwrap() > want);
     }
 }

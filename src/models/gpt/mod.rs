@@ -338,6 +338,16 @@ impl crate::models::Decoder for Gpt {
         Ok(last.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
+    /// The whole-window forward: the mean loss of `Gpt::loss` times the positions.
+    fn sum_nll(&self, inputs: &[u32], targets: &[u32], batch: usize) -> crate::error::Result<f64> {
+        let n = inputs.len() / batch.max(1);
+        let device = self.wte.device();
+        let x = Tensor::from_slice(inputs, (batch, n), device)?;
+        let y = Tensor::from_slice(targets, (batch, n), device)?;
+        let loss = self.loss(&x, &y, None)?.to_scalar::<f32>()? as f64;
+        Ok(loss * (batch * n) as f64)
+    }
+
     fn select_rows(&self, cache: &mut Cache, rows: &[usize]) -> crate::error::Result<()> {
         let cache = cache.get::<KvCache>()?;
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
