@@ -95,18 +95,8 @@ pub struct IndexQueryArgs {
     /// The query text.
     #[arg(long)]
     pub query: String,
-    /// Documents returned.
-    #[arg(
-        short,
-        long = "top-k",
-        alias = "k",
-        default_value_t = 10,
-        value_name = "K"
-    )]
-    pub k: usize,
-    /// HNSW candidates explored per query.
-    #[arg(long, default_value_t = 128)]
-    pub ef: usize,
+    #[command(flatten)]
+    pub search: SearchArgs,
     /// Scan every vector instead of using the graph.
     #[arg(long)]
     pub exact: bool,
@@ -115,14 +105,10 @@ pub struct IndexQueryArgs {
     pub model: Option<PathBuf>,
 }
 
+/// How many neighbours a vector search returns and how widely the graph is explored.
 #[derive(Args, Debug)]
-pub struct IndexBenchArgs {
-    /// The index folder.
-    pub index: PathBuf,
-    /// Query texts, as for `embed --input`.
-    #[arg(long, value_name = "FILE")]
-    pub queries: PathBuf,
-    /// Neighbours searched per query (recall@k).
+pub struct SearchArgs {
+    /// Neighbours returned per query (recall@k in `index bench`).
     #[arg(
         short,
         long = "top-k",
@@ -134,6 +120,17 @@ pub struct IndexBenchArgs {
     /// HNSW candidates explored per query.
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub ef: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct IndexBenchArgs {
+    /// The index folder.
+    pub index: PathBuf,
+    /// Query texts, as for `embed --input`.
+    #[arg(long, value_name = "FILE")]
+    pub queries: PathBuf,
+    #[command(flatten)]
+    pub search: SearchArgs,
     /// Only the first N queries.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -321,14 +318,14 @@ pub fn index_cmd(cmd: &IndexCmd, json: bool) -> Result<()> {
             report_build(&r, json, "appended to")
         }
         IndexCmd::Query(a) => {
-            check_k(a.k, a.ef)?;
+            check_k(a.search.k, a.search.ef)?;
             let idx = Index::open(&a.index)?;
             let model = index_model(&a.index, a.model.as_deref())?;
             let q = index::embed_queries(model.as_ref(), &idx, &[a.query.as_str()])?;
             let hits = if a.exact {
-                idx.search_exact(&q, a.k)
+                idx.search_exact(&q, a.search.k)
             } else {
-                idx.search(&q, a.k, a.ef)?
+                idx.search(&q, a.search.k, a.search.ef)?
             };
             let mut out = std::io::stdout().lock();
             for (rank, h) in hits.iter().enumerate() {
@@ -369,7 +366,7 @@ fn check_k(k: usize, ef: usize) -> Result<()> {
 }
 
 fn index_bench(a: &IndexBenchArgs, json: bool) -> Result<()> {
-    check_k(a.k, a.ef)?;
+    check_k(a.search.k, a.search.ef)?;
     let t_open = Instant::now();
     let idx = Index::open(&a.index)?;
     let open_s = t_open.elapsed().as_secs_f64();
@@ -386,18 +383,18 @@ fn index_bench(a: &IndexBenchArgs, json: bool) -> Result<()> {
     let dim = idx.meta.dim;
     // Load the graph (and warm the caches) before timing the queries.
     let t_load = Instant::now();
-    idx.search(&q[..dim], a.k, a.ef)?;
+    idx.search(&q[..dim], a.search.k, a.search.ef)?;
     let load_s = t_load.elapsed().as_secs_f64();
     let t0 = Instant::now();
     let approx: Vec<Vec<index::Hit>> = q
         .chunks_exact(dim)
-        .map(|v| idx.search(v, a.k, a.ef))
+        .map(|v| idx.search(v, a.search.k, a.search.ef))
         .collect::<decodex::Result<_>>()?;
     let approx_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let exact: Vec<Vec<index::Hit>> = q
         .chunks_exact(dim)
-        .map(|v| idx.search_exact(v, a.k))
+        .map(|v| idx.search_exact(v, a.search.k))
         .collect();
     let exact_s = t1.elapsed().as_secs_f64();
     let n = records.len();
@@ -413,7 +410,7 @@ fn index_bench(a: &IndexBenchArgs, json: bool) -> Result<()> {
     let disk: u64 = idx.meta.files.values().sum();
     emit(
         json,
-        json!({"index": a.index, "vectors": idx.len(), "queries": n, "k": a.k, "ef": a.ef,
+        json!({"index": a.index, "vectors": idx.len(), "queries": n, "k": a.search.k, "ef": a.search.ef,
                "hnsw": idx.meta.has_graph, "recall_at_k": recall,
                "qps": n as f64 / approx_s, "qps_exact": n as f64 / exact_s,
                "open_seconds": open_s, "graph_load_seconds": load_s,
@@ -425,10 +422,10 @@ fn index_bench(a: &IndexBenchArgs, json: bool) -> Result<()> {
             open_s,
             load_s,
             n,
-            a.k,
+            a.search.k,
             recall,
             n as f64 / approx_s,
-            a.ef,
+            a.search.ef,
             n as f64 / exact_s,
             disk as f64 / (1 << 20) as f64,
             peak_rss_mb()
