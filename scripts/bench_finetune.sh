@@ -17,7 +17,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 for r in $(seq "$ROUNDS"); do
     for method in lora full; do
-        "$BIN" --threads 2 finetune --base "$MODEL" --data "$DATA/sum/dialogsum/train.jsonl.gz" \
+        "$BIN" --threads 2 finetune --model "$MODEL" --input "$DATA/sum/dialogsum/train.jsonl.gz" \
             --task summarize --method "$method" --out "$TMP/$method" --max-steps "$STEPS" \
             --train-examples 256 --eval-examples 0 --batch-tokens "$BATCH_TOKENS" --save-every 0 \
             --warmup-steps 1 --seed 7 --json \

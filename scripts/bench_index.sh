@@ -30,7 +30,7 @@ for n in $((N / 100)) $((N / 10)); do
 done
 rm -f "$W/part.jsonl" "$W/part.npy"
 /usr/bin/time -v -o "$W/build.time" "$BIN" --threads 2 index build --model "$M" \
-    --corpus "$W/corpus.jsonl" --out "$W/index" --json
+    --input "$W/corpus.jsonl" --out "$W/index" --json
 echo "{\"step\":\"build\",\"disk_bytes\":$(du -sb "$W/index" | cut -f1),\"peak_rss_mib\":$(rss "$W/build.time")}"
 /usr/bin/time -v -o "$W/bench.time" "$BIN" --threads 2 index bench "$W/index" \
     --queries "$W/queries.jsonl" -k 10 --json

@@ -7,9 +7,9 @@ CONFIG=${1:-configs/shakespeare-char.toml}
 BIN=${DECODEX_BIN:-target/release/decodex}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-"$BIN" train --config "$CONFIG" --out "$tmp/full" --max-iters 200 --json > "$tmp/full.jsonl"
-"$BIN" train --config "$CONFIG" --out "$tmp/split" --max-iters 100 --json > /dev/null
-"$BIN" train --config "$CONFIG" --out "$tmp/split" --max-iters 200 --resume --json > "$tmp/resumed.jsonl"
+"$BIN" train --config "$CONFIG" --out "$tmp/full" --max-steps 200 --json > "$tmp/full.jsonl"
+"$BIN" train --config "$CONFIG" --out "$tmp/split" --max-steps 100 --json > /dev/null
+"$BIN" train --config "$CONFIG" --out "$tmp/split" --max-steps 200 --resume --json > "$tmp/resumed.jsonl"
 python3 - "$tmp/full.jsonl" "$tmp/resumed.jsonl" <<'PY'
 import json, sys
 def steps(path):

@@ -2,7 +2,7 @@
 # Compare decodex's training throughput with the PyTorch eager baseline on one config.
 #
 # Runs ROUNDS (default 5) interleaved pairs, so that drift in machine load hits both sides alike:
-#   target/release/decodex bench train --config CONFIG --iters 50 --threads 2 --json
+#   target/release/decodex bench train --config CONFIG --max-steps 50 --threads 2 --json
 #   python3 scripts/bench_torch.py     --config CONFIG --iters 50 --threads 2 --json
 # and prints a table per round, the median tokens/s of each, the ratio decodex/pytorch and the
 # peak RSS of each. From decodex's output it takes the last line holding "tokens_per_sec".
@@ -49,7 +49,7 @@ dx_tps=() dx_rss=() pt_tps=() pt_rss=()
 printf '%-6s %-8s %14s %12s %12s\n' round impl tokens/s step_ms peak_rss_mb
 for ((r = 1; r <= ROUNDS; r++)); do
     if [[ "$SKIP_DECODEX" != 1 ]]; then
-        out=$("$BIN" bench train --config "$CONFIG" --iters "$ITERS" --threads "$THREADS" --json) \
+        out=$("$BIN" bench train --config "$CONFIG" --max-steps "$ITERS" --threads "$THREADS" --json) \
             || { echo "error: decodex bench failed in round $r" >&2; exit 1; }
         line=$(last_result "$out")
         [[ -n "$line" ]] || { echo "error: no tokens_per_sec in decodex output:" >&2; echo "$out" >&2; exit 1; }

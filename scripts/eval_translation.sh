@@ -15,7 +15,7 @@ bin=${DECODEX:-target/release/decodex}
 for beam in 1 5; do
   hyp="$run/test.beam$beam.hyp"
   start=$(date +%s.%N)
-  "$bin" --threads 2 translate --model "$run" --input "$src" --beam "$beam" > "$hyp"
+  "$bin" --threads 2 translate --model "$run" --input "$src" --num-beams "$beam" > "$hyp"
   secs=$(echo "$(date +%s.%N) - $start" | bc)
   cased=$("$bin" eval bleu --hyp "$hyp" --ref "$ref" --json)
   lower=$("$bin" eval bleu --hyp "$hyp" --ref "$ref" --lowercase --json)

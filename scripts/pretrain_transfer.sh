@@ -26,6 +26,6 @@ for run in dialogsum-from-gutenberg dialogsum-scratch; do
     "$BIN" --threads "$THREADS" train --config "configs/$run.toml" --out "$T/$run" --json > "$T/$run.log"
 done
 for model in runs/gutenberg-bpe "$T/dialogsum-from-gutenberg" "$T/dialogsum-scratch"; do
-    "$BIN" --threads "$THREADS" eval perplexity --model "$model" --text-file "$T/dialogsum-valid.txt" --json \
+    "$BIN" --threads "$THREADS" eval perplexity --model "$model" --input "$T/dialogsum-valid.txt" --json \
         | jq -c --arg model "$model" '{model: $model} + .'
 done
