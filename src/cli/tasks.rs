@@ -11,9 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
-use decodex::decode::{
-    self, beam_search, BeamConfig, Decoder, EarlyStopping, SamplingConfig, Strategy,
-};
+use decodex::decode::{self, beam_search, BeamConfig, EarlyStopping, SamplingConfig, Strategy};
 use decodex::eval::{rouge, squad};
 use decodex::models::pretrained::{self, Network, Pretrained};
 use decodex::tasks;
@@ -147,13 +145,13 @@ fn render(model: &Pretrained, user: &str) -> Result<String> {
 
 /// One reply per prompt: greedy in left-padded batches, or beam search prompt by prompt. The
 /// text is trimmed and kept to one line.
-fn replies<D: Decoder>(
-    m: &D,
+fn replies(
     model: &Pretrained,
     a: &TaskArgs,
     prompts: &[String],
     json: bool,
 ) -> Result<Vec<String>> {
+    let m = model.decoder();
     let bar = (!json).then(|| indicatif::ProgressBar::new(prompts.len() as u64));
     let eos = model.eos_ids.clone();
     let pad = eos.first().copied().unwrap_or(0);
@@ -212,18 +210,6 @@ fn replies<D: Decoder>(
     Ok(out)
 }
 
-fn run_replies(
-    model: &Pretrained,
-    a: &TaskArgs,
-    prompts: &[String],
-    json: bool,
-) -> Result<Vec<String>> {
-    match &model.network {
-        Network::Llama(m) => replies(m, model, a, prompts, json),
-        Network::Gpt(m) => replies(m, model, a, prompts, json),
-    }
-}
-
 fn jsonl_field(
     v: &Value,
     key: &str,
@@ -277,7 +263,7 @@ pub fn summarize(a: &TaskArgs, json: bool) -> Result<()> {
         .map(|d| render(&model, &tasks::summarize_prompt(d)))
         .collect::<Result<Vec<_>>>()?;
     let t0 = Instant::now();
-    let hyps = run_replies(&model, a, &prompts, json)?;
+    let hyps = replies(&model, a, &prompts, json)?;
     let secs = t0.elapsed().as_secs_f64();
     if let Some(out) = &a.out {
         let mut s = hyps.join("\n");
@@ -352,7 +338,7 @@ pub fn answer(a: &TaskArgs, json: bool) -> Result<()> {
         .map(|(c, q)| render(&model, &tasks::answer_prompt(c, q)))
         .collect::<Result<Vec<_>>>()?;
     let t0 = Instant::now();
-    let answers = run_replies(&model, a, &prompts, json)?;
+    let answers = replies(&model, a, &prompts, json)?;
     let secs = t0.elapsed().as_secs_f64();
     let mut stdout = std::io::stdout().lock();
     if a.question.is_some() {

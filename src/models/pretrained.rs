@@ -170,6 +170,30 @@ impl Pretrained {
         self.decoder().context_len()
     }
 
+    /// The architecture's name: "gpt" or "llama".
+    pub fn arch(&self) -> &'static str {
+        match &self.network {
+            Network::Gpt(_) => "gpt",
+            Network::Llama(_) => "llama",
+        }
+    }
+
+    /// Width of the hidden states.
+    pub fn hidden_size(&self) -> usize {
+        match &self.network {
+            Network::Gpt(g) => g.cfg.n_embd,
+            Network::Llama(l) => l.cfg.hidden_size,
+        }
+    }
+
+    /// The last hidden states (after the final norm) of `ids` (B, T): (B, T, hidden_size).
+    pub fn hidden(&self, ids: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        Ok(match &self.network {
+            Network::Gpt(g) => g.hidden(ids, None, None)?,
+            Network::Llama(l) => l.hidden(ids, &mut l.candle_cache())?,
+        })
+    }
+
     /// The network as the decoding engine drives it.
     pub fn decoder(&self) -> &dyn crate::models::Decoder {
         match &self.network {

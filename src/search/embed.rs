@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::models::bert::Bert;
-use crate::models::pretrained::{self, Network};
+use crate::models::pretrained;
 
 /// What identifies the model that made a set of vectors: an index records it, and queries or
 /// appends with another model are refused.
@@ -352,10 +352,7 @@ pub struct DecoderEmbedder {
 impl DecoderEmbedder {
     pub fn load(path: &Path) -> Result<Self> {
         let model = pretrained::load(path, false, None)?;
-        let (kind, dim) = match &model.network {
-            Network::Gpt(g) => ("gpt", g.cfg.n_embd),
-            Network::Llama(l) => ("llama", l.cfg.hidden_size),
-        };
+        let (kind, dim) = (model.arch(), model.hidden_size());
         let files = if path.is_file() {
             vec![path.to_path_buf()]
         } else {
@@ -382,10 +379,7 @@ impl DecoderEmbedder {
         }
         let t = ids.len();
         let idx = Tensor::from_vec(ids, (1, t), &Device::Cpu)?;
-        let hidden = match &self.model.network {
-            Network::Gpt(g) => g.hidden(&idx, None, None)?,
-            Network::Llama(l) => l.hidden(&idx, &mut l.candle_cache())?,
-        };
+        let hidden = self.model.hidden(&idx)?;
         // (1, T, C) -> (C): the mean over the tokens.
         let mut v = hidden.squeeze(0)?.mean(0)?.to_vec1::<f32>()?;
         l2_normalize(&mut v, dim);
