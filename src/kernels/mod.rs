@@ -95,6 +95,14 @@ impl Precision {
         }
     }
 
+    /// The config spelling: "fp32" or "bf16".
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
     /// Whether this CPU runs `Bf16` matmuls on AVX512-BF16 (rather than in the software emulation).
     pub fn bf16_supported() -> bool {
         bf16::available()

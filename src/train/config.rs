@@ -291,8 +291,6 @@ eval_iters = 20
         cfg.validate_static().unwrap();
         let fp16 = CHAR.replace("[train]\n", "[train]\nprecision = \"fp16\"\n");
         let err = toml::from_str::<TrainConfig>(&fp16)
-            .unwrap()
-            .validate_static()
             .unwrap_err()
             .to_string();
         assert!(err.contains("fp16") && err.contains("bf16"), "{err}");

@@ -181,7 +181,7 @@ pub fn make_backend(cfg: &TrainConfig, m: &GptConfig, params: &[f32]) -> Result<
         Err(Error::Invalid(format!(
             "precision = {:?} needs the fast path (backend \"fast\" or \"auto\" with dropout = 0); \
              the candle backend trains in fp32",
-            cfg.train.precision
+            cfg.train.precision.name()
         )))
     } else {
         Ok(Box::new(CandleBackend::new(
