@@ -34,6 +34,17 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0f32, nan_max)
 }
 
+/// ‖a − b‖ / ‖a‖ in f64 (the norm floored at 1e−30).
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| ((x - y) as f64).powi(2))
+        .sum();
+    let norm: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
 /// erfc in f64 to ~1e−13 relative: 1 − the Maclaurin series of erf for |x| < 3, the
 /// continued fraction of erfc beyond.
 pub fn erfc_f64(x: f64) -> f64 {

@@ -522,17 +522,7 @@ fn attention_backward_bf16(
 mod tests {
     use super::*;
 
-    use crate::testutil::fill;
-
-    fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-        let diff: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| ((x - y) as f64).powi(2))
-            .sum();
-        let norm: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum();
-        (diff / norm.max(1e-30)).sqrt()
-    }
+    use crate::testutil::{fill, rel_l2};
 
     /// The bf16 attention (packed operands) against the f32 one: outputs, log-sum-exps and
     /// input gradients within bf16 rounding, on full and partial tiles, with and without bias.

@@ -379,17 +379,16 @@ mod tests {
             .broadcast_add(&b)
             .unwrap();
         assert!(max_diff(&fused, &composed) < 1e-5);
-        let gf = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let gc = (composed * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let (gf, gc) = (grads_of(fused, &g), grads_of(composed, &g));
         for p in [&x, &w, &b] {
             let d = max_diff(gf.get(p).unwrap(), gc.get(p).unwrap());
             assert!(d < 1e-4, "gradient differs by {d}");
         }
+    }
+
+    /// The gradients of Σ y ⊙ g.
+    fn grads_of(y: Tensor, g: &Tensor) -> candle_core::backprop::GradStore {
+        (y * g).unwrap().sum_all().unwrap().backward().unwrap()
     }
 
     #[test]
@@ -421,13 +420,7 @@ mod tests {
                 candle_nn::ops::softmax(&att.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
             let composed = att.matmul(&v).unwrap();
             assert!(max_diff(&fused, &composed) < 1e-5);
-            let gf = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            let gc = (composed * &g)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let (gf, gc) = (grads_of(fused, &g), grads_of(composed, &g));
             for p in [&q, &k, &v] {
                 let d = max_diff(gf.get(p).unwrap(), gc.get(p).unwrap());
                 assert!(d < 1e-4, "gradient differs by {d}");

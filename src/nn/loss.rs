@@ -192,24 +192,12 @@ mod tests {
             );
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
             assert!((nll as f32 - cnll.to_scalar::<f32>().unwrap()).abs() < 1e-5);
-            let ga = fused
-                .backward()
-                .unwrap()
-                .get(x.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let gb = composed
-                .backward()
-                .unwrap()
-                .get(x.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let grad = |loss: &Tensor| {
+                let g = loss.backward().unwrap();
+                let g = g.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+                g.to_vec1::<f32>().unwrap()
+            };
+            let (ga, gb) = (grad(&fused), grad(&composed));
             let diff = ga
                 .iter()
                 .zip(&gb)

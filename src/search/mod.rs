@@ -363,13 +363,11 @@ mod tests {
             r#"{"text": "no id"}"#,
         ];
         std::fs::write(&p, lines.join("\n")).unwrap();
-        let got: Vec<(String, String)> = open_records(&p)
-            .unwrap()
-            .read_all()
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.id, r.text))
-            .collect();
+        let pairs = |p: &std::path::Path| -> Vec<(String, String)> {
+            let records = open_records(p).unwrap().read_all().unwrap();
+            records.into_iter().map(|r| (r.id, r.text)).collect()
+        };
+        let got = pairs(&p);
         let want = [
             ("a", "T body"),
             ("b", "body"),
@@ -386,13 +384,7 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut enc, lines.join("\n").as_bytes()).unwrap();
         std::fs::write(&gz, enc.finish().unwrap()).unwrap();
-        let again: Vec<(String, String)> = open_records(&gz)
-            .unwrap()
-            .read_all()
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.id, r.text))
-            .collect();
+        let again = pairs(&gz);
         assert_eq!(again, want);
         std::fs::write(&p, "{\"_id\": \"a\", \"text\": 3}\n").unwrap();
         let err = open_records(&p)

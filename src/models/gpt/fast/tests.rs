@@ -78,13 +78,7 @@ fn bf16_step_tracks_f32_step() {
     for (name, shape, off) in m.offsets() {
         let len: usize = shape.iter().product();
         let (a, b) = (&g32[*off..off + len], &g16[*off..off + len]);
-        let diff: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| ((x - y) as f64).powi(2))
-            .sum();
-        let norm: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum();
-        let rel = (diff / norm.max(1e-30)).sqrt();
+        let rel = crate::testutil::rel_l2(a, b);
         println!("TENSOR OK {name} bf16 vs f32 rel L2 {rel:.1e}");
         assert!(
             rel < 5e-2,
