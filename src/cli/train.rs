@@ -199,9 +199,7 @@ pub(super) fn train_cmd(a: &TrainArgs, json: bool) -> Result<train::TrainSummary
     if a.max_steps == Some(0) {
         bail!("--max-steps must be at least 1");
     }
-    let _ = ctrlc::set_handler(|| {
-        train::trainer::STOP.store(true, std::sync::atomic::Ordering::SeqCst);
-    });
+    train::progress::stop_on_ctrl_c();
     let opts = TrainOptions {
         config: a.config.clone(),
         out: a.out.clone(),
@@ -302,6 +300,7 @@ pub(super) fn train_seq2seq_cmd(a: &TrainArgs, json: bool) -> Result<()> {
     if a.resume || a.max_steps.is_some() {
         bail!("--resume and --max-steps apply to language-model configs; a seq2seq config sets epochs and max_minutes");
     }
+    train::progress::stop_on_ctrl_c();
     let summary = train::seq2seq::train_seq2seq(&a.config, &a.out, |log| {
         if json {
             println!("{}", serde_json::to_string(log).unwrap_or_default());
@@ -339,6 +338,7 @@ pub(super) fn train_seq2seq_cmd(a: &TrainArgs, json: bool) -> Result<()> {
 pub(super) fn finetune_cmd(a: &FinetuneArgs, json: bool) -> Result<()> {
     use decodex::models::llama::lora::{LoraSpec, Proj};
     use decodex::train::finetune::run::{finetune, FinetuneOptions};
+    decodex::train::progress::stop_on_ctrl_c();
     let lora = match a.method {
         Method::Lora => {
             let targets = a

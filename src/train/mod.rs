@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod finetune;
 pub mod optim;
+pub mod progress;
 pub mod seq2seq;
 pub mod trainer;
 

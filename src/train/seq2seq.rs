@@ -25,6 +25,7 @@ use crate::nn::loss::smoothed_cross_entropy;
 use crate::nn::params::Params;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::data_dir;
+use crate::train::progress::{stop_requested, Clock};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -410,7 +411,7 @@ pub fn train_seq2seq(
     let train_start = Instant::now();
     let mut train_tokens = 0usize;
     let mut epochs_done = 0f64;
-    let deadline = (o.max_minutes > 0.0).then_some(o.max_minutes * 60.0);
+    let clock = Clock::new(0.0, o.max_minutes * 60.0);
     let mut emit = |log: Seq2SeqLog, lines: &mut String| -> Result<()> {
         lines.push_str(&serde_json::to_string(&log).map_err(|e| Error::Invalid(e.to_string()))?);
         lines.push('\n');
@@ -418,7 +419,6 @@ pub fn train_seq2seq(
         on_log(&log);
         Ok(())
     };
-    let time_frac = || deadline.map_or(0.0, |d| train_start.elapsed().as_secs_f64() / d);
     // Validates, keeps the checkpoint if it is the best so far, and logs.
     let evaluate =
         |step: usize, epoch: usize, train_tokens: usize, best: &mut f64| -> Result<Seq2SeqLog> {
@@ -434,17 +434,18 @@ pub fn train_seq2seq(
                 train_objective: None,
                 val_loss: Some(vl),
                 val_ppl: Some(vl.exp()),
-                lr: lr_at(o, step, total, time_frac()),
+                lr: lr_at(o, step, total, clock.fraction()),
                 tokens_per_sec: train_tokens as f64 / train_start.elapsed().as_secs_f64(),
                 elapsed_s: t0.elapsed().as_secs_f64(),
             };
             Ok(log)
         };
-    let (mut obj_sum, mut out_of_time) = (0f64, false);
+    // Out of time, or Ctrl-C: validate (keeping the best checkpoint) and stop.
+    let (mut obj_sum, mut stopped) = (0f64, false);
     'epochs: for epoch in 0..o.epochs {
         let batches = parallel::token_batches(&tr.src, &tr.tgt, o.max_tokens, &mut batch_rng);
         for (bi, idx) in batches.iter().enumerate() {
-            let lr = lr_at(o, step, total, time_frac());
+            let lr = lr_at(o, step, total, clock.fraction());
             opt.set_learning_rate(lr);
             let b = make_batch(&tr.src, &tr.tgt, idx, &mcfg, &device)?;
             let (objective, nll) = train_batch(&model, &mut opt, &params, &b, o, &drop_rng)?;
@@ -470,8 +471,8 @@ pub fn train_seq2seq(
                 emit(log, &mut log_lines)?;
                 (tok_count, loss_sum, obj_sum, loss_n, window) = (0, 0.0, 0.0, 0, Instant::now());
             }
-            if time_frac() >= 1.0 {
-                out_of_time = true;
+            if clock.expired() || stop_requested() {
+                stopped = true;
                 break;
             }
         }
@@ -479,7 +480,7 @@ pub fn train_seq2seq(
             evaluate(step, epoch, train_tokens, &mut best)?,
             &mut log_lines,
         )?;
-        if out_of_time {
+        if stopped {
             break 'epochs;
         }
     }

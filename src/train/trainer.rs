@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -20,9 +19,7 @@ use crate::tokenizer::Tokenizer;
 use crate::train::backend::{Backend, CandleBackend, FastBackend};
 use crate::train::config::{cache_dir, resolve_data_path, BackendKind, TrainConfig};
 use crate::train::optim::{clip_scale, decay_ranges, global_norm, AdamW};
-
-/// Set by a Ctrl-C handler; the loop checkpoints and stops at the end of the current step.
-pub static STOP: AtomicBool = AtomicBool::new(false);
+use crate::train::progress::stop_requested;
 
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -328,7 +325,7 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
         }
         on_event(&Event::Step(log));
-        let stop = STOP.load(Ordering::SeqCst);
+        let stop = stop_requested();
         if is_eval || stop {
             save(step, backend.as_ref(), &opt, &batcher, last_val)?;
             on_event(&Event::Checkpoint {

@@ -36,6 +36,7 @@ use crate::models::llama::LlamaConfig;
 use crate::models::pretrained::{self, Network, Pretrained};
 use crate::nn::tensor_io;
 use crate::train::optim::{clip_scale, global_norm, AdamW};
+use crate::train::progress::{stop_requested, Clock};
 
 #[derive(Debug, Clone)]
 pub struct FinetuneOptions {
@@ -442,17 +443,19 @@ impl Run<'_> {
             next_batch(&mut queue, &mut epoch);
         }
         let mut drop_rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(2 + step as u64));
-        let t0 = Instant::now();
-        let elapsed = |t0: &Instant| elapsed0 + t0.elapsed().as_secs_f64();
-        let limit = o.time_limit_min * 60.0;
+        let clock = Clock::new(elapsed0, o.time_limit_min * 60.0);
         let mut grads = vec![0f32; n_params];
         let mut tokens_seen = 0usize;
         let mut last_eval = None;
         let mut train_secs = 0.0;
         let mut stop_reason = "max_steps";
         while step < o.max_steps {
-            if limit > 0.0 && elapsed(&t0) >= limit {
+            if clock.expired() {
                 stop_reason = "time_limit";
+                break;
+            }
+            if stop_requested() {
+                stop_reason = "interrupted";
                 break;
             }
             if o.pause_at.is_some_and(|p| step >= p) {
@@ -472,11 +475,7 @@ impl Run<'_> {
             } else {
                 1.0
             };
-            let progress = (step as f64 / o.max_steps as f64).max(if limit > 0.0 {
-                elapsed(&t0) / limit
-            } else {
-                0.0
-            });
+            let progress = (step as f64 / o.max_steps as f64).max(clock.fraction());
             let lr = lr_at(o, step, progress);
             opt.update_scaled(&mut model.params_mut().data, &grads, lr, scale);
             step += 1;
@@ -485,36 +484,36 @@ impl Run<'_> {
             tokens_seen += batch.ids.len();
             let line = json!({"event": "step", "step": step, "epoch": epoch, "train_loss": loss / ntg as f64,
             "lr": lr, "grad_norm": norm, "tokens": batch.ids.len(), "targets": ntg,
-            "tokens_per_sec": batch.ids.len() as f64 / secs, "elapsed": elapsed(&t0)});
+            "tokens_per_sec": batch.ids.len() as f64 / secs, "elapsed": clock.elapsed()});
             metrics.push_str(&format!("{line}\n"));
             emit(&line);
             let at_end = step >= o.max_steps
-                || (limit > 0.0 && elapsed(&t0) >= limit)
+                || clock.expired()
+                || stop_requested()
                 || o.pause_at.is_some_and(|p| step >= p);
             if !evals.is_empty()
                 && (o.eval_every > 0 && step.is_multiple_of(o.eval_every) || at_end)
             {
                 let ev = eval_loss(model, evals, o.batch_tokens);
                 last_eval = Some(ev);
-                let line =
-                    json!({"event": "eval", "step": step, "val_loss": ev, "elapsed": elapsed(&t0)});
+                let line = json!({"event": "eval", "step": step, "val_loss": ev, "elapsed": clock.elapsed()});
                 metrics.push_str(&format!("{line}\n"));
                 emit(&line);
             }
             if o.save_every > 0 && step.is_multiple_of(o.save_every) && !at_end {
-                self.save(model, opt, step, elapsed(&t0), metrics)?;
+                self.save(model, opt, step, clock.elapsed(), metrics)?;
                 emit(&json!({"event": "saved", "step": step, "dir": o.out}));
             }
         }
         if last_eval.is_none() && !evals.is_empty() {
             last_eval = Some(eval_loss(model, evals, o.batch_tokens));
         }
-        self.save(model, opt, step, elapsed(&t0), metrics)?;
+        self.save(model, opt, step, clock.elapsed(), metrics)?;
         Ok(
             json!({"event": "done", "steps": step, "stop": stop_reason, "eval_loss": last_eval,
         "tokens": tokens_seen, "train_seconds": train_secs,
         "tokens_per_sec": tokens_seen as f64 / train_secs.max(1e-9),
-        "elapsed": elapsed(&t0),
+        "elapsed": clock.elapsed(),
         "peak_rss_mb": crate::train::bench::peak_rss_mb(), "out": o.out}),
         )
     }

@@ -1,0 +1,58 @@
+//! What every training loop (language model, sequence-to-sequence, fine-tuning) shares besides
+//! its step: the stop flag a Ctrl-C sets, and the run's clock against its time limit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Set by `stop_on_ctrl_c`'s handler: every loop saves and stops at the end of its current step.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Whether a stop was requested (Ctrl-C).
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Makes Ctrl-C request a stop instead of killing the process (a second handler is ignored).
+pub fn stop_on_ctrl_c() {
+    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+}
+
+/// The wall time of a run, counting the earlier sessions of a resumed run, against an optional
+/// limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+    before: f64,
+    limit: f64,
+}
+
+impl Clock {
+    /// Starts now, after `before` seconds of earlier sessions; `limit_s` ≤ 0 means no limit.
+    pub fn new(before: f64, limit_s: f64) -> Self {
+        let (start, limit) = (Instant::now(), limit_s.max(0.0));
+        Clock {
+            start,
+            before,
+            limit,
+        }
+    }
+
+    /// Seconds so far, earlier sessions included.
+    pub fn elapsed(&self) -> f64 {
+        self.before + self.start.elapsed().as_secs_f64()
+    }
+
+    /// The share of the time limit used (0 without a limit).
+    pub fn fraction(&self) -> f64 {
+        if self.limit > 0.0 {
+            self.elapsed() / self.limit
+        } else {
+            0.0
+        }
+    }
+
+    /// Whether the time limit is reached.
+    pub fn expired(&self) -> bool {
+        self.limit > 0.0 && self.elapsed() >= self.limit
+    }
+}
