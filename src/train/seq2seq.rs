@@ -25,6 +25,7 @@ use crate::nn::loss::smoothed_cross_entropy;
 use crate::nn::params::Params;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::data_dir;
+use crate::train::optim::clip_scale;
 use crate::train::progress::{stop_requested, Clock};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -537,7 +538,8 @@ fn train_batch(
     Ok((loss.to_scalar::<f32>()? as f64, nll))
 }
 
-/// Scales the gradients so that their global L2 norm is at most `max_norm`.
+/// Scales the gradients so that their global L2 norm is at most `max_norm`, by the one clipping
+/// factor (`optim::clip_scale`, PyTorch's `clip_grad_norm_`); the norm sums each tensor's squares.
 fn clip(
     grads: &mut candle_core::backprop::GradStore,
     params: &Params,
@@ -549,12 +551,11 @@ fn clip(
             sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
         }
     }
-    let norm = sq.sqrt();
-    if norm > max_norm {
-        let s = max_norm / (norm + 1e-6);
+    let s = clip_scale(sq.sqrt(), max_norm);
+    if s != 1.0 {
         for (_, v) in &params.vars {
             if let Some(g) = grads.remove(v.as_tensor()) {
-                grads.insert(v.as_tensor(), (g * s)?);
+                grads.insert(v.as_tensor(), (g * s as f64)?);
             }
         }
     }
