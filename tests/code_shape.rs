@@ -1,21 +1,12 @@
 //! The shape issue 21 set for `src/`: no file over 800 lines, and no function over 120 lines
 //! outside tests (from a `#[cfg(test)] mod tests` on, and test-only files, are skipped).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 const MAX_FILE_LINES: usize = 800;
 const MAX_FN_LINES: usize = 120;
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
 
 /// The lines before a file's `#[cfg(test)] mod tests` (all of them if it has none).
 fn non_test_lines(text: &str) -> Vec<&str> {
@@ -77,13 +68,7 @@ fn long_functions(lines: &[&str], max: usize) -> Vec<(String, usize, usize)> {
 }
 
 fn src_files() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    rust_files(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut files,
-    );
-    files.sort();
-    files
+    common::rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
 }
 
 #[test]

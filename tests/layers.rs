@@ -7,6 +7,8 @@
 //! all. Test modules (from a `#[cfg(test)]` line on) are skipped: a test may compare against a
 //! layer above.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -89,17 +91,6 @@ fn non_test(src: &str) -> &str {
     src.find("#[cfg(test)]").map_or(src, |i| &src[..i])
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
-
 /// Files that exist only under `#[cfg(test)]` (declared `#[cfg(test)] mod name;`).
 fn test_only(files: &[PathBuf]) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
@@ -132,9 +123,7 @@ type Graph = BTreeMap<String, BTreeSet<String>>;
 
 fn scan(root: &Path) -> (Vec<(String, String, String)>, Graph) {
     let src = root.join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files.sort();
+    let files = common::rust_files(&src);
     let skip = test_only(&files);
     let (mut climbs, mut graph) = (Vec::new(), Graph::new());
     for f in files.iter().filter(|f| !skip.contains(*f)) {
