@@ -20,5 +20,7 @@ pub mod train;
 
 pub use error::{Error, Result};
 
-#[cfg(test)]
-pub(crate) mod testutil;
+/// Helpers shared by the unit and integration tests (NaN-keeping maxima, deterministic fills):
+/// not a stable API.
+#[doc(hidden)]
+pub mod testutil;

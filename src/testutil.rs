@@ -1,4 +1,4 @@
-//! Helpers shared by the unit tests.
+//! Helpers shared by the unit tests and the integration tests (`tests/common`).
 
 /// `len` deterministic pseudo-random values in [-1, 1) (xorshift64 from `seed`).
 pub fn fill(len: usize, seed: u64) -> Vec<f32> {
@@ -25,9 +25,11 @@ pub fn nan_max<T: PartialOrd + Copy>(m: T, d: T) -> T {
     }
 }
 
-/// The largest |a_i − b_i| (NaN if a difference is NaN).
+/// The largest |a_i − b_i| over two equally long, non-empty slices (NaN if a difference is NaN),
+/// so that a tolerance check on it cannot pass on nothing or on NaN.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "compared slices differ in length");
+    assert!(!a.is_empty(), "nothing to compare");
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())

@@ -224,7 +224,7 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         model.require_chat_template()?;
     }
     plan.sampling.eos_ids = model.eos_ids.clone();
-    plan.sampling.crop_context = model.crop_context;
+    plan.sampling.crop_context = model.crop_context();
     plan.sampling.use_cache = !a.no_cache;
     plan.beam.eos_ids = model.eos_ids.clone();
     let mut out = std::io::stdout().lock();
@@ -238,7 +238,7 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
             prompt.clone()
         };
         let ids = model.tokenizer.encode(&text)?;
-        if !model.crop_context {
+        if !model.crop_context() {
             // Room for one new token at least.
             let what = format!("tokens of prompt {}", index + 1);
             check_context(&what, ids.len(), 1, model.context_len())?;

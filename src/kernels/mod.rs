@@ -85,17 +85,6 @@ pub enum Precision {
 
 impl Precision {
     /// The config spelling: "fp32" or "bf16".
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "fp32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(Error::Invalid(format!(
-                "precision {s:?} must be \"fp32\" or \"bf16\""
-            ))),
-        }
-    }
-
-    /// The config spelling: "fp32" or "bf16".
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "fp32",

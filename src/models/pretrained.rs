@@ -28,9 +28,6 @@ pub struct Pretrained {
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub path: PathBuf,
-    /// Decoding slides a window past the context instead of stopping (decodex's own GPT
-    /// checkpoints, nanoGPT's convention); see `SamplingConfig::crop_context`.
-    pub crop_context: bool,
 }
 
 /// Loads the decoder at `path`. GGUF matrices stay quantized unless `dequantize`. `tokenizer`
@@ -60,7 +57,6 @@ pub fn load(path: &Path, dequantize: bool, tokenizer: Option<&Path>) -> Result<P
             chat_template: template,
             tokenizer: tok,
             network: Network::Llama(llama),
-            crop_context: false,
             path: path.to_path_buf(),
         });
     }
@@ -95,7 +91,6 @@ pub fn load(path: &Path, dequantize: bool, tokenizer: Option<&Path>) -> Result<P
             eos_ids,
             tokenizer: tok,
             network: Network::Llama(llama),
-            crop_context: false,
             path: path.to_path_buf(),
         });
     }
@@ -104,7 +99,6 @@ pub fn load(path: &Path, dequantize: bool, tokenizer: Option<&Path>) -> Result<P
     let eos_ids = loaded.tokenizer.eos_id().into_iter().collect();
     Ok(Pretrained {
         network: Network::Gpt(gpt),
-        crop_context: true,
         eos_ids,
         chat_template: None,
         bos_token: None,
@@ -168,6 +162,12 @@ impl Pretrained {
     /// The most positions the network attends over.
     pub fn context_len(&self) -> usize {
         self.decoder().context_len()
+    }
+
+    /// Whether decoding slides a window past the context instead of stopping: decodex's own GPT
+    /// checkpoints do (nanoGPT's convention); see `SamplingConfig::crop_context`.
+    pub fn crop_context(&self) -> bool {
+        matches!(self.network, Network::Gpt(_))
     }
 
     /// The architecture's name: "gpt" or "llama".

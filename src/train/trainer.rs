@@ -275,6 +275,7 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
         data_dir: data_dir.clone(),
     });
 
+    let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut step = start;
     let mut last_train = None;
     let mut interrupted = false;
@@ -289,6 +290,7 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
             backend.as_mut(),
             &mut batcher,
             &mut opt,
+            (&mut x, &mut y),
             (&cfg, &m),
             (step, step == start),
         )?;
@@ -438,16 +440,16 @@ fn optimizer_step(
     backend: &mut dyn Backend,
     batcher: &mut Batcher,
     opt: &mut AdamW,
+    (x, y): (&mut Vec<u32>, &mut Vec<u32>),
     (cfg, m): (&TrainConfig, &GptConfig),
     (step, first): (usize, bool),
 ) -> Result<(f32, f64, f64)> {
     let (b, t, accum) = (cfg.train.batch_size, m.block_size, cfg.train.grad_accum);
-    let (mut x, mut y) = (Vec::new(), Vec::new());
     backend.zero_grad();
     let mut loss = 0.0f32;
     for _ in 0..accum {
-        batcher.next_batch(&mut x, &mut y);
-        loss += backend.forward_backward(&x, &y, b, t, 1.0 / accum as f32)? / accum as f32;
+        batcher.next_batch(x, y);
+        loss += backend.forward_backward(x, y, b, t, 1.0 / accum as f32)? / accum as f32;
     }
     if first {
         check_gradients(m, backend.params_and_grads().1)?;

@@ -216,28 +216,8 @@ pub fn tiny_llama(dir: &Path, name: &str, chars: &str) -> PathBuf {
     out
 }
 
-/// `m.max(d)` that keeps a NaN. `f32::max` and `f64::max` return the other operand when one is
-/// NaN, so a `max |diff| <= tol` check folded with them passes on a model that outputs NaN.
-pub fn nan_max<T: PartialOrd + Copy>(m: T, d: T) -> T {
-    #[allow(clippy::eq_op)] // x != x: NaN, for any float type
-    let nan = |x: T| x != x;
-    if nan(m) || (!nan(d) && d <= m) {
-        m
-    } else {
-        d
-    }
-}
-
-/// max |a − b| over two equally long, non-empty slices; NaN if either holds a NaN where the
-/// other does not hold the same, so that a tolerance check on it fails.
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    assert!(!a.is_empty(), "nothing to compare");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, nan_max)
-}
+#[allow(unused_imports)] // not every test binary compares floats
+pub use decodex::testutil::{max_abs_diff, nan_max};
 
 /// Every `.rs` file under `dir`, sorted.
 pub fn rust_files(dir: &Path) -> Vec<PathBuf> {

@@ -94,10 +94,12 @@ fn bf16_step_tracks_f32_step() {
 }
 
 #[test]
-fn precision_parses_config_spellings() {
-    assert_eq!(Precision::parse("fp32").unwrap(), Precision::F32);
-    assert_eq!(Precision::parse("bf16").unwrap(), Precision::Bf16);
-    assert!(Precision::parse("fp16").is_err());
+fn precision_reads_and_names_config_spellings() {
+    for p in [Precision::F32, Precision::Bf16] {
+        let back: Precision = serde_json::from_value(serde_json::json!(p.name())).unwrap();
+        assert_eq!(back, p);
+    }
+    assert!(serde_json::from_value::<Precision>(serde_json::json!("fp16")).is_err());
 }
 
 /// Loss and logits against the f64 reference, then, for a sample of entries of every named
