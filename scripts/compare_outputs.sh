@@ -32,7 +32,7 @@ for arch in gru transformer; do
 done
 printf '%s\n' '"The capital of France is"' '"Once upon a time"' '"def fib(n):"' >"$W/prompts.jsonl"
 printf 'Hello world.\nThe cat sat on the mat.\nVitamin D and bone density.\n' >"$W/texts.txt"
-head -c 20000 "$D/lm/tinyshakespeare/input.txt" >"$W/ppl.txt"
+head -c 1500 "$D/lm/tinyshakespeare/input.txt" >"$W/ppl.txt"; head -c 20000 "$D/lm/tinyshakespeare/input.txt" >"$W/ppl-char.txt"
 strip() { grep -v '^\s*$' | sed -E 's/"(elapsed|secs|seconds|time|ms|wall|tokens_per_sec|tok_per_s|[a-z_]*_ms|[a-z_]*_s|[a-z_]*per_sec[a-z_]*|path|out|dir|file|model|data)":("[^"]*"|[-0-9.eE+]+)/"\1":_/g'; }
 run() { # side binary
     local s=$1 b=$2 o=$W/$1
@@ -55,7 +55,7 @@ run() { # side binary
     "$b" --threads 2 generate --model "$M" --prompts "$W/prompts.jsonl" --strategy sample --temperature 0.8 --top-p 0.9 --seed 7 --max-new-tokens 16 --json >"$o/sample.txt" 2>&1
     "$b" --threads 2 generate --model "$o/char" --prompt "ROMEO:" --max-new-tokens 100 --seed 3 >"$o/char-sample.txt" 2>&1
     "$b" --threads 2 eval perplexity --model "$M" --input "$W/ppl.txt" --json 2>&1 | strip >"$o/ppl.txt"
-    "$b" --threads 2 eval perplexity --model "$o/char" --input "$W/ppl.txt" --json 2>&1 | strip >"$o/ppl-char.txt"
+    "$b" --threads 2 eval perplexity --model "$o/char" --input "$W/ppl-char.txt" --json 2>&1 | strip >"$o/ppl-char.txt"
     "$b" --threads 2 embed --model "$E" --input "$W/texts.txt" --out "$o/emb.npy" >/dev/null 2>&1
     rm -f "$o"/*/metrics.jsonl.tmp
 }
