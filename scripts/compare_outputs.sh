@@ -9,12 +9,14 @@
 # Timings, memory and paths are masked in the JSON lines before comparing; the fine-tuning
 # trainer state (it records wall time) is left out (the resume tests hold it).
 # Usage: scripts/compare_outputs.sh OLD_BINARY NEW_BINARY [WORKDIR]
+# OLD_BINARY may instead be the `old` folder of an earlier run (its outputs are reused).
 set -uo pipefail
 if [[ $# -lt 2 ]]; then
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 OLD=$(realpath "$1") NEW=$(realpath "$2") W=${3:-$(mktemp -d)}
+mkdir -p "$W"
 cd "$(dirname "$0")/.."
 D=${DECODEX_DATA:-$(realpath ../shared/data)}
 MODELS=${DECODEX_MODELS:-$HOME/.cache/decodex/models}
@@ -62,7 +64,7 @@ run() { # side binary
 }
 grep -o -w 'avx512[a-z_0-9]*\|avx2\|fma\|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '
 echo
-run old "$OLD"
+if [[ -d $OLD ]]; then rm -rf "$W/old"; cp -r "$OLD" "$W/old"; else run old "$OLD"; fi
 run new "$NEW"
 same=0 diff=0
 while IFS= read -r f; do
