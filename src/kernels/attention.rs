@@ -2,11 +2,12 @@
 
 use rayon::prelude::*;
 
-use super::bf16::{self, Causal};
-use super::matmul::{gemm_raw, rm, tr, Strided, SERIAL};
+use super::bf16::{self, Causal, Panels};
+use super::matmul::{gemm_raw, rm, Strided, SERIAL};
 use super::simd::{self, simd_fn};
 use super::{add_assign, Precision, SyncPtr};
 
+/// Side of the square attention tiles (forward as in FlashAttention, Dao et al. 2022;
 /// backward as in FlashAttention-2, Dao 2023): query rows i·TILE..(i+1)·TILE meet key rows
 /// j·TILE..(j+1)·TILE, j ≤ i, one (TILE, TILE) block of scores at a time, so no (T, T) matrix
 /// is ever stored. Two tiles of scratch (32 KiB) live on each task's stack.
@@ -133,12 +134,197 @@ unsafe fn add_head_bias(q: *mut f32, bias: &[f32], (t, c, h, hs): (usize, usize,
     }
 }
 
+/// One (b, h) task's operands: q, k = q + C and v = q + 2C (parts 0, 1, 2; rows 3C apart, the
+/// bias already added) and, in the backward, dO (rows C apart).
+/// `keys` is the part `by_keys` multiplies: V in the forward, K in the backward.
+#[derive(Clone, Copy)]
+struct Head {
+    q: *mut f32,
+    d_o: *const f32,
+    keys: usize,
+    t: usize,
+    c: usize,
+    hs: usize,
+}
+
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+
+impl Head {
+    /// Rows r.. of part `x` of qkv.
+    unsafe fn part(self, x: usize, r: usize) -> Strided {
+        rm(self.q.add(x * self.c + r * 3 * self.c), 3 * self.c)
+    }
+
+    /// Rows r.. of dO.
+    unsafe fn d_o(self, r: usize) -> Strided {
+        rm(self.d_o.add(r * self.c), self.c)
+    }
+}
+
+/// A product's destination: (pointer, row stride, whether to add to what it holds).
+type Dst = (*mut f32, usize, bool);
+
+/// Query rows r0..r0 + m against key rows k0..k0 + n.
+#[derive(Clone, Copy)]
+struct Tile {
+    r0: usize,
+    m: usize,
+    k0: usize,
+    n: usize,
+}
+
+impl Tile {
+    /// The part of a product that is needed: `mode` on the diagonal tile, all of it elsewhere.
+    fn diag(self, mode: Causal) -> Causal {
+        if self.k0 == self.r0 {
+            mode
+        } else {
+            Causal::Full
+        }
+    }
+}
+
+/// The tile products of one (b, h) task; all else (the loops, the online softmax, the causal
+/// mask, the log-sum-exps) the two precisions share. In f32 they read qkv's columns where they
+/// lie; in bf16 (f32 sums) they multiply operands `packed` once per head and per query tile.
+struct Products<'a> {
+    h: Head,
+    packed: Option<Packed<'a>>,
+}
+
+/// The bf16 operands of one task, in this thread's scratch: Kᵀ and `keys` once per head; in the
+/// backward also Vᵀ, Q and dO (`None` in the forward); Q (and dO) once per query tile; each
+/// tile of P or dS once per use.
+struct Packed<'a> {
+    kt: Panels,
+    keys: Panels,
+    vt: Option<Panels>,
+    qb: Option<Panels>,
+    dob: Option<Panels>,
+    qa: Option<Panels>,
+    doa: Option<Panels>,
+    /// Scratch for the query tile's Q and dO, and for the tiles of P and dS.
+    scratch: [&'a mut [u32]; 3],
+}
+
+impl Products<'_> {
+    /// Runs `f` on the head's products in `prec`, its operands readied for the forward or the
+    /// backward.
+    ///
+    /// # Safety
+    /// The head's rows must lie inside live memory that no other task writes meanwhile; bf16
+    /// needs a CPU with its instructions (the caller checks).
+    unsafe fn with(h: Head, prec: Precision, backward: bool, f: impl FnOnce(&mut Products)) {
+        if prec == Precision::F32 {
+            return f(&mut Products { h, packed: None });
+        }
+        let Head { t, hs, .. } = h;
+        let (bt, tb) = (bf16::b_words(hs, t), bf16::b_words(t, hs));
+        let (ah, at) = (
+            bf16::a_words(ATT_TILE, hs),
+            bf16::a_words(ATT_TILE, ATT_TILE),
+        );
+        let back = |words| if backward { words } else { 0 };
+        let lens = [bt, back(bt), tb, back(tb), back(tb), ah, back(ah), at];
+        bf16::with_scratch(lens, |[kt, vt, keys, qb, dob, qa, doa, sa]| {
+            let pack = |dst, x, k, cols| bf16::pack_b(dst, x, k, cols);
+            let packed = Packed {
+                kt: pack(kt, h.part(K, 0).t(), hs, t),
+                keys: pack(keys, h.part(h.keys, 0), t, hs),
+                vt: backward.then(|| pack(vt, h.part(V, 0).t(), hs, t)),
+                qb: backward.then(|| pack(qb, h.part(Q, 0), t, hs)),
+                dob: backward.then(|| pack(dob, h.d_o(0), t, hs)),
+                qa: None,
+                doa: None,
+                scratch: [qa, doa, sa],
+            };
+            f(&mut Products {
+                h,
+                packed: Some(packed),
+            })
+        })
+    }
+
+    /// Readies query tile r0..r0 + m.
+    unsafe fn query_tile(&mut self, r0: usize, m: usize) {
+        let (h, Some(p)) = (self.h, &mut self.packed) else {
+            return;
+        };
+        p.qa = Some(bf16::pack_a(p.scratch[0], h.part(Q, r0), m, h.hs));
+        if p.dob.is_some() {
+            p.doa = Some(bf16::pack_a(p.scratch[1], h.d_o(r0), m, h.hs));
+        }
+    }
+
+    /// s (m, n) = alpha · Q[r0..] @ K[k0..]ᵀ, or for `grad` dP = alpha · dO[r0..] @ V[k0..]ᵀ.
+    unsafe fn scores(&mut self, s: *mut f32, t: Tile, alpha: f32, grad: bool) {
+        let (h, dims) = (self.h, (t.m, t.n, self.h.hs));
+        let Some(p) = &self.packed else {
+            let (x, y) = match grad {
+                true => (h.d_o(t.r0), h.part(V, t.k0)),
+                false => (h.part(Q, t.r0), h.part(K, t.k0)),
+            };
+            return gemm_raw(dims, s, t.n, false, x, y.t(), alpha, SERIAL);
+        };
+        let (x, y) = [(p.qa, Some(p.kt)), (p.doa, p.vt)][grad as usize];
+        let (x, y) = (x.unwrap(), y.unwrap().skip_lanes(t.k0));
+        bf16::gemm_packed(dims, s, t.n, 0.0, x, y, alpha, t.diag(Causal::Lower));
+    }
+
+    /// dst (m, hs) = [dst +] alpha · x (m, n) @ `keys`[k0..].
+    unsafe fn by_keys(&mut self, dst: Dst, t: Tile, x: *const f32, alpha: f32) {
+        let y = self.h.part(self.h.keys, t.k0);
+        let y = self.packed.as_ref().map(|p| p.keys.skip_k(t.k0)).ok_or(y);
+        let mode = t.diag(Causal::DepthUpTo);
+        self.gemm((t.m, self.h.hs, t.n), dst, rm(x, t.n), y, alpha, mode);
+    }
+
+    /// dst (n, hs) = [dst +] alpha · xᵀ (n, m) @ Q[r0..], or for `grad` dO[r0..].
+    unsafe fn by_queries(&mut self, dst: Dst, t: Tile, x: *const f32, alpha: f32, grad: bool) {
+        let y = [self.h.part(Q, t.r0), self.h.d_o(t.r0)][grad as usize];
+        let p = self.packed.as_ref();
+        let y = p
+            .map(|p| [p.qb, p.dob][grad as usize].unwrap().skip_k(t.r0))
+            .ok_or(y);
+        let mode = t.diag(Causal::DepthFrom);
+        self.gemm((t.n, self.h.hs, t.m), dst, rm(x, t.n).t(), y, alpha, mode);
+    }
+
+    /// dst (m, n) = [dst +] alpha · a (m, k) @ b (k, n): bf16 with b packed (`Ok`), a packed
+    /// into the tile scratch first, or f32 (`Err`).
+    unsafe fn gemm(
+        &mut self,
+        dims: (usize, usize, usize),
+        dst: Dst,
+        a: Strided,
+        b: Result<Panels, Strided>,
+        alpha: f32,
+        mode: Causal,
+    ) {
+        let ((m, _, k), (dst, ld, acc)) = (dims, dst);
+        match (b, &mut self.packed) {
+            (Ok(b), Some(p)) => {
+                let (a, beta) = (
+                    bf16::pack_a(p.scratch[2], a, m, k),
+                    if acc { 1.0 } else { 0.0 },
+                );
+                bf16::gemm_packed(dims, dst, ld, beta, a, b, alpha, mode)
+            }
+            (Err(b), _) => gemm_raw(dims, dst, ld, acc, a, b, alpha, SERIAL),
+            (Ok(_), None) => unreachable!("packed operands without scratch"),
+        }
+    }
+}
+
 /// out (B, T, C) = per head softmax(q kᵀ/√hs, causal) v, heads side by side; saves the
 /// log-sum-exp of each row of scores in lse (B, nh, T), all the backward needs to recompute the
 /// probabilities. qkv (B, T, 3C) holds [q | k | v] (head h in columns h·hs..(h+1)·hs of each)
 /// without the c_attn bias, which is added here, in place, by the task that reads those
 /// columns. Parallel over (b, h); each task walks its query tiles and, for each, the key tiles
-/// up to the diagonal with an online softmax.
+/// up to the diagonal with an online softmax. `Precision::Bf16` rounds the products' inputs to
+/// bf16 (f32 sums, f32 softmax).
 pub fn attention_forward(
     out: &mut [f32],
     lse: &mut [f32],
@@ -148,13 +334,10 @@ pub fn attention_forward(
     prec: Precision,
 ) {
     let AttShape { b, t, c, nh } = s;
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
     assert!(qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && lse.len() >= b * nh * t);
     assert!(bias.is_none_or(|b| b.len() == 3 * c));
-    if prec == Precision::Bf16 {
-        return attention_forward_bf16(out, lse, qkv, bias, s);
-    }
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
     let (out, qkv) = (SyncPtr(out.as_mut_ptr()), SyncPtr(qkv.as_mut_ptr()));
     lse[..b * nh * t]
         .par_chunks_mut(t)
@@ -165,39 +348,53 @@ pub fn attention_forward(
             let (mut mx, mut sum, mut alpha) =
                 ([0f32; ATT_TILE], [0f32; ATT_TILE], [0f32; ATT_TILE]);
             // SAFETY: q, k, v address rows bi·T..(bi+1)·T, columns h·hs..(h+1)·hs of the three
-            // thirds of qkv (asserted large enough above), and o the same rows and columns of out;
-            // different (b, h) tasks touch disjoint parts of qkv and of out, both of which stay
-            // mutably borrowed by this function. gemm reads p only where it wrote it.
+            // thirds of qkv (asserted large enough by the caller), and o the same rows and
+            // columns of out; different (b, h) tasks touch disjoint parts of qkv and of out, both
+            // of which stay mutably borrowed by this function. The products read p only where
+            // they wrote it; bf16 ones run only where the caller checked the CPU has them.
             unsafe {
                 let q = qkv.get().add(bi * t * 3 * c + h * hs);
                 let o = out.get().add(bi * t * c + h * hs);
                 if let Some(bias) = bias {
                     add_head_bias(q, bias, (t, c, h, hs));
                 }
-                let (k, v) = (q.add(c), q.add(2 * c));
-                for r0 in (0..t).step_by(ATT_TILE) {
-                    let m = ATT_TILE.min(t - r0);
-                    let (qi, oi) = (rm(q.add(r0 * 3 * c), 3 * c), o.add(r0 * c));
-                    for k0 in (0..=r0).step_by(ATT_TILE) {
-                        let n = ATT_TILE.min(t - k0);
-                        let (first, pt) = (k0 == 0, &mut p[..m * n]);
-                        // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ
-                        let kj = tr(k.add(k0 * 3 * c), 3 * c);
-                        gemm_raw((m, n, hs), pt.as_mut_ptr(), n, false, qi, kj, scale, SERIAL);
-                        let (mx, sum, alpha) = (&mut mx[..m], &mut sum[..m], &mut alpha[..m]);
-                        online_softmax_tile(pt, mx, sum, alpha, (r0, k0, n), first);
-                        if !first {
-                            scale_rows(oi, c, hs, alpha);
+                let d_o = std::ptr::null();
+                let head = Head {
+                    q,
+                    d_o,
+                    keys: V,
+                    t,
+                    c,
+                    hs,
+                };
+                Products::with(head, prec, false, |prod| {
+                    for r0 in (0..t).step_by(ATT_TILE) {
+                        let (m, oi) = (ATT_TILE.min(t - r0), o.add(r0 * c));
+                        prod.query_tile(r0, m);
+                        for k0 in (0..=r0).step_by(ATT_TILE) {
+                            let tile = Tile {
+                                r0,
+                                m,
+                                k0,
+                                n: ATT_TILE.min(t - k0),
+                            };
+                            let (first, pt) = (k0 == 0, &mut p[..m * tile.n]);
+                            // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ
+                            prod.scores(pt.as_mut_ptr(), tile, scale, false);
+                            let (mx, sum, alpha) = (&mut mx[..m], &mut sum[..m], &mut alpha[..m]);
+                            online_softmax_tile(pt, mx, sum, alpha, (r0, k0, tile.n), first);
+                            if !first {
+                                scale_rows(oi, c, hs, alpha);
+                            }
+                            // O[r0..] = alpha · O[r0..] + P @ V[k0..]
+                            prod.by_keys((oi, c, !first), tile, pt.as_ptr(), 1.0);
                         }
-                        // O[r0..] = alpha · O[r0..] + P @ V[k0..]
-                        let (pt, vj) = (rm(pt.as_ptr(), n), rm(v.add(k0 * 3 * c), 3 * c));
-                        gemm_raw((m, hs, n), oi, c, !first, pt, vj, 1.0, SERIAL);
+                        for (rr, (&mx, &s)) in mx[..m].iter().zip(&sum[..m]).enumerate() {
+                            (alpha[rr], lse[r0 + rr]) = (1.0 / s, mx + s.ln());
+                        }
+                        scale_rows(oi, c, hs, &alpha[..m]);
                     }
-                    for (rr, (&mx, &s)) in mx[..m].iter().zip(&sum[..m]).enumerate() {
-                        (alpha[rr], lse[r0 + rr]) = (1.0 / s, mx + s.ln());
-                    }
-                    scale_rows(oi, c, hs, &alpha[..m]);
-                }
+                })
             }
         });
 }
@@ -216,14 +413,11 @@ pub fn attention_backward(
     prec: Precision,
 ) {
     let AttShape { b, t, c, nh } = s;
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
     let n3 = b * t * 3 * c;
     assert!(qkv.len() >= n3 && dqkv.len() >= n3 && lse.len() >= b * nh * t);
     assert!(dout.len() >= b * t * c && out.len() >= b * t * c);
-    if prec == Precision::Bf16 {
-        return attention_backward_bf16(dqkv, dout, qkv, out, lse, s);
-    }
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
     let dqkv = SyncPtr(dqkv.as_mut_ptr());
     lse[..b * nh * t]
         .par_chunks(t)
@@ -233,288 +427,61 @@ pub fn attention_backward(
             let mut p = [0f32; ATT_TILE * ATT_TILE];
             let mut dp = [0f32; ATT_TILE * ATT_TILE];
             let mut d = [0f32; ATT_TILE];
-            // SAFETY: as in `attention_forward`: every pointer addresses rows bi·T..(bi+1)·T and
-            // columns h·hs..(h+1)·hs of its third of qkv or dqkv, or of dout or out, inside the
-            // asserted lengths; different (b, h) tasks write disjoint parts of dqkv, which stays
-            // mutably borrowed by this function.
+            // SAFETY: as in `forward`: every pointer addresses rows bi·T..(bi+1)·T and columns
+            // h·hs..(h+1)·hs of its third of qkv or dqkv, or of dout or out, inside the asserted
+            // lengths; different (b, h) tasks write disjoint parts of dqkv, which stays mutably
+            // borrowed by this function; qkv is only read.
             unsafe {
-                let q = qkv.as_ptr().add(bi * t * 3 * c + h * hs);
-                let (k, v) = (q.add(c), q.add(2 * c));
+                let q = qkv.as_ptr().add(bi * t * 3 * c + h * hs).cast_mut();
                 let dq = dqkv.get().add(bi * t * 3 * c + h * hs);
-                let (dk, dv) = (dq.add(c), dq.add(2 * c));
                 let (d_o, o) = (bi * t * c + h * hs, bi * t * c + h * hs);
                 let (d_o, o) = (dout.as_ptr().add(d_o), out.as_ptr().add(o));
+                let head = Head {
+                    q,
+                    d_o,
+                    keys: K,
+                    t,
+                    c,
+                    hs,
+                };
                 // Query tiles in order: key tile j is first met by query tile j (the diagonal),
                 // which writes its dK and dV; later query tiles add to them.
-                for r0 in (0..t).step_by(ATT_TILE) {
-                    let m = ATT_TILE.min(t - r0);
-                    for (rr, d) in d[..m].iter_mut().enumerate() {
-                        let row =
-                            |x: *const f32| std::slice::from_raw_parts(x.add((r0 + rr) * c), hs);
-                        *d = simd::dot(row(d_o), row(o));
-                    }
-                    let (qi, doi) = (rm(q.add(r0 * 3 * c), 3 * c), rm(d_o.add(r0 * c), c));
-                    for k0 in (0..=r0).step_by(ATT_TILE) {
-                        let n = ATT_TILE.min(t - k0);
-                        let (pt, dpt) = (&mut p[..m * n], &mut dp[..m * n]);
-                        let (kj, vj) = (k.add(k0 * 3 * c), v.add(k0 * 3 * c));
-                        // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ, dP (m, n) = dO[r0..] @ V[k0..]ᵀ
-                        let (pp, dpp) = (pt.as_mut_ptr(), dpt.as_mut_ptr());
-                        gemm_raw((m, n, hs), pp, n, false, qi, tr(kj, 3 * c), scale, SERIAL);
-                        gemm_raw((m, n, hs), dpp, n, false, doi, tr(vj, 3 * c), 1.0, SERIAL);
-                        softmax_backward_tile(pt, dpt, &lse[r0..r0 + m], &d[..m], (r0, k0, n));
-                        let (ps, ds) = (pt.as_ptr(), dpt.as_ptr());
-                        // dQ[r0..] (+)= scale · dS @ K[k0..]
-                        let dqi = dq.add(r0 * 3 * c);
-                        let kj = rm(kj, 3 * c);
-                        gemm_raw((m, hs, n), dqi, 3 * c, k0 > 0, rm(ds, n), kj, scale, SERIAL);
-                        // dK[k0..] (+)= scale · dSᵀ @ Q[r0..]; dV[k0..] (+)= Pᵀ @ dO[r0..]
-                        let (dkj, dvj, acc) = (dk.add(k0 * 3 * c), dv.add(k0 * 3 * c), k0 < r0);
-                        gemm_raw((n, hs, m), dkj, 3 * c, acc, tr(ds, n), qi, scale, SERIAL);
-                        gemm_raw((n, hs, m), dvj, 3 * c, acc, tr(ps, n), doi, 1.0, SERIAL);
-                    }
-                }
-            }
-        });
-}
-
-thread_local! {
-    /// The packed operands of one bf16 attention task, grown to the largest head seen.
-    static ATT_PACKS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with `parts` scratch slices of the given lengths (in words) from this thread's
-/// attention buffer.
-fn with_packs<const P: usize, R>(lens: [usize; P], f: impl FnOnce([&mut [u32]; P]) -> R) -> R {
-    let run = |buf: &mut Vec<u32>| {
-        let total: usize = lens.iter().sum();
-        if buf.len() < total {
-            buf.resize(total, 0);
-        }
-        let mut rest = &mut buf[..total];
-        let parts = lens.map(|len| {
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
-            rest = tail;
-            head
-        });
-        f(parts)
-    };
-    ATT_PACKS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => run(&mut buf),
-        Err(_) => run(&mut Vec::new()),
-    })
-}
-
-/// A strided matrix as the bf16 GEMM's operand type.
-fn bmat(s: Strided) -> bf16::Mat {
-    bf16::Mat {
-        ptr: s.ptr,
-        rs: s.rs,
-        cs: s.cs,
-    }
-}
-
-/// `attention_forward` with bf16 products (f32 sums, f32 softmax): each task packs its head's
-/// K and V once, each query tile once, and each tile of probabilities once, so the tiles
-/// multiply packed operands only.
-fn attention_forward_bf16(
-    out: &mut [f32],
-    lse: &mut [f32],
-    qkv: &mut [f32],
-    bias: Option<&[f32]>,
-    s: AttShape,
-) {
-    let AttShape { b, t, c, nh } = s;
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
-    let (out, qkv) = (SyncPtr(out.as_mut_ptr()), SyncPtr(qkv.as_mut_ptr()));
-    let lens = [
-        bf16::b_words(hs, t),
-        bf16::b_words(t, hs),
-        bf16::a_words(ATT_TILE, hs),
-        bf16::a_words(ATT_TILE, ATT_TILE),
-    ];
-    lse[..b * nh * t]
-        .par_chunks_mut(t)
-        .enumerate()
-        .for_each(|(bh, lse)| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let mut p = [0f32; ATT_TILE * ATT_TILE];
-            let (mut mx, mut sum, mut alpha) =
-                ([0f32; ATT_TILE], [0f32; ATT_TILE], [0f32; ATT_TILE]);
-            // SAFETY: as in `attention_forward`; the caller checked that the CPU has the bf16
-            // instructions, and the packed panels live in this task's scratch until it ends.
-            with_packs(lens, |[kt, vb, qa, pa]| unsafe {
-                let q = qkv.get().add(bi * t * 3 * c + h * hs);
-                let o = out.get().add(bi * t * c + h * hs);
-                if let Some(bias) = bias {
-                    add_head_bias(q, bias, (t, c, h, hs));
-                }
-                let (k, v) = (q.add(c), q.add(2 * c));
-                // Kᵀ (hs, T) and V (T, hs) as B operands, for all tiles of this head.
-                let kt = bf16::pack_b(kt, bmat(tr(k, 3 * c)), hs, t);
-                let vb = bf16::pack_b(vb, bmat(rm(v, 3 * c)), t, hs);
-                for r0 in (0..t).step_by(ATT_TILE) {
-                    let m = ATT_TILE.min(t - r0);
-                    let oi = o.add(r0 * c);
-                    let qa = bf16::pack_a(qa, bmat(rm(q.add(r0 * 3 * c), 3 * c)), m, hs);
-                    for k0 in (0..=r0).step_by(ATT_TILE) {
-                        let n = ATT_TILE.min(t - k0);
-                        let (first, pt) = (k0 == 0, &mut p[..m * n]);
-                        // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ
-                        let kj = kt.skip_lanes(k0);
-                        let diag = |mode| if k0 == r0 { mode } else { Causal::Full };
-                        bf16::gemm_packed(
-                            (m, n, hs),
-                            pt.as_mut_ptr(),
-                            n,
-                            0.0,
-                            qa,
-                            kj,
-                            scale,
-                            diag(Causal::Lower),
-                        );
-                        let (mx, sum, alpha) = (&mut mx[..m], &mut sum[..m], &mut alpha[..m]);
-                        online_softmax_tile(pt, mx, sum, alpha, (r0, k0, n), first);
-                        if !first {
-                            scale_rows(oi, c, hs, alpha);
+                Products::with(head, prec, true, |prod| {
+                    for r0 in (0..t).step_by(ATT_TILE) {
+                        let m = ATT_TILE.min(t - r0);
+                        for (rr, d) in d[..m].iter_mut().enumerate() {
+                            let row = |x: *const f32| {
+                                std::slice::from_raw_parts(x.add((r0 + rr) * c), hs)
+                            };
+                            *d = simd::dot(row(d_o), row(o));
                         }
-                        // O[r0..] = alpha · O[r0..] + P @ V[k0..]
-                        let pa = bf16::pack_a(pa, bmat(rm(pt.as_ptr(), n)), m, n);
-                        let beta = if first { 0.0 } else { 1.0 };
-                        let vj = vb.skip_k(k0);
-                        bf16::gemm_packed(
-                            (m, hs, n),
-                            oi,
-                            c,
-                            beta,
-                            pa,
-                            vj,
-                            1.0,
-                            diag(Causal::DepthUpTo),
-                        );
+                        prod.query_tile(r0, m);
+                        for k0 in (0..=r0).step_by(ATT_TILE) {
+                            let tile = Tile {
+                                r0,
+                                m,
+                                k0,
+                                n: ATT_TILE.min(t - k0),
+                            };
+                            let (pt, dpt) = (&mut p[..m * tile.n], &mut dp[..m * tile.n]);
+                            // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ, dP (m, n) = dO[r0..] @ V[k0..]ᵀ
+                            prod.scores(pt.as_mut_ptr(), tile, scale, false);
+                            prod.scores(dpt.as_mut_ptr(), tile, 1.0, true);
+                            let at = (r0, k0, tile.n);
+                            softmax_backward_tile(pt, dpt, &lse[r0..r0 + m], &d[..m], at);
+                            let (ps, ds) = (pt.as_ptr(), dpt.as_ptr());
+                            // dQ[r0..] (+)= scale · dS @ K[k0..]
+                            let dqi = (dq.add(r0 * 3 * c), 3 * c, k0 > 0);
+                            prod.by_keys(dqi, tile, ds, scale);
+                            // dK[k0..] (+)= scale · dSᵀ @ Q[r0..]; dV[k0..] (+)= Pᵀ @ dO[r0..]
+                            let dkj = dq.add(c + k0 * 3 * c);
+                            let (dkj, dvj) = ((dkj, 3 * c, k0 < r0), (dkj.add(c), 3 * c, k0 < r0));
+                            prod.by_queries(dkj, tile, ds, scale, false);
+                            prod.by_queries(dvj, tile, ps, 1.0, true);
+                        }
                     }
-                    for (rr, (&mx, &s)) in mx[..m].iter().zip(&sum[..m]).enumerate() {
-                        (alpha[rr], lse[r0 + rr]) = (1.0 / s, mx + s.ln());
-                    }
-                    scale_rows(oi, c, hs, &alpha[..m]);
-                }
-            })
-        });
-}
-
-/// `attention_backward` with bf16 products (f32 sums), its operands packed as in
-/// `attention_forward_bf16`: K, V, Q and dO of the head once per task, Q and dO once per query
-/// tile, and each tile of dS and P once per use.
-fn attention_backward_bf16(
-    dqkv: &mut [f32],
-    dout: &[f32],
-    qkv: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    s: AttShape,
-) {
-    let AttShape { b, t, c, nh } = s;
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
-    let dqkv = SyncPtr(dqkv.as_mut_ptr());
-    let (bt, tb) = (bf16::b_words(hs, t), bf16::b_words(t, hs));
-    let (ah, at) = (
-        bf16::a_words(ATT_TILE, hs),
-        bf16::a_words(ATT_TILE, ATT_TILE),
-    );
-    let lens = [bt, bt, tb, tb, tb, ah, ah, at];
-    lse[..b * nh * t]
-        .par_chunks(t)
-        .enumerate()
-        .for_each(|(bh, lse)| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let mut p = [0f32; ATT_TILE * ATT_TILE];
-            let mut dp = [0f32; ATT_TILE * ATT_TILE];
-            let mut d = [0f32; ATT_TILE];
-            // SAFETY: as in `attention_backward`; the caller checked that the CPU has the bf16
-            // instructions, and the packed panels live in this task's scratch until it ends.
-            with_packs(lens, |[kt, vt, kb, qb, dob, qa, doa, sa]| unsafe {
-                let q = qkv.as_ptr().add(bi * t * 3 * c + h * hs);
-                let (k, v) = (q.add(c), q.add(2 * c));
-                let dq = dqkv.get().add(bi * t * 3 * c + h * hs);
-                let (dk, dv) = (dq.add(c), dq.add(2 * c));
-                let (d_o, o) = (bi * t * c + h * hs, bi * t * c + h * hs);
-                let (d_o, o) = (dout.as_ptr().add(d_o), out.as_ptr().add(o));
-                // Kᵀ and Vᵀ (hs, T) for S and dP; K, Q and dO (T, hs) for dQ, dK and dV.
-                let kt = bf16::pack_b(kt, bmat(tr(k, 3 * c)), hs, t);
-                let vt = bf16::pack_b(vt, bmat(tr(v, 3 * c)), hs, t);
-                let kb = bf16::pack_b(kb, bmat(rm(k, 3 * c)), t, hs);
-                let qb = bf16::pack_b(qb, bmat(rm(q, 3 * c)), t, hs);
-                let dob = bf16::pack_b(dob, bmat(rm(d_o, c)), t, hs);
-                for r0 in (0..t).step_by(ATT_TILE) {
-                    let m = ATT_TILE.min(t - r0);
-                    for (rr, d) in d[..m].iter_mut().enumerate() {
-                        let row =
-                            |x: *const f32| std::slice::from_raw_parts(x.add((r0 + rr) * c), hs);
-                        *d = simd::dot(row(d_o), row(o));
-                    }
-                    let qa = bf16::pack_a(qa, bmat(rm(q.add(r0 * 3 * c), 3 * c)), m, hs);
-                    let doa = bf16::pack_a(doa, bmat(rm(d_o.add(r0 * c), c)), m, hs);
-                    for k0 in (0..=r0).step_by(ATT_TILE) {
-                        let n = ATT_TILE.min(t - k0);
-                        let (pt, dpt) = (&mut p[..m * n], &mut dp[..m * n]);
-                        // S (m, n) = scale · Q[r0..] @ K[k0..]ᵀ, dP (m, n) = dO[r0..] @ V[k0..]ᵀ
-                        let (pp, dpp) = (pt.as_mut_ptr(), dpt.as_mut_ptr());
-                        let diag = |mode| if k0 == r0 { mode } else { Causal::Full };
-                        let gemm = |dims, dst, ld, beta, a, b, alpha, mode| {
-                            bf16::gemm_packed(dims, dst, ld, beta, a, b, alpha, diag(mode))
-                        };
-                        let (kj, vj) = (kt.skip_lanes(k0), vt.skip_lanes(k0));
-                        gemm((m, n, hs), pp, n, 0.0, qa, kj, scale, Causal::Lower);
-                        gemm((m, n, hs), dpp, n, 0.0, doa, vj, 1.0, Causal::Lower);
-                        softmax_backward_tile(pt, dpt, &lse[r0..r0 + m], &d[..m], (r0, k0, n));
-                        let (ps, ds) = (pt.as_ptr(), dpt.as_ptr());
-                        // dQ[r0..] (+)= scale · dS @ K[k0..]
-                        let dqi = dq.add(r0 * 3 * c);
-                        let beta = if k0 > 0 { 1.0 } else { 0.0 };
-                        let sa_ = bf16::pack_a(sa, bmat(rm(ds, n)), m, n);
-                        let kj = kb.skip_k(k0);
-                        gemm(
-                            (m, hs, n),
-                            dqi,
-                            3 * c,
-                            beta,
-                            sa_,
-                            kj,
-                            scale,
-                            Causal::DepthUpTo,
-                        );
-                        // dK[k0..] (+)= scale · dSᵀ @ Q[r0..]; dV[k0..] (+)= Pᵀ @ dO[r0..]
-                        let (dkj, dvj) = (dk.add(k0 * 3 * c), dv.add(k0 * 3 * c));
-                        let beta = if k0 < r0 { 1.0 } else { 0.0 };
-                        let sa_ = bf16::pack_a(sa, bmat(tr(ds, n)), n, m);
-                        let qi = qb.skip_k(r0);
-                        gemm(
-                            (n, hs, m),
-                            dkj,
-                            3 * c,
-                            beta,
-                            sa_,
-                            qi,
-                            scale,
-                            Causal::DepthFrom,
-                        );
-                        let sa_ = bf16::pack_a(sa, bmat(tr(ps, n)), n, m);
-                        let doi = dob.skip_k(r0);
-                        gemm(
-                            (n, hs, m),
-                            dvj,
-                            3 * c,
-                            beta,
-                            sa_,
-                            doi,
-                            1.0,
-                            Causal::DepthFrom,
-                        );
-                    }
-                }
-            })
+                })
+            }
         });
 }
 

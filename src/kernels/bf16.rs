@@ -61,7 +61,7 @@ impl Mat {
     }
 
     /// The transpose, read in place.
-    fn t(self) -> Mat {
+    pub(super) fn t(self) -> Mat {
         Mat {
             ptr: self.ptr,
             rs: self.cs,
@@ -405,6 +405,26 @@ fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
     BUFFERS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bufs) => f(&mut bufs),
         Err(_) => f(&mut Buffers::default()),
+    })
+}
+
+/// Runs `f` with `P` scratch slices of the given lengths (in words) from this thread's buffers,
+/// for operands packed once and multiplied many times (an attention task's).
+pub fn with_scratch<const P: usize, R>(
+    lens: [usize; P],
+    f: impl FnOnce([&mut [u32]; P]) -> R,
+) -> R {
+    with_buffers(|bufs| {
+        let total: usize = lens.iter().sum();
+        if bufs.b.len() < total {
+            bufs.b.resize(total, 0);
+        }
+        let mut rest = &mut bufs.b[..total];
+        f(lens.map(|len| {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
+            head
+        }))
     })
 }
 

@@ -1,4 +1,4 @@
-//! Token and position embeddings.
+//! Token and position embeddings, and the rotary tables of RoPE.
 
 use rayon::prelude::*;
 
@@ -60,3 +60,44 @@ pub fn encoder_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], idx: &
 }
 
 // ------------------------------------------------------------------------------------------------
+
+/// How rotary angles are computed: decodex matches three references, each to the bit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RopeAngles {
+    /// llama.cpp's (`ggml_rope_cache_init` without scaling): θ starts at p and is multiplied by
+    /// base^(−2/dims) (f32 `powf`) for each next pair.
+    Ggml,
+    /// Hugging Face's and candle's: inv_freq_i = 1 / base^(2i/dims) (f64, rounded to f32), angle
+    /// p · inv_freq_i in f32.
+    F32,
+    /// The same inv_freq_i, angle p · inv_freq_i in f64 rounded to f32 (the fine-tuning path).
+    F64,
+}
+
+/// RoPE's tables: cos and sin (f32 `cosf`/`sinf`) of the angle of position p and pair i, each
+/// (positions, dims / 2).
+pub fn rope_tables(
+    positions: usize,
+    dims: usize,
+    base: f64,
+    how: RopeAngles,
+) -> (Vec<f32>, Vec<f32>) {
+    let inv_freq = |i: usize| 1.0 / base.powf(2.0 * i as f64 / dims as f64);
+    let theta_scale = (base as f32).powf(-2.0 / dims as f32);
+    let angles: Vec<f32> = (0..positions)
+        .flat_map(|p| {
+            let mut theta = p as f32;
+            (0..dims / 2).map(move |i| match how {
+                RopeAngles::Ggml => {
+                    let a = theta;
+                    theta *= theta_scale;
+                    a
+                }
+                RopeAngles::F32 => p as f32 * inv_freq(i) as f32,
+                RopeAngles::F64 => (p as f64 * inv_freq(i)) as f32,
+            })
+        })
+        .collect();
+    let (cos, sin) = angles.iter().map(|a| (a.cos(), a.sin())).unzip();
+    (cos, sin)
+}

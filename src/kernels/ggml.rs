@@ -49,27 +49,6 @@ pub fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     }
 }
 
-/// ggml's rotary tables (`ggml_rope_cache_init` without scaling): for position p, θ starts at p
-/// and is multiplied by base^(−2/dims) (f32 `powf`) for each next pair; cos and sin are f32
-/// `cosf`/`sinf`. Returns (cos, sin), each (positions, dims / 2).
-pub fn rope_tables(positions: usize, dims: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
-    let half = dims / 2;
-    let theta_scale = base.powf(-2.0 / dims as f32);
-    let (mut cos, mut sin) = (
-        Vec::with_capacity(positions * half),
-        Vec::with_capacity(positions * half),
-    );
-    for p in 0..positions {
-        let mut theta = p as f32;
-        for _ in 0..half {
-            cos.push(theta.cos());
-            sin.push(theta.sin());
-            theta *= theta_scale;
-        }
-    }
-    (cos, sin)
-}
-
 /// ggml's `rotate_pairs` on adjacent pairs (GGML_ROPE_TYPE_NORM, llama's GGUF layout), as GCC
 /// contracts it: x0·c − x1·s = fma(x0, c, −(x1·s)) and x0·s + x1·c = fma(x0, s, x1·c).
 #[inline(always)]

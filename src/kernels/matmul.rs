@@ -32,22 +32,12 @@ impl Op<'_> {
     }
 }
 
-/// A strided matrix operand: element (i, j) at ptr[i·rs + j·cs].
-#[derive(Clone, Copy)]
-pub(super) struct Strided {
-    pub(super) ptr: *const f32,
-    pub(super) rs: usize,
-    pub(super) cs: usize,
-}
+/// A strided matrix operand, the same for the f32 and the bf16 GEMMs.
+pub(super) use super::bf16::Mat as Strided;
 
 /// Row-major operand with row stride `rs`.
 pub(super) fn rm(ptr: *const f32, rs: usize) -> Strided {
     Strided { ptr, rs, cs: 1 }
-}
-
-/// The transpose of a row-major matrix with row stride `rs`.
-pub(super) fn tr(ptr: *const f32, rs: usize) -> Strided {
-    Strided { ptr, rs: 1, cs: rs }
 }
 
 /// dst (m, n), row stride `ld`, = [dst +] scale · a (m, k) @ b (k, n).
@@ -123,14 +113,9 @@ pub fn matmul_with(
     assert!(dst.len() >= m * n, "matmul destination too small");
     let (a, b) = (a.strided(m, k), b.strided(k, n));
     if prec == Precision::Bf16 {
-        let mat = |s: Strided| bf16::Mat {
-            ptr: s.ptr,
-            rs: s.rs,
-            cs: s.cs,
-        };
         let beta = if accumulate { 1.0 } else { 0.0 };
         // SAFETY: as below.
-        return unsafe { bf16::gemm((m, n, k), dst.as_mut_ptr(), n, beta, mat(a), mat(b), scale) };
+        return unsafe { bf16::gemm((m, n, k), dst.as_mut_ptr(), n, beta, a, b, scale) };
     }
     let par = match rayon::current_num_threads() {
         0 | 1 => Parallelism::None,

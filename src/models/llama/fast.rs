@@ -24,12 +24,12 @@ use rayon::prelude::*;
 use super::lora::{base_shapes, lora_name, lora_shapes, Flat, LoraSpec, Proj};
 use super::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::kernels::Precision;
 use crate::kernels::{
     attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward, matmul,
     AttShape, Op,
 };
 use crate::kernels::{rmsnorm_backward, rmsnorm_forward, swiglu_backward, swiglu_forward};
+use crate::kernels::{rope_tables, Precision, RopeAngles};
 
 /// Sequences packed end to end: `ids` (N), the (start, len) of each sequence, and the loss
 /// targets as (row, next token id) pairs, rows in increasing order.
@@ -179,15 +179,7 @@ impl FtModel {
         let norm = base.id("model.norm.weight").expect("checked");
         let half = cfg.head_dim() / 2;
         let n = cfg.max_position_embeddings;
-        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
-        for p in 0..n {
-            for i in 0..half {
-                let f = 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / (2 * half) as f64);
-                let a = (p as f64 * f) as f32;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
+        let (cos, sin) = rope_tables(n, 2 * half, cfg.rope_theta, RopeAngles::F64);
         Ok(Self {
             cfg,
             base,

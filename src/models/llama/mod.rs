@@ -24,6 +24,7 @@ pub mod lora;
 
 use crate::error::{Error, Result};
 use crate::kernels::quant::QuantMatrix;
+use crate::kernels::{rope_tables, RopeAngles};
 
 /// The architecture's hyper-parameters, named as in Hugging Face's `LlamaConfig`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -430,21 +431,9 @@ impl Llama {
     ) -> Result<Self> {
         let half = cfg.head_dim() / 2;
         let n = cfg.max_position_embeddings;
-        let (cos_table, sin_table) = if quantized {
-            // The quantized path computes as llama.cpp does, rotary tables included.
-            crate::kernels::ggml::rope_tables(n, 2 * half, cfg.rope_theta as f32)
-        } else {
-            let freqs: Vec<f32> = (0..half)
-                .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / (2 * half) as f64)) as f32)
-                .collect();
-            let angles: Vec<f32> = (0..n)
-                .flat_map(|p| freqs.iter().map(move |f| p as f32 * f))
-                .collect();
-            (
-                angles.iter().map(|a| a.cos()).collect(),
-                angles.iter().map(|a| a.sin()).collect(),
-            )
-        };
+        // The quantized path computes as llama.cpp does, rotary tables included.
+        let how = [RopeAngles::F32, RopeAngles::Ggml][quantized as usize];
+        let (cos_table, sin_table) = rope_tables(n, 2 * half, cfg.rope_theta, how);
         Ok(Self {
             cos: Tensor::from_slice(&cos_table, (n, half), device)?,
             sin: Tensor::from_slice(&sin_table, (n, half), device)?,
