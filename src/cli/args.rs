@@ -45,6 +45,15 @@ impl StrategyArg {
             StrategyArg::Beam => "beam",
         }
     }
+
+    /// The engine's strategy: `None` for beam search.
+    pub fn sampling(self) -> Option<decodex::decode::Strategy> {
+        match self {
+            StrategyArg::Greedy => Some(decodex::decode::Strategy::Greedy),
+            StrategyArg::Sample => Some(decodex::decode::Strategy::Sample),
+            StrategyArg::Beam => None,
+        }
+    }
 }
 
 /// When beam search stops (Hugging Face's `early_stopping`).

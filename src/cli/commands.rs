@@ -187,11 +187,22 @@ fn bleu(a: &BleuArgs, json: bool) -> Result<()> {
 
 /// Prints `value` as one JSON line, or `human`.
 pub(super) fn emit(json: bool, value: serde_json::Value, human: &str) -> Result<()> {
+    emit_lines(json, value, &[human])
+}
+
+/// Prints `value` as one JSON line, or each of the `human` lines.
+pub(super) fn emit_lines(
+    json: bool,
+    value: serde_json::Value,
+    human: &[impl AsRef<str>],
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{value}")?;
     } else {
-        writeln!(out, "{human}")?;
+        for line in human {
+            writeln!(out, "{}", line.as_ref())?;
+        }
     }
     Ok(())
 }
@@ -329,7 +340,12 @@ fn check_text(ids: &[u32], context: usize) -> Result<()> {
     if ids.is_empty() {
         bail!("--text encodes to no tokens");
     }
-    super::generate::check_context("tokens of --text", ids.len(), 0, context)
+    Ok(decodex::decode::generate::check_context(
+        "tokens of --text",
+        ids.len(),
+        0,
+        context,
+    )?)
 }
 
 fn logits(a: &LogitsArgs, json: bool) -> Result<()> {

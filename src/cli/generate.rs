@@ -3,19 +3,18 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
-use decodex::decode::{
-    self, beam_search, generate_ids, generate_ids_until, BeamConfig, Decoder, EarlyStopping,
-    SamplingConfig, StopReason, Strategy,
-};
+use decodex::decode::bench::{self, BEAM_NEW, BEAM_PROMPT};
+use decodex::decode::generate::{check_context, generate, GenerateOptions};
+use decodex::decode::{self, BeamConfig, SamplingConfig};
 use decodex::models::pretrained::{self, Pretrained};
 
 use super::args::{self, given, DecodingArgs, ModelArgs, StrategyArg};
+use super::commands::emit;
 use super::BenchDecodeArgs;
 
 #[derive(Args, Debug)]
@@ -52,15 +51,6 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
-impl GenerateArgs {
-    fn max_new_tokens(&self) -> usize {
-        given(self.decoding.max_new_tokens, "max_new_tokens")
-    }
-    fn stop(&self) -> &[String] {
-        &self.decoding.stop_strings
-    }
-}
-
 #[derive(Args, Debug)]
 #[command(mut_args(args::for_chat))]
 pub struct ChatArgs {
@@ -73,13 +63,6 @@ pub struct ChatArgs {
     pub decoding: DecodingArgs,
 }
 
-/// What to run, checked before any model is loaded.
-struct Plan {
-    strategy: StrategyArg,
-    sampling: SamplingConfig,
-    beam: BeamConfig,
-}
-
 /// The checks `generate` and `chat` share: at least one new token, sampling values in range.
 fn check_decoding(max_new_tokens: usize, sampling: &SamplingConfig) -> Result<()> {
     if max_new_tokens == 0 {
@@ -88,22 +71,8 @@ fn check_decoding(max_new_tokens: usize, sampling: &SamplingConfig) -> Result<()
     Ok(sampling.validate()?)
 }
 
-/// Refuses `tokens` input tokens that, with `new` tokens generated after them, do not fit in
-/// the model's `context` positions. `what` names the input after its count: "prompt tokens",
-/// "tokens of --text".
-pub(super) fn check_context(what: &str, tokens: usize, new: usize, context: usize) -> Result<()> {
-    if tokens + new > context {
-        let plus = if new > 0 {
-            format!(" + {new} new")
-        } else {
-            String::new()
-        };
-        bail!("{tokens} {what}{plus} exceed the model's context of {context}");
-    }
-    Ok(())
-}
-
-fn plan(a: &GenerateArgs) -> Result<Plan> {
+/// The decoding options of the flags, checked before any model is loaded.
+fn plan(a: &GenerateArgs) -> Result<GenerateOptions> {
     let d = &a.decoding;
     d.check_profile("generate", args::GENERATE)?;
     let strategy = if d.greedy {
@@ -146,9 +115,11 @@ fn plan(a: &GenerateArgs) -> Result<Plan> {
         banned_ids: d.suppress_tokens.clone(),
         eos_ids: Vec::new(),
         seed: given(d.seed, "seed"),
+        use_cache: !a.no_cache,
         ..SamplingConfig::default()
     };
-    check_decoding(a.max_new_tokens(), &sampling)?;
+    let max_new_tokens = given(d.max_new_tokens, "max_new_tokens");
+    check_decoding(max_new_tokens, &sampling)?;
     let num_return_sequences = given(d.num_return_sequences, "num_return_sequences");
     let beam = BeamConfig {
         num_beams: given(d.num_beams, "num_beams"),
@@ -160,17 +131,24 @@ fn plan(a: &GenerateArgs) -> Result<Plan> {
         no_repeat_ngram_size,
         min_new_tokens,
         eos_ids: Vec::new(),
-        max_new_tokens: a.max_new_tokens(),
+        max_new_tokens,
     };
     if strategy == StrategyArg::Beam {
         beam.validate()?;
     } else if num_return_sequences == 0 {
         bail!("--num-return-sequences must be at least 1");
     }
-    Ok(Plan {
-        strategy,
+    Ok(GenerateOptions {
+        strategy: strategy.sampling(),
         sampling,
         beam,
+        max_new_tokens,
+        stop: d.stop_strings.clone(),
+        chat: a.chat,
+        batch_size: a.batch_size,
+        logprobs: a.logprobs,
+        stream: !a.json,
+        echo: !a.chat && a.prompt.is_some(),
     })
 }
 
@@ -212,285 +190,37 @@ fn prompts(a: &GenerateArgs) -> Result<Vec<String>> {
 }
 
 pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
-    let mut plan = plan(a)?;
+    let mut o = plan(a)?;
     let prompts = prompts(a)?;
-    let model = pretrained::load_with_adapter(
-        &a.model.model,
-        a.model.dequantize,
-        a.tokenizer_file.as_deref(),
-        a.model.adapter.as_deref(),
-    )?;
+    let model = load(&a.model, a.tokenizer_file.as_deref())?;
     if a.chat {
         model.require_chat_template()?;
     }
-    plan.sampling.eos_ids = model.eos_ids.clone();
-    plan.sampling.crop_context = model.crop_context();
-    plan.sampling.use_cache = !a.no_cache;
-    plan.beam.eos_ids = model.eos_ids.clone();
+    o.sampling.eos_ids = model.eos_ids.clone();
+    o.sampling.crop_context = model.crop_context();
+    o.beam.eos_ids = model.eos_ids.clone();
     let mut out = std::io::stdout().lock();
-    if a.batch_size > 1 && plan.strategy != StrategyArg::Beam {
-        return batched(model.decoder(), &model, &plan, a, &prompts, &mut out);
-    }
-    for (index, prompt) in prompts.iter().enumerate() {
-        let text = if a.chat {
-            model.chat_prompt(prompt)?
-        } else {
-            prompt.clone()
-        };
-        let ids = model.tokenizer.encode(&text)?;
-        if !model.crop_context() {
-            // Room for one new token at least.
-            let what = format!("tokens of prompt {}", index + 1);
-            check_context(&what, ids.len(), 1, model.context_len())?;
+    generate(&model, &o, &prompts, &mut out, |g, prompt, out| {
+        if a.json {
+            writeln!(out, "{}", serde_json::to_value(&g)?)?;
+        } else if let Some(score) = g.score {
+            writeln!(out, "[score {:.4}] {prompt}{}", f64::from(score), g.text)?;
+        } else if g.batch_seconds.is_some() {
+            writeln!(out, "{prompt}{}", g.text)?;
         }
-        let results = run(&model, &plan, a, &ids, &mut out)?;
-        for mut r in results {
-            if a.json {
-                r["index"] = json!(index);
-                r["prompt_tokens"] = json!(ids.len());
-                writeln!(out, "{r}")?;
-            } else if plan.strategy == StrategyArg::Beam {
-                writeln!(
-                    out,
-                    "[score {:.4}] {}{}",
-                    r["score"].as_f64().unwrap_or(f64::NAN),
-                    text,
-                    r["text"].as_str().unwrap_or("")
-                )?;
-            }
-        }
-    }
-    Ok(())
+        Ok::<_, anyhow::Error>(())
+    })
 }
 
-/// --batch-size: greedy or sampled decoding of the prompts in left-padded batches; one JSON
-/// object (or text line) per prompt, in order.
-fn batched(
-    m: &dyn Decoder,
-    model: &Pretrained,
-    plan: &Plan,
-    a: &GenerateArgs,
-    prompts: &[String],
-    out: &mut impl Write,
-) -> Result<()> {
-    let strategy = if plan.strategy == StrategyArg::Greedy {
-        Strategy::Greedy
-    } else {
-        Strategy::Sample
-    };
-    let pad = model.eos_ids.first().copied().unwrap_or(0);
-    for (c, chunk) in prompts.chunks(a.batch_size).enumerate() {
-        let ids = chunk
-            .iter()
-            .map(|p| {
-                let text = if a.chat {
-                    model.chat_prompt(p)?
-                } else {
-                    p.clone()
-                };
-                Ok(model.tokenizer.encode(&text)?)
-            })
-            .collect::<Result<Vec<Vec<u32>>>>()?;
-        let t = Instant::now();
-        let results = decode::generate_batch(
-            m,
-            &ids,
-            &plan.sampling,
-            strategy,
-            a.max_new_tokens(),
-            pad,
-            |_, _, _| {},
-        )?;
-        let secs = t.elapsed().as_secs_f64();
-        for (k, g) in results.iter().enumerate() {
-            let text = new_text(model, &g.tokens, a.stop())?;
-            if a.json {
-                let mut v = json!({"index": c * a.batch_size + k, "text": text, "tokens": g.tokens,
-                                   "prompt_tokens": ids[k].len(), "new_tokens": g.tokens.len(),
-                                   "stopped_by": g.stopped_by, "batch_seconds": secs});
-                if a.logprobs {
-                    v["logprobs"] = json!(g.logprobs);
-                }
-                writeln!(out, "{v}")?;
-            } else {
-                writeln!(out, "{}{}", chunk[k], text)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The text of newly generated `tokens`: EOS ids dropped, cut before the first stop string.
-fn new_text(model: &Pretrained, tokens: &[u32], stop: &[String]) -> Result<String> {
-    let kept: Vec<u32> = tokens
-        .iter()
-        .copied()
-        .filter(|t| !model.eos_ids.contains(t))
-        .collect();
-    let mut text = model.tokenizer.decode(&kept)?;
-    if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-        text.truncate(cut);
-    }
-    Ok(text)
-}
-
-/// Follows generated text as it completes, for streaming and stop strings: a token that ends
-/// inside a multi-byte character waits for the next; EOS ids are not shown; text that may still
-/// grow into a stop string is held back. The first write error is kept for the caller.
-struct Stream<'a> {
-    model: &'a Pretrained,
-    stop: &'a [String],
-    /// Write the text out as it comes (human mode), or only watch for stop strings.
-    show: bool,
-    tokens: Vec<u32>,
-    shown: usize,
-    hit: Option<String>,
-    error: Option<std::io::Error>,
-}
-
-impl<'a> Stream<'a> {
-    fn new(model: &'a Pretrained, stop: &'a [String], show: bool) -> Self {
-        let (tokens, shown, hit, error) = (Vec::new(), 0, None, None);
-        Stream {
-            model,
-            stop,
-            show,
-            tokens,
-            shown,
-            hit,
-            error,
-        }
-    }
-
-    /// Takes the next token; false once the text holds a stop string.
-    fn push(&mut self, tok: u32, out: &mut impl Write) -> bool {
-        if self.model.eos_ids.contains(&tok) {
-            return true;
-        }
-        self.tokens.push(tok);
-        let Ok(text) = self.model.tokenizer.decode(&self.tokens) else {
-            return true;
-        };
-        let first = self
-            .stop
-            .iter()
-            .filter_map(|s| text.find(s.as_str()).map(|i| (i, s)));
-        if let Some((cut, s)) = first.min() {
-            self.hit = Some(s.clone());
-            self.write(&text, cut, out);
-            return false;
-        }
-        let hold = self.stop.iter().map(|s| s.len().saturating_sub(1)).max();
-        let mut end = text
-            .trim_end_matches('\u{FFFD}')
-            .len()
-            .min(text.len() - hold.unwrap_or(0).min(text.len()));
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.write(&text, end, out);
-        true
-    }
-
-    fn write(&mut self, text: &str, end: usize, out: &mut impl Write) {
-        if self.show
-            && self.error.is_none()
-            && end > self.shown
-            && text.is_char_boundary(self.shown)
-        {
-            let piece = &text.as_bytes()[self.shown..end];
-            self.error = out.write_all(piece).and_then(|_| out.flush()).err();
-            self.shown = end;
-        }
-    }
-
-    /// Writes what was held back of the final `text`; the first write error, if any.
-    fn finish(mut self, text: &str, out: &mut impl Write) -> Result<()> {
-        if text.len() > self.shown {
-            self.write(text, text.len(), out);
-        }
-        self.error.map_or(Ok(()), |e| Err(e.into()))
-    }
-}
-
-/// Greedy search or sampling (`num_return_sequences` seeds) or beam search on one prompt; one
-/// JSON object per returned sequence. Greedy and sampled text streams in human mode.
-fn run(
-    model: &Pretrained,
-    plan: &Plan,
-    a: &GenerateArgs,
-    ids: &[u32],
-    out: &mut impl Write,
-) -> Result<Vec<Value>> {
-    let decode_new = |tokens: &[u32]| new_text(model, tokens, a.stop());
-    let t0 = Instant::now();
-    if plan.strategy == StrategyArg::Beam {
-        let hyps = beam_search(model.decoder(), ids, &plan.beam)?;
-        let secs = t0.elapsed().as_secs_f64();
-        return hyps
-            .iter()
-            .map(|h| {
-                Ok(
-                    json!({"text": decode_new(&h.tokens)?, "tokens": h.tokens, "score": h.score,
-                          "new_tokens": h.tokens.len(), "finished": h.finished, "seconds": secs}),
-                )
-            })
-            .collect();
-    }
-    let strategy = if plan.strategy == StrategyArg::Greedy {
-        Strategy::Greedy
-    } else {
-        Strategy::Sample
-    };
-    let mut results = Vec::new();
-    for r in 0..plan.beam.num_return_sequences {
-        let cfg = SamplingConfig {
-            seed: plan.sampling.seed.wrapping_add(r as u64),
-            ..plan.sampling.clone()
-        };
-        let show = !a.json;
-        if show {
-            write!(
-                out,
-                "{}",
-                if a.chat {
-                    ""
-                } else {
-                    a.prompt.as_deref().unwrap_or("")
-                }
-            )?;
-        }
-        let mut shown = Stream::new(model, a.stop(), show);
-        let t = Instant::now();
-        let g = generate_ids_until(
-            model.decoder(),
-            ids,
-            &cfg,
-            strategy,
-            a.max_new_tokens(),
-            |tok, _| shown.push(tok, out),
-        )?;
-        let secs = t.elapsed().as_secs_f64();
-        let text = decode_new(&g.tokens)?;
-        let stopped_by = match (&g.stopped_by, &shown.hit) {
-            (StopReason::Stop, Some(s)) => format!("stop:{s}"),
-            (StopReason::Eos, _) => "eos".into(),
-            (StopReason::Context, _) => "context".into(),
-            _ => "max_new_tokens".into(),
-        };
-        shown.finish(&text, out)?;
-        if show {
-            writeln!(out)?;
-        }
-        let mut v = json!({"text": text, "tokens": g.tokens, "new_tokens": g.tokens.len(),
-                           "stopped_by": stopped_by,
-                           "tokens_per_sec": g.tokens.len() as f64 / secs});
-        if a.logprobs {
-            v["logprobs"] = json!(g.logprobs);
-        }
-        results.push(v);
-    }
-    Ok(results)
+/// The model of --model, --dequantize and --adapter (with another tokenizer).
+fn load(m: &ModelArgs, tokenizer: Option<&Path>) -> Result<Pretrained> {
+    let adapter = m.adapter.as_deref();
+    Ok(pretrained::load_with_adapter(
+        &m.model,
+        m.dequantize,
+        tokenizer,
+        adapter,
+    )?)
 }
 
 /// `decodex bench decode`.
@@ -504,8 +234,7 @@ pub fn bench_decode(a: &BenchDecodeArgs, json_out: bool) -> Result<()> {
     }
     let beams = (a.num_beams > 1).then_some(a.num_beams);
     let path = a.model.model.as_path();
-    let model =
-        pretrained::load_with_adapter(path, a.model.dequantize, None, a.model.adapter.as_deref())?;
+    let model = load(&a.model, None)?;
     let context = model.context_len();
     check_context("prompt tokens", prompt_tokens, new_tokens, context)?;
     if beams.is_some() {
@@ -527,8 +256,8 @@ pub fn bench_decode(a: &BenchDecodeArgs, json_out: bool) -> Result<()> {
         bail!("the benchmark text is too short for {prompt_tokens} prompt tokens");
     }
     let m = model.decoder();
-    let r = decode::bench::bench_decode(m, &ids, new_tokens, reps)?;
-    let beam_tps = time_beam(m, &ids, beams)?;
+    let r = bench::bench_decode(m, &ids, new_tokens, reps)?;
+    let beam_tps = beams.map(|n| bench::bench_beam(m, &ids, n)).transpose()?;
     let rss = decodex::train::bench::peak_rss_mb();
     let threads = rayon::current_num_threads();
     let v = json!({"model": path, "threads": threads, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
@@ -537,44 +266,15 @@ pub fn bench_decode(a: &BenchDecodeArgs, json_out: bool) -> Result<()> {
                    "num_beams": a.num_beams, "beam_tokens_per_sec": beam_tps,
                    "beam4_tokens_per_sec": beam_tps.filter(|_| a.num_beams == 4),
                    "peak_rss_mb": rss});
-    let mut out = std::io::stdout().lock();
-    if json_out {
-        writeln!(out, "{v}")?;
-    } else {
-        writeln!(
-            out,
-            "{threads} threads: prompt {:.1} tokens/s (pp{}), decode {:.1} tokens/s (tg{}){}, peak RSS {rss:.0} MiB",
-            r.prompt_tokens_per_sec,
-            r.prompt_tokens,
-            r.decode_tokens_per_sec,
-            r.new_tokens,
-            beam_tps.map(|b| format!(", beam search ({} beams, {BEAM_NEW} tokens) {b:.1} tokens/s", a.num_beams)).unwrap_or_default()
-        )?;
-    }
-    Ok(())
-}
-
-/// `bench decode --num-beams`: the most prompt tokens the beam search starts from, and the
-/// tokens it generates.
-const BEAM_PROMPT: usize = 32;
-const BEAM_NEW: usize = 32;
-
-/// New tokens per second of a beam search with `beams` beams for 32 tokens (no EOS stop), when
-/// asked.
-fn time_beam(m: &dyn Decoder, ids: &[u32], beams: Option<usize>) -> Result<Option<f64>> {
-    let Some(num_beams) = beams else {
-        return Ok(None);
-    };
-    let cfg = BeamConfig {
-        num_beams,
-        max_new_tokens: BEAM_NEW,
-        early_stopping: EarlyStopping::True,
-        ..BeamConfig::default()
-    };
-    let t = Instant::now();
-    let hyps = beam_search(m, &ids[..ids.len().min(BEAM_PROMPT)], &cfg)?;
-    let n = hyps.first().map_or(0, |h| h.tokens.len());
-    Ok(Some(n as f64 / t.elapsed().as_secs_f64()))
+    let human = format!(
+        "{threads} threads: prompt {:.1} tokens/s (pp{}), decode {:.1} tokens/s (tg{}){}, peak RSS {rss:.0} MiB",
+        r.prompt_tokens_per_sec,
+        r.prompt_tokens,
+        r.decode_tokens_per_sec,
+        r.new_tokens,
+        beam_tps.map(|b| format!(", beam search ({} beams, {BEAM_NEW} tokens) {b:.1} tokens/s", a.num_beams)).unwrap_or_default()
+    );
+    emit(json_out, v, &human)
 }
 
 /// `decodex chat`: a read-reply loop over stdin; each turn renders the whole conversation with
@@ -582,7 +282,7 @@ fn time_beam(m: &dyn Decoder, ids: &[u32], beams: Option<usize>) -> Result<Optio
 pub fn chat(a: &ChatArgs, json: bool) -> Result<()> {
     let d = &a.decoding;
     d.check_profile("chat", args::CHAT)?;
-    let sampling = SamplingConfig {
+    let mut sampling = SamplingConfig {
         temperature: given(d.temperature, "temperature"),
         top_p: given(d.top_p, "top_p"),
         repetition_penalty: given(d.repetition_penalty, "repetition_penalty"),
@@ -591,18 +291,10 @@ pub fn chat(a: &ChatArgs, json: bool) -> Result<()> {
     };
     let max_new_tokens = given(d.max_new_tokens, "max_new_tokens");
     check_decoding(max_new_tokens, &sampling)?;
-    let model = pretrained::load_with_adapter(
-        &a.model.model,
-        a.model.dequantize,
-        None,
-        a.model.adapter.as_deref(),
-    )?;
+    let model = load(&a.model, None)?;
     // Before the first prompt is read (and `> ` shown).
     model.require_chat_template()?;
-    let sampling = SamplingConfig {
-        eos_ids: model.eos_ids.clone(),
-        ..sampling
-    };
+    sampling.eos_ids = model.eos_ids.clone();
     let mut history: Vec<(String, String)> = Vec::new();
     if let Some(s) = &a.system {
         history.push(("system".into(), s.clone()));
@@ -619,31 +311,16 @@ pub fn chat(a: &ChatArgs, json: bool) -> Result<()> {
             break;
         }
         history.push(("user".into(), line.trim_end().to_string()));
-        let msgs: Vec<(&str, &str)> = history
-            .iter()
-            .map(|(r, c)| (r.as_str(), c.as_str()))
-            .collect();
-        let ids = model.tokenizer.encode(&model.chat_prompt_for(&msgs)?)?;
-        let strategy = if sampling.temperature == 0.0 {
-            Strategy::Greedy
-        } else {
-            Strategy::Sample
-        };
-        let turn = SamplingConfig {
-            seed: sampling.seed.wrapping_add(history.len() as u64),
-            ..sampling.clone()
-        };
-        let mut shown = Stream::new(&model, &[], !json);
-        let n = max_new_tokens;
-        let m = model.decoder();
-        let reply = generate_ids(m, &ids, &turn, strategy, n, |t, _| {
-            shown.push(t, &mut out);
-        })?
-        .tokens;
-        let text = new_text(&model, &reply, &[])?;
-        shown.finish(&text, &mut out)?;
+        let (text, tokens) = decode::generate::chat_reply(
+            &model,
+            &history,
+            &sampling,
+            max_new_tokens,
+            !json,
+            &mut out,
+        )?;
         if json {
-            writeln!(out, "{}", json!({"reply": text, "tokens": reply}))?;
+            writeln!(out, "{}", json!({"reply": text, "tokens": tokens}))?;
         } else {
             writeln!(out)?;
         }

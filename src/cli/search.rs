@@ -1,8 +1,7 @@
 //! Embeddings, vector indexes and their evaluations: `embed`, `index build|add|query|bench`,
 //! `eval retrieval`, `eval sts` and `bench embed`.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -11,7 +10,8 @@ use serde_json::json;
 
 use decodex::eval::{retrieval, sts};
 use decodex::search::index::{self, BuildOptions, HnswParams, Index};
-use decodex::search::{self, load_embedder, open_records, Embedder, VectorWriter};
+use decodex::search::query::{self, index_embedder};
+use decodex::search::{self, load_embedder, open_records, VectorWriter};
 use decodex::train::bench::peak_rss_mb;
 
 use super::commands::emit;
@@ -309,7 +309,7 @@ pub fn index_cmd(cmd: &IndexCmd, json: bool) -> Result<()> {
             if a.chunk == 0 {
                 bail!("--chunk must be at least 1");
             }
-            let model = index_model(&a.index, a.model.as_deref())?;
+            let model = index_embedder(&a.index, a.model.as_deref())?;
             let pb = progress_bar(None, json);
             let r = index::add(model.as_ref(), &a.input, &a.index, a.chunk, &|n| {
                 pb.set_position(n as u64)
@@ -320,41 +320,22 @@ pub fn index_cmd(cmd: &IndexCmd, json: bool) -> Result<()> {
         IndexCmd::Query(a) => {
             check_k(a.search.k, a.search.ef)?;
             let idx = Index::open(&a.index)?;
-            let model = index_model(&a.index, a.model.as_deref())?;
+            let model = index_embedder(&a.index, a.model.as_deref())?;
             let q = index::embed_queries(model.as_ref(), &idx, &[a.query.as_str()])?;
-            let hits = if a.exact {
-                idx.search_exact(&q, a.search.k)
-            } else {
-                idx.search(&q, a.search.k, a.search.ef)?
-            };
-            let mut out = std::io::stdout().lock();
+            let hits = idx.nearest(&q, a.search.k, a.search.ef, a.exact)?;
             for (rank, h) in hits.iter().enumerate() {
                 let text = idx.text(h.row);
-                if json {
-                    use std::io::Write;
-                    let v = json!({"rank": rank + 1, "id": h.id, "score": h.score, "text": text});
-                    writeln!(out, "{v}")?;
-                } else {
-                    use std::io::Write;
-                    let short: String = text.chars().take(100).collect();
-                    writeln!(out, "{:>3}  {:.4}  {}  {}", rank + 1, h.score, h.id, short)?;
-                }
+                let short: String = text.chars().take(100).collect();
+                emit(
+                    json,
+                    json!({"rank": rank + 1, "id": h.id, "score": h.score, "text": text}),
+                    &format!("{:>3}  {:.4}  {}  {}", rank + 1, h.score, h.id, short),
+                )?;
             }
             Ok(())
         }
         IndexCmd::Bench(a) => index_bench(a, json),
     }
-}
-
-/// The embedder for an index: `--model`, or the model the index records.
-fn index_model(dir: &Path, model: Option<&Path>) -> Result<Box<dyn Embedder>> {
-    let meta = Index::read_meta(dir)?;
-    let path = model
-        .map(Path::to_path_buf)
-        .unwrap_or(meta.model.path.clone());
-    let m = load_embedder(&path)?;
-    index::check_model(&meta, m.info(), dir)?;
-    Ok(m)
 }
 
 /// -k and --ef must be at least 1.
@@ -370,7 +351,7 @@ fn index_bench(a: &IndexBenchArgs, json: bool) -> Result<()> {
     let t_open = Instant::now();
     let idx = Index::open(&a.index)?;
     let open_s = t_open.elapsed().as_secs_f64();
-    let model = index_model(&a.index, a.model.as_deref())?;
+    let model = index_embedder(&a.index, a.model.as_deref())?;
     let mut records = open_records(&a.queries)?.read_all()?;
     if let Some(n) = a.limit {
         records.truncate(n);
@@ -380,33 +361,14 @@ fn index_bench(a: &IndexBenchArgs, json: bool) -> Result<()> {
     }
     let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
     let q = index::embed_queries(model.as_ref(), &idx, &texts)?;
-    let dim = idx.meta.dim;
-    // Load the graph (and warm the caches) before timing the queries.
-    let t_load = Instant::now();
-    idx.search(&q[..dim], a.search.k, a.search.ef)?;
-    let load_s = t_load.elapsed().as_secs_f64();
-    let t0 = Instant::now();
-    let approx: Vec<Vec<index::Hit>> = q
-        .chunks_exact(dim)
-        .map(|v| idx.search(v, a.search.k, a.search.ef))
-        .collect::<decodex::Result<_>>()?;
-    let approx_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let exact: Vec<Vec<index::Hit>> = q
-        .chunks_exact(dim)
-        .map(|v| idx.search_exact(v, a.search.k))
-        .collect();
-    let exact_s = t1.elapsed().as_secs_f64();
+    let b = query::bench_queries(&idx, &q, a.search.k, a.search.ef)?;
+    let (load_s, approx_s, exact_s, recall) = (
+        b.graph_load_seconds,
+        b.graph_seconds,
+        b.exact_seconds,
+        b.recall_at_k,
+    );
     let n = records.len();
-    let recall = approx
-        .iter()
-        .zip(&exact)
-        .map(|(a, e)| {
-            let rows: std::collections::HashSet<usize> = e.iter().map(|h| h.row).collect();
-            a.iter().filter(|h| rows.contains(&h.row)).count() as f64 / e.len().max(1) as f64
-        })
-        .sum::<f64>()
-        / n as f64;
     let disk: u64 = idx.meta.files.values().sum();
     emit(
         json,
@@ -436,7 +398,7 @@ fn index_bench(a: &IndexBenchArgs, json: bool) -> Result<()> {
 pub fn eval_retrieval(a: &RetrievalArgs, json: bool) -> Result<()> {
     check_k(a.top_k, a.ef)?;
     let idx = Index::open(&a.index)?;
-    let model = index_model(&a.index, a.model.as_deref())?;
+    let model = index_embedder(&a.index, a.model.as_deref())?;
     let qrels = retrieval::read_qrels(&a.qrels)?;
     let queries: Vec<(String, String)> = retrieval::read_queries(&a.queries)?
         .into_iter()
@@ -452,24 +414,9 @@ pub fn eval_retrieval(a: &RetrievalArgs, json: bool) -> Result<()> {
     let texts: Vec<&str> = queries.iter().map(|(_, t)| t.as_str()).collect();
     let t0 = Instant::now();
     let q = index::embed_queries(model.as_ref(), &idx, &texts)?;
-    let dim = idx.meta.dim;
-    let mut run: retrieval::Run = HashMap::new();
-    // As BEIR: one hit more, so that top_k remain once a hit with the query's own id is
-    // dropped.
-    let k = a.top_k + usize::from(!a.keep_identical_ids);
-    for ((id, _), v) in queries.iter().zip(q.chunks_exact(dim)) {
-        let hits = if a.exact {
-            idx.search_exact(v, k)
-        } else {
-            idx.search(v, k, a.ef)?
-        };
-        let mut hits: Vec<(String, f32)> = hits.into_iter().map(|h| (h.id, h.score)).collect();
-        if !a.keep_identical_ids {
-            hits.retain(|(d, _)| d != id);
-        }
-        hits.truncate(a.top_k);
-        run.insert(id.clone(), hits);
-    }
+    let ids: Vec<&str> = queries.iter().map(|(id, _)| id.as_str()).collect();
+    let search = (a.top_k, a.ef, a.exact);
+    let run = query::retrieve(&idx, &ids, &q, search, a.keep_identical_ids)?;
     let secs = t0.elapsed().as_secs_f64();
     let opts = retrieval::EvalOptions {
         ignore_identical_ids: !a.keep_identical_ids,
@@ -490,18 +437,7 @@ pub fn eval_retrieval(a: &RetrievalArgs, json: bool) -> Result<()> {
 pub fn eval_sts(a: &StsArgs, json: bool) -> Result<()> {
     let pairs = sts::read_sts(&a.input)?;
     let model = load_embedder(&a.model)?;
-    let s1: Vec<&str> = pairs.iter().map(|p| p.s1.as_str()).collect();
-    let s2: Vec<&str> = pairs.iter().map(|p| p.s2.as_str()).collect();
-    let (e1, e2) = (model.embed(&s1)?, model.embed(&s2)?);
-    let dim = model.dim();
-    let cos: Vec<f64> = e1
-        .chunks_exact(dim)
-        .zip(e2.chunks_exact(dim))
-        .map(|(a, b)| sts::cosine(a, b))
-        .collect();
-    let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
-    let spearman = sts::spearman(&cos, &gold)?;
-    let pearson = sts::pearson(&cos, &gold)?;
+    let (spearman, pearson) = query::sts_correlations(model.as_ref(), &pairs)?;
     emit(
         json,
         json!({"data": a.input, "pairs": pairs.len(), "spearman": spearman, "pearson": pearson}),

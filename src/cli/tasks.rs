@@ -3,7 +3,6 @@
 //! `finetune --task` trains on), translation with a sequence-to-sequence model, and the LoRA
 //! merge.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -11,13 +10,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
-use decodex::decode::{self, beam_search, BeamConfig, EarlyStopping, SamplingConfig, Strategy};
+use decodex::decode::{BeamConfig, EarlyStopping};
 use decodex::eval::{rouge, squad};
 use decodex::models::pretrained::{self, Network, Pretrained};
-use decodex::tasks;
+use decodex::tasks::{self, TaskDecoding};
 
 use super::args::{self, given, DecodingArgs, ModelArgs, StrategyArg};
-use super::commands::check_out_is_not;
+use super::commands::{check_out_is_not, emit, emit_lines};
 
 #[derive(Args, Debug)]
 #[command(mut_args(args::for_task))]
@@ -52,9 +51,6 @@ impl TaskArgs {
     }
     fn max_new_tokens(&self) -> usize {
         given(self.decoding.max_new_tokens, "max_new_tokens")
-    }
-    fn no_repeat_ngram_size(&self) -> usize {
-        given(self.decoding.no_repeat_ngram_size, "no_repeat_ngram_size")
     }
 }
 
@@ -113,117 +109,55 @@ fn check(a: &TaskArgs, command: &str) -> Result<()> {
     if a.max_new_tokens() == 0 || a.batch_size == 0 {
         bail!("--max-new-tokens and --batch-size must be at least 1");
     }
-    if a.strategy() == StrategyArg::Beam {
-        beam_config(a, Vec::new()).validate()?;
+    if let Some(beam) = decoding(a, Vec::new()).beam {
+        beam.validate()?;
     }
     Ok(())
 }
 
-/// The beam search of `--strategy beam`, stopping at `eos_ids`.
-fn beam_config(a: &TaskArgs, eos_ids: Vec<u32>) -> BeamConfig {
-    BeamConfig {
+/// The decoding of --strategy, beam search stopping at `eos_ids`.
+fn decoding(a: &TaskArgs, eos_ids: Vec<u32>) -> TaskDecoding {
+    let no_repeat_ngram_size = given(a.decoding.no_repeat_ngram_size, "no_repeat_ngram_size");
+    let beam = (a.strategy() == StrategyArg::Beam).then(|| BeamConfig {
         num_beams: given(a.decoding.num_beams, "num_beams"),
         num_beam_groups: 1,
         diversity_penalty: 0.0,
         length_penalty: given(a.decoding.length_penalty, "length_penalty"),
         early_stopping: EarlyStopping::True,
         num_return_sequences: 1,
-        no_repeat_ngram_size: a.no_repeat_ngram_size(),
+        no_repeat_ngram_size,
         min_new_tokens: 0,
         eos_ids,
         max_new_tokens: a.max_new_tokens(),
+    });
+    TaskDecoding {
+        beam,
+        batch_size: a.batch_size,
+        max_new_tokens: a.max_new_tokens(),
+        no_repeat_ngram_size,
     }
 }
 
-/// The user message as the model's chat template renders it (as is without a template).
-fn render(model: &Pretrained, user: &str) -> Result<String> {
-    Ok(match model.chat_template {
-        Some(_) => model.chat_prompt(user)?,
-        None => format!("{user}\n"),
-    })
-}
-
-/// One reply per prompt: greedy in left-padded batches, or beam search prompt by prompt. The
-/// text is trimmed and kept to one line.
+/// The model's reply to each user message, with a progress bar in human mode; and the seconds.
 fn replies(
-    model: &Pretrained,
     a: &TaskArgs,
-    prompts: &[String],
+    command: &str,
+    users: &[String],
     json: bool,
-) -> Result<Vec<String>> {
-    let m = model.decoder();
-    let bar = (!json).then(|| indicatif::ProgressBar::new(prompts.len() as u64));
-    let eos = model.eos_ids.clone();
-    let pad = eos.first().copied().unwrap_or(0);
-    let text = |tokens: &[u32]| -> Result<String> {
-        let kept: Vec<u32> = tokens
-            .iter()
-            .copied()
-            .filter(|t| !eos.contains(t))
-            .collect();
-        let t = model.tokenizer.decode(&kept)?;
-        Ok(t.split_whitespace().collect::<Vec<_>>().join(" "))
-    };
-    let mut out = Vec::with_capacity(prompts.len());
-    let ids: Vec<Vec<u32>> = prompts
+) -> Result<(Vec<String>, f64)> {
+    let model = load(a, command)?;
+    let prompts = users
         .iter()
-        .map(|p| model.tokenizer.encode(p))
-        .collect::<std::result::Result<_, _>>()?;
-    if a.strategy() == StrategyArg::Greedy {
-        let cfg = SamplingConfig {
-            eos_ids: eos.clone(),
-            no_repeat_ngram_size: a.no_repeat_ngram_size(),
-            ..SamplingConfig::default()
-        };
-        for chunk in ids.chunks(a.batch_size) {
-            let gens = decode::generate_batch(
-                m,
-                chunk,
-                &cfg,
-                Strategy::Greedy,
-                a.max_new_tokens(),
-                pad,
-                |_, _, _| {},
-            )?;
-            for g in gens {
-                out.push(text(&g.tokens)?);
-            }
-            if let Some(b) = &bar {
-                b.inc(chunk.len() as u64);
-            }
-        }
-    } else {
-        let cfg = beam_config(a, eos.clone());
-        for p in &ids {
-            let hyps = beam_search(m, p, &cfg)?;
-            out.push(text(
-                &hyps.first().map(|h| h.tokens.clone()).unwrap_or_default(),
-            )?);
-            if let Some(b) = &bar {
-                b.inc(1);
-            }
-        }
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    Ok(out)
-}
-
-fn jsonl_field(
-    v: &Value,
-    key: &str,
-    path: &std::path::Path,
-    line: usize,
-) -> Result<Option<String>> {
-    match v.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => bail!(
-            "{}: line {line}: field \"{key}\" must be a string",
-            path.display()
-        ),
-    }
+        .map(|u| tasks::render(&model, u))
+        .collect::<decodex::Result<Vec<_>>>()?;
+    let bar = (!json).then(|| indicatif::ProgressBar::new(prompts.len() as u64));
+    let t0 = Instant::now();
+    let d = decoding(a, model.eos_ids.clone());
+    let out = tasks::replies(&model, &d, &prompts, |n| {
+        bar.iter().for_each(|b| b.inc(n as u64))
+    })?;
+    bar.iter().for_each(|b| b.finish_and_clear());
+    Ok((out, t0.elapsed().as_secs_f64()))
 }
 
 pub fn summarize(a: &TaskArgs, json: bool) -> Result<()> {
@@ -232,39 +166,9 @@ pub fn summarize(a: &TaskArgs, json: bool) -> Result<()> {
         .input
         .as_deref()
         .context("--input FILE.jsonl is required")?;
-    let text = decodex::data::read_text(input)?;
-    let (mut docs, mut refs) = (Vec::new(), Vec::new());
-    for (i, l) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        if a.limit.is_some_and(|n| docs.len() >= n) {
-            break;
-        }
-        let v: Value = serde_json::from_str(l)
-            .with_context(|| format!("{}: line {}: not JSON", input.display(), i + 1))?;
-        let doc = jsonl_field(&v, "document", input, i + 1)?.with_context(|| {
-            format!(
-                "{}: line {}: missing field \"document\"",
-                input.display(),
-                i + 1
-            )
-        })?;
-        docs.push(doc);
-        refs.push(jsonl_field(&v, "summary", input, i + 1)?);
-    }
-    if docs.is_empty() {
-        bail!("{}: no documents", input.display());
-    }
-    let model = load(a, "summarize")?;
-    let prompts = docs
-        .iter()
-        .map(|d| render(&model, &tasks::summarize_prompt(d)))
-        .collect::<Result<Vec<_>>>()?;
-    let t0 = Instant::now();
-    let hyps = replies(&model, a, &prompts, json)?;
-    let secs = t0.elapsed().as_secs_f64();
+    let (docs, refs) = tasks::read_documents(input, a.limit)?;
+    let users: Vec<String> = docs.iter().map(|d| tasks::summarize_prompt(d)).collect();
+    let (hyps, secs) = replies(a, "summarize", &users, json)?;
     if let Some(out) = &a.out {
         let mut s = hyps.join("\n");
         s.push('\n');
@@ -272,114 +176,80 @@ pub fn summarize(a: &TaskArgs, json: bool) -> Result<()> {
     }
     let mut report = json!({"documents": hyps.len(), "strategy": a.strategy().name(), "seconds": secs,
                             "documents_per_sec": hyps.len() as f64 / secs});
-    if refs.iter().all(Option::is_some) {
-        let r: Vec<String> = refs.into_iter().map(|r| r.expect("checked")).collect();
+    let mut human: Vec<String> = if a.out.is_none() {
+        hyps.clone()
+    } else {
+        Vec::new()
+    };
+    if let Some(r) = refs.into_iter().collect::<Option<Vec<String>>>() {
         let rep = rouge::corpus(&hyps, &[r], true)?;
         report["rouge1"] = json!(rep.rouge1);
         report["rouge2"] = json!(rep.rouge2);
         report["rougeL"] = json!(rep.rouge_l);
+        human.push(format!(
+            "ROUGE-1 {:.2}  ROUGE-2 {:.2}  ROUGE-L {:.2}  ({} summaries, {:.0} s)",
+            rep.rouge1,
+            rep.rouge2,
+            rep.rouge_l,
+            hyps.len(),
+            secs
+        ));
     }
-    let mut stdout = std::io::stdout().lock();
-    if json {
-        writeln!(stdout, "{report}")?;
-    } else {
-        if a.out.is_none() {
-            for h in &hyps {
-                writeln!(stdout, "{h}")?;
-            }
-        }
-        if report.get("rougeL").is_some() {
-            writeln!(
-                stdout,
-                "ROUGE-1 {:.2}  ROUGE-2 {:.2}  ROUGE-L {:.2}  ({} summaries, {:.0} s)",
-                report["rouge1"].as_f64().unwrap_or(0.0),
-                report["rouge2"].as_f64().unwrap_or(0.0),
-                report["rougeL"].as_f64().unwrap_or(0.0),
-                hyps.len(),
-                secs
-            )?;
-        }
-    }
-    Ok(())
+    emit_lines(json, report, &human)
 }
 
 pub fn answer(a: &TaskArgs, json: bool) -> Result<()> {
     check(a, "answer")?;
-    let mut ids: Vec<String> = Vec::new();
-    let mut prompts_raw: Vec<(String, String)> = Vec::new();
-    let mut truths: Vec<Vec<String>> = Vec::new();
-    match (&a.input, &a.question) {
-        (Some(path), None) => {
-            let ds = squad::read_dataset(path)?;
-            'outer: for p in ds.data.iter().flat_map(|x| &x.paragraphs) {
-                for qa in &p.qas {
-                    if a.limit.is_some_and(|n| ids.len() >= n) {
-                        break 'outer;
-                    }
-                    ids.push(qa.id.clone());
-                    prompts_raw.push((p.context.clone(), qa.question.clone()));
-                    truths.push(qa.answers.iter().map(|x| x.text.clone()).collect());
-                }
-            }
-            if ids.is_empty() {
-                bail!("{}: no questions", path.display());
-            }
-        }
+    let questions = match (&a.input, &a.question) {
+        (Some(path), None) => tasks::read_questions(path, a.limit)?,
         (None, Some(q)) => {
             let c = a.context.as_deref().context("--question needs --context")?;
-            ids.push("question".into());
-            prompts_raw.push((c.to_string(), q.clone()));
+            let (id, context, question) = ("question".into(), c.to_string(), q.clone());
+            vec![tasks::Question {
+                id,
+                context,
+                question,
+                answers: Vec::new(),
+            }]
         }
         _ => bail!("give --input SQUAD.json, or --question with --context"),
-    }
-    let model = load(a, "answer")?;
-    let prompts = prompts_raw
+    };
+    let users: Vec<String> = questions
         .iter()
-        .map(|(c, q)| render(&model, &tasks::answer_prompt(c, q)))
-        .collect::<Result<Vec<_>>>()?;
-    let t0 = Instant::now();
-    let answers = replies(&model, a, &prompts, json)?;
-    let secs = t0.elapsed().as_secs_f64();
-    let mut stdout = std::io::stdout().lock();
+        .map(|q| tasks::answer_prompt(&q.context, &q.question))
+        .collect();
+    let (answers, secs) = replies(a, "answer", &users, json)?;
     if a.question.is_some() {
-        if json {
-            writeln!(stdout, "{}", json!({"answer": answers[0], "seconds": secs}))?;
-        } else {
-            writeln!(stdout, "{}", answers[0])?;
-        }
-        return Ok(());
+        return emit(
+            json,
+            json!({"answer": answers[0], "seconds": secs}),
+            &answers[0],
+        );
     }
-    let preds: serde_json::Map<String, Value> = ids
+    let preds: serde_json::Map<String, Value> = questions
         .iter()
         .zip(&answers)
-        .map(|(i, x)| (i.clone(), json!(x)))
+        .map(|(q, x)| (q.id.clone(), json!(x)))
         .collect();
     if let Some(out) = &a.out {
         decodex::error::write_atomic(out, serde_json::to_string(&preds)?.as_bytes())?;
     }
     let (mut em, mut f1) = (0.0, 0.0);
-    for (ans, t) in answers.iter().zip(&truths) {
-        let refs: Vec<&str> = t.iter().map(String::as_str).collect();
+    for (ans, q) in answers.iter().zip(&questions) {
+        let refs: Vec<&str> = q.answers.iter().map(String::as_str).collect();
         let (e, f) = squad::score(ans, &refs);
         em += e;
         f1 += f;
     }
     let n = answers.len() as f64;
-    let report = json!({"questions": answers.len(), "exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n,
+    let (em, f1) = (100.0 * em / n, 100.0 * f1 / n);
+    let report = json!({"questions": answers.len(), "exact_match": em, "f1": f1,
                         "strategy": a.strategy().name(), "seconds": secs});
-    if json {
-        writeln!(stdout, "{report}")?;
-    } else {
-        writeln!(
-            stdout,
-            "EM {:.2}  F1 {:.2}  ({} questions, {:.0} s)",
-            100.0 * em / n,
-            100.0 * f1 / n,
-            answers.len(),
-            secs
-        )?;
-    }
-    Ok(())
+    let human = format!(
+        "EM {em:.2}  F1 {f1:.2}  ({} questions, {secs:.0} s)",
+        answers.len()
+    );
+    emit(json, report, &human)
 }
 
 pub fn merge(a: &MergeArgs, json: bool) -> Result<()> {
@@ -396,20 +266,12 @@ pub fn merge(a: &MergeArgs, json: bool) -> Result<()> {
         flat.data[e.offset..e.offset + e.len].copy_from_slice(&v);
     }
     decodex::train::finetune::run::save_full(&a.out, &model, &flat)?;
-    if json {
-        println!(
-            "{}",
-            json!({"out": a.out, "base": a.model, "adapter": a.adapter})
-        );
-    } else {
-        println!(
-            "merged {} into {}: {}",
-            a.adapter.display(),
-            a.model.display(),
-            a.out.display()
-        );
-    }
-    Ok(())
+    let (base, adapter, out) = (a.model.display(), a.adapter.display(), a.out.display());
+    emit(
+        json,
+        json!({"out": a.out, "base": a.model, "adapter": a.adapter}),
+        &format!("merged {adapter} into {base}: {out}"),
+    )
 }
 
 /// `decodex translate`: one translation per input line, in order.
@@ -458,51 +320,26 @@ pub fn translate(a: &TranslateArgs, json: bool) -> Result<()> {
                 a.attention_line
             );
         };
-        let src = tok.encode(line.trim())?;
-        let mut tgt = tok.encode(hyp)?;
-        tgt.extend(tok.eos_id());
-        if src.is_empty() {
-            bail!(
-                "{}: line {} is empty; there is no attention to draw",
-                a.input.display(),
-                a.attention_line
-            );
-        }
-        let weights = model.attention_map(&src, &tgt)?;
-        let label = |ids: &[u32]| -> Result<Vec<String>> {
-            ids.iter()
-                .map(|&t| {
-                    Ok(if Some(t) == tok.eos_id() {
-                        "</s>".to_string()
-                    } else {
-                        tok.decode(&[t])?.trim().to_string()
-                    })
-                })
-                .collect()
-        };
-        decodex::plot::attention_heatmap(&label(&src)?, &label(&tgt)?, &weights, hyp, png)?;
+        let n = a.attention_line;
+        decodex::decode::translate::draw_attention(&model, &tok, &a.input, n, line, hyp, png)?;
     }
-    let mut stdout = std::io::stdout().lock();
     for (i, hyps) in found.iter().enumerate() {
         let best = hyps.first().map(|h| h.text.as_str()).unwrap_or_default();
-        if json {
-            let mut v = json!({ "text": best });
-            if let Some(score) = hyps.first().and_then(|h| h.score) {
-                v["score"] = json!(score);
-            }
-            if n_best > 1 {
-                v["nbest"] = json!(hyps);
-            }
-            writeln!(stdout, "{v}")?;
-        } else if n_best > 1 {
-            // n-best: one "line ||| text ||| score" per hypothesis (0-based line), Moses style.
-            for h in hyps {
-                let score = h.score.map_or(String::new(), |s| s.to_string());
-                writeln!(stdout, "{i} ||| {} ||| {score}", h.text)?;
-            }
-        } else {
-            writeln!(stdout, "{best}")?;
+        let mut v = json!({ "text": best });
+        if let Some(score) = hyps.first().and_then(|h| h.score) {
+            v["score"] = json!(score);
         }
+        let mut human = vec![best.to_string()];
+        if n_best > 1 {
+            v["nbest"] = json!(hyps);
+            // n-best: one "line ||| text ||| score" per hypothesis (0-based line), Moses style.
+            let score = |s: Option<f32>| s.map_or(String::new(), |s| s.to_string());
+            human = hyps
+                .iter()
+                .map(|h| format!("{i} ||| {} ||| {}", h.text, score(h.score)))
+                .collect();
+        }
+        emit_lines(json, v, &human)?;
     }
     Ok(())
 }

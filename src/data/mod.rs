@@ -232,6 +232,11 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
 mod tests {
     use super::*;
 
+    /// The error of preparing `input` with a fresh tokenizer of `kind` into `out`.
+    fn prepare_err(input: &Path, kind: TokenizerKind, out: &Path) -> Error {
+        prepare(&PrepareOptions::new(input, kind, out)).unwrap_err()
+    }
+
     /// A few kilobytes of varied text with newlines and non-ASCII chars.
     fn sample_text() -> String {
         let mut s = String::new();
@@ -366,12 +371,7 @@ mod tests {
     fn missing_input_is_an_io_error_naming_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("nope.txt");
-        let err = prepare(&PrepareOptions::new(
-            &input,
-            TokenizerKind::Char,
-            dir.path(),
-        ))
-        .unwrap_err();
+        let err = prepare_err(&input, TokenizerKind::Char, dir.path());
         assert!(matches!(err, Error::Io { .. }), "{err}");
         assert!(err.to_string().contains("nope.txt"), "{err}");
     }
@@ -380,12 +380,7 @@ mod tests {
     fn empty_corpus_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let input = write_input(dir.path(), "empty.txt", "");
-        let err = prepare(&PrepareOptions::new(
-            &input,
-            TokenizerKind::Char,
-            dir.path(),
-        ))
-        .unwrap_err();
+        let err = prepare_err(&input, TokenizerKind::Char, dir.path());
         assert!(matches!(err, Error::EmptyCorpus { .. }), "{err}");
         assert!(err.to_string().contains("empty.txt"), "{err}");
     }
@@ -395,12 +390,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("latin1.txt");
         std::fs::write(&input, b"caf\xc3\xa9 na\xefve").unwrap();
-        let err = prepare(&PrepareOptions::new(
-            &input,
-            TokenizerKind::Char,
-            dir.path(),
-        ))
-        .unwrap_err();
+        let err = prepare_err(&input, TokenizerKind::Char, dir.path());
         assert!(matches!(err, Error::NotUtf8 { offset: 8, .. }), "{err}");
         assert!(err.to_string().contains("latin1.txt"), "{err}");
     }
@@ -409,12 +399,7 @@ mod tests {
     fn bad_options_fail_before_reading_anything() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.txt");
-        let err = prepare(&PrepareOptions::new(
-            &missing,
-            TokenizerKind::Bpe,
-            dir.path(),
-        ))
-        .unwrap_err();
+        let err = prepare_err(&missing, TokenizerKind::Bpe, dir.path());
         assert!(err.to_string().contains("vocab_size"), "{err}");
         let mut opts = PrepareOptions::new(&missing, TokenizerKind::Char, dir.path());
         opts.val_fraction = 1.0;
@@ -426,12 +411,7 @@ mod tests {
     fn corpus_too_short_to_split_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let input = write_input(dir.path(), "tiny.txt", "a");
-        let err = prepare(&PrepareOptions::new(
-            &input,
-            TokenizerKind::Char,
-            dir.path(),
-        ))
-        .unwrap_err();
+        let err = prepare_err(&input, TokenizerKind::Char, dir.path());
         assert!(matches!(err, Error::Data { .. }), "{err}");
     }
 

@@ -732,31 +732,16 @@ mod tests {
     #[test]
     fn invalid_beam_configs_are_rejected() {
         let model = MockDecoder::fixed(vec![0.0; 4], 8);
-        let bad = [
-            BeamConfig {
-                num_beams: 2,
-                num_return_sequences: 3,
-                ..Default::default()
-            },
-            BeamConfig {
-                num_beams: 0,
-                ..Default::default()
-            },
-            BeamConfig {
-                num_beams: 4,
-                num_beam_groups: 3,
-                ..Default::default()
-            },
-            BeamConfig {
-                max_new_tokens: 0,
-                ..Default::default()
-            },
-            BeamConfig {
-                diversity_penalty: -1.0,
-                ..Default::default()
-            },
+        let bad: [fn(&mut BeamConfig); 5] = [
+            |c| (c.num_beams, c.num_return_sequences) = (2, 3),
+            |c| c.num_beams = 0,
+            |c| (c.num_beams, c.num_beam_groups) = (4, 3),
+            |c| c.max_new_tokens = 0,
+            |c| c.diversity_penalty = -1.0,
         ];
-        for cfg in bad {
+        for set in bad {
+            let mut cfg = BeamConfig::default();
+            set(&mut cfg);
             let err = beam_search(&model, &[1], &cfg);
             assert!(matches!(err, Err(Error::Invalid(_))), "{cfg:?}");
             assert_eq!(model.steps(), 0, "validated before any model step");

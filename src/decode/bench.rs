@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::Decoder;
+use super::{beam_search, BeamConfig, Decoder, EarlyStopping};
 use crate::error::Result;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -55,4 +55,24 @@ pub fn bench_decode<D: Decoder + ?Sized>(
 fn median(x: &mut [f64]) -> f64 {
     x.sort_by(|a, b| a.total_cmp(b));
     x.get(x.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `bench decode --num-beams`: the most prompt tokens the beam search starts from, and the
+/// tokens it generates.
+pub const BEAM_PROMPT: usize = 32;
+pub const BEAM_NEW: usize = 32;
+
+/// New tokens per second of a beam search with `num_beams` beams for 32 tokens (no EOS stop)
+/// after the first 32 of `ids`.
+pub fn bench_beam(m: &dyn Decoder, ids: &[u32], num_beams: usize) -> Result<f64> {
+    let cfg = BeamConfig {
+        num_beams,
+        max_new_tokens: BEAM_NEW,
+        early_stopping: EarlyStopping::True,
+        ..BeamConfig::default()
+    };
+    let t = Instant::now();
+    let hyps = beam_search(m, &ids[..ids.len().min(BEAM_PROMPT)], &cfg)?;
+    let n = hyps.first().map_or(0, |h| h.tokens.len());
+    Ok(n as f64 / t.elapsed().as_secs_f64())
 }

@@ -7,13 +7,16 @@
 pub mod beam;
 pub mod bench;
 pub mod driver;
+pub mod generate;
 #[cfg(test)]
 mod mock;
 pub mod processors;
+pub mod stream;
 pub mod translate;
 
 pub use beam::{beam_search, BeamConfig, BeamHypothesis, EarlyStopping};
 pub use driver::{generate_batch, generate_ids, generate_ids_until, GeneratedIds, StopReason};
 pub use processors::{process_logits, SamplingConfig, Strategy};
+pub use stream::{reply_text, TextStream};
 
 pub use crate::models::{Cache, Decoder};

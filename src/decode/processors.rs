@@ -678,41 +678,20 @@ mod tests {
     #[test]
     fn validate_rejects_out_of_range_values() {
         assert!(SamplingConfig::default().validate().is_ok());
-        let bad = [
-            SamplingConfig {
-                temperature: -1.0,
-                ..Default::default()
-            },
-            SamplingConfig {
-                temperature: f32::NAN,
-                ..Default::default()
-            },
-            SamplingConfig {
-                top_p: 0.0,
-                ..Default::default()
-            },
-            SamplingConfig {
-                top_p: 1.5,
-                ..Default::default()
-            },
-            SamplingConfig {
-                min_p: 1.5,
-                ..Default::default()
-            },
-            SamplingConfig {
-                typical_p: 0.0,
-                ..Default::default()
-            },
-            SamplingConfig {
-                repetition_penalty: 0.0,
-                ..Default::default()
-            },
+        let bad: [fn(&mut SamplingConfig); 7] = [
+            |c| c.temperature = -1.0,
+            |c| c.temperature = f32::NAN,
+            |c| c.top_p = 0.0,
+            |c| c.top_p = 1.5,
+            |c| c.min_p = 1.5,
+            |c| c.typical_p = 0.0,
+            |c| c.repetition_penalty = 0.0,
         ];
-        for cfg in bad {
-            assert!(
-                matches!(cfg.validate(), Err(Error::Invalid(_))),
-                "{cfg:?} should be invalid"
-            );
+        for set in bad {
+            let mut cfg = SamplingConfig::default();
+            set(&mut cfg);
+            let invalid = matches!(cfg.validate(), Err(Error::Invalid(_)));
+            assert!(invalid, "{cfg:?} should be invalid");
         }
         // 0 switches top_k off and temperature 0 means greedy: both are valid.
         let zero = SamplingConfig {

@@ -173,3 +173,38 @@ fn search<D: Decoder>(
     }
     Ok(out)
 }
+
+/// Draws the attention weights of the translation `hyp` of `line` (line `n`, 1-based, of
+/// `input`) as a heatmap into `png` (.png or .svg).
+pub fn draw_attention(
+    model: &Seq2Seq,
+    tok: &Tokenizer,
+    input: &Path,
+    n: usize,
+    line: &str,
+    hyp: &str,
+    png: &Path,
+) -> Result<()> {
+    let src = tok.encode(line.trim())?;
+    let mut tgt = tok.encode(hyp)?;
+    tgt.extend(tok.eos_id());
+    if src.is_empty() {
+        return Err(Error::Data {
+            path: input.to_path_buf(),
+            msg: format!("line {n} is empty; there is no attention to draw"),
+        });
+    }
+    let weights = model.attention_map(&src, &tgt)?;
+    let label = |ids: &[u32]| -> Result<Vec<String>> {
+        ids.iter()
+            .map(|&t| {
+                Ok(if Some(t) == tok.eos_id() {
+                    "</s>".to_string()
+                } else {
+                    tok.decode(&[t])?.trim().to_string()
+                })
+            })
+            .collect()
+    };
+    crate::plot::attention_heatmap(&label(&src)?, &label(&tgt)?, &weights, hyp, png)
+}

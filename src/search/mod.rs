@@ -4,6 +4,7 @@
 
 pub mod embed;
 pub mod index;
+pub mod query;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
