@@ -10,7 +10,6 @@ use serde_json::json;
 use decodex::data::{self, PrepareOptions};
 use decodex::models::gpt::checkpoint;
 use decodex::tokenizer::{Tokenizer, TokenizerKind};
-use decodex::train;
 
 use super::{
     BenchCmd, BleuArgs, Command, DataCmd, EvalCmd, ExportArgs, Kind, LogitsArgs, TokenizerCmd,
@@ -21,14 +20,7 @@ pub fn dispatch(cmd: Command, json: bool) -> Result<()> {
         Command::Quickstart(a) => super::train::quickstart(a, json),
         Command::Tokenizer(t) => tokenizer(t, json),
         Command::Data(d) => data_cmd(d, json),
-        Command::Train(a) => {
-            let text = std::fs::read_to_string(&a.config).unwrap_or_default();
-            if train::seq2seq::is_seq2seq_config(&text) {
-                super::train::train_seq2seq_cmd(&a, json)
-            } else {
-                super::train::train_cmd(&a, json).map(|_| ())
-            }
-        }
+        Command::Train(a) => super::train::train_any(&a, json),
         Command::Translate(a) => super::tasks::translate(&a, json),
         Command::Finetune(a) => super::train::finetune_cmd(&a, json),
         Command::Summarize(a) => super::tasks::summarize(&a, json),

@@ -195,6 +195,16 @@ pub(super) fn quickstart(a: QuickstartArgs, json: bool) -> Result<()> {
     super::generate::generate_cmd(&g)
 }
 
+/// `decodex train`: the trainer of the config's `[model] arch`.
+pub(super) fn train_any(a: &TrainArgs, json: bool) -> Result<()> {
+    match train::config::Arch::of_config(&a.config) {
+        train::config::Arch::Gpt => train_cmd(a, json).map(|_| ()),
+        train::config::Arch::RnnSeq2seq | train::config::Arch::TransformerSeq2seq => {
+            train_seq2seq_cmd(a, json)
+        }
+    }
+}
+
 pub(super) fn train_cmd(a: &TrainArgs, json: bool) -> Result<train::TrainSummary> {
     if a.max_steps == Some(0) {
         bail!("--max-steps must be at least 1");

@@ -111,7 +111,7 @@ pub fn bench_train(config: &Path, iters: usize, warmup: usize) -> Result<BenchRe
         }
         let (p, g) = backend.params_and_grads();
         let scale = clip_scale(global_norm(g), cfg.train.grad_clip);
-        opt.update_scaled(p, g, cfg.lr_at(i), scale);
+        opt.update_scaled(p, g, cfg.schedule().lr(i, 0.0), scale);
         backend.params_updated()?;
         if i >= warmup {
             times.push(ts.elapsed().as_secs_f64());

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::kernels::Precision;
 use crate::models::gpt::GptConfig;
 use crate::tokenizer::TokenizerKind;
+use crate::train::optim::{Decay, Schedule};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +110,39 @@ fn default_seed() -> u64 {
     1337
 }
 
+/// The model family a training config trains, named by its `[model] arch`; a GPT config has
+/// none. `decodex train` picks its trainer by it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// A GPT language model (`TrainConfig`, `trainer::train`).
+    #[default]
+    Gpt,
+    /// The sequence-to-sequence models (`seq2seq::Seq2SeqTrainConfig`, `train_seq2seq`).
+    RnnSeq2seq,
+    TransformerSeq2seq,
+}
+
+impl Arch {
+    /// The `[model] arch` of the TOML config at `path`: GPT where it has none or cannot be read
+    /// (the GPT trainer then reports what is wrong with the file).
+    pub fn of_config(path: &Path) -> Arch {
+        #[derive(Deserialize)]
+        struct Config {
+            model: Model,
+        }
+        #[derive(Deserialize)]
+        struct Model {
+            #[serde(default)]
+            arch: Arch,
+        }
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| toml::from_str::<Config>(&text).ok())
+            .map_or(Arch::Gpt, |c| c.model.arch)
+    }
+}
+
 /// The gradient backend of a training run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -190,20 +224,21 @@ impl TrainConfig {
         self.train.lr_decay_iters.unwrap_or(self.train.max_iters)
     }
 
-    /// Learning rate for optimizer update `it` (0-based): linear warm-up, then cosine decay to
-    /// `min_lr` at `lr_decay_iters`, then constant (nanoGPT's `get_lr`).
-    pub fn lr_at(&self, it: usize) -> f64 {
+    /// nanoGPT's `get_lr`: linear warm-up over `warmup_iters` (divided by `warmup_iters + 1`),
+    /// cosine decay to `min_lr` at `lr_decay_iters`, then constant.
+    pub fn schedule(&self) -> Schedule {
         let t = &self.train;
-        let decay = self.lr_decay_iters();
-        if it < t.warmup_iters {
-            return t.learning_rate * (it + 1) as f64 / (t.warmup_iters + 1) as f64;
+        Schedule {
+            peak: t.learning_rate,
+            warmup: t.warmup_iters,
+            warmup_div: t.warmup_iters + 1,
+            decay: Decay::Cosine {
+                min: t.min_lr,
+                end: self.lr_decay_iters(),
+                from: t.warmup_iters,
+                ahead: 0,
+            },
         }
-        if it > decay {
-            return t.min_lr;
-        }
-        let ratio = (it - t.warmup_iters) as f64 / (decay - t.warmup_iters).max(1) as f64;
-        let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
-        t.min_lr + coeff * (t.learning_rate - t.min_lr)
     }
 }
 
@@ -276,10 +311,11 @@ eval_iters = 20
     #[test]
     fn schedule_warms_up_then_decays() {
         let cfg: TrainConfig = toml::from_str(CHAR).unwrap();
-        assert!((cfg.lr_at(0) - 1e-3 / 101.0).abs() < 1e-12);
-        assert!((cfg.lr_at(100) - 1e-3).abs() < 1e-12);
-        assert!((cfg.lr_at(2000) - 1e-4).abs() < 1e-12);
-        assert!(cfg.lr_at(1000) < 1e-3 && cfg.lr_at(1000) > 1e-4);
+        let lr = |it| cfg.schedule().lr(it, 0.0);
+        assert!((lr(0) - 1e-3 / 101.0).abs() < 1e-12);
+        assert!((lr(100) - 1e-3).abs() < 1e-12);
+        assert!((lr(2000) - 1e-4).abs() < 1e-12);
+        assert!(lr(1000) < 1e-3 && lr(1000) > 1e-4);
     }
 
     #[test]

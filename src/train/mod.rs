@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod bench;
 pub mod config;
+pub mod driver;
 pub mod finetune;
 pub mod optim;
 pub mod progress;

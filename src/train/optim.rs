@@ -1,8 +1,15 @@
-//! AdamW with decoupled weight decay (Loshchilov & Hutter, 2019), the update PyTorch's
-//! `torch.optim.AdamW` performs, over one flat parameter vector. Its moments are plain vectors,
-//! saved in every checkpoint so a resumed run continues exactly.
+//! The optimizer side of every trainer: AdamW with decoupled weight decay (Loshchilov & Hutter,
+//! 2019) over one flat parameter vector, the global-norm clipping of PyTorch's
+//! `clip_grad_norm_`, and the learning-rate schedule. AdamW's moments are plain vectors, saved in
+//! every checkpoint so a resumed run continues exactly.
+
+use std::collections::HashMap;
+use std::path::Path;
 
 use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::nn::tensor_io;
 
 use crate::kernels::simd::simd_fn;
 
@@ -10,10 +17,10 @@ use crate::models::gpt::GptConfig;
 
 #[derive(Debug, Clone)]
 pub struct AdamW {
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
     /// Number of updates done so far (bias correction uses t = step + 1 on the next update).
     pub step: u64,
     pub m: Vec<f32>,
@@ -21,6 +28,19 @@ pub struct AdamW {
     /// Per element: whether weight decay applies (matrices only; no decay on biases, norms and
     /// embeddings). Stored as ranges to keep it small.
     decay_ranges: Vec<(usize, usize)>,
+    /// The order of the update's operations (the same formula, other roundings).
+    pub order: Order,
+}
+
+/// Whose rounding an AdamW update reproduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// PyTorch's `torch.optim.AdamW` (and llm.c's): scalars in f32, `m̂ = m / (1 − β₁ᵗ)`.
+    #[default]
+    Torch,
+    /// candle-nn's `AdamW`, one tensor op per term: each scalar computed in f64 and rounded to
+    /// f32, `m̂ = m · (1 / (1 − β₁ᵗ))`, every scaling `x · s + 0` (candle's affine).
+    Candle,
 }
 
 /// Parameter ranges (start, end) that receive weight decay: 2-D weights other than the
@@ -48,14 +68,15 @@ impl AdamW {
         decay_ranges: Vec<(usize, usize)>,
     ) -> Self {
         Self {
-            beta1: beta1 as f32,
-            beta2: beta2 as f32,
-            eps: eps as f32,
-            weight_decay: weight_decay as f32,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
             step: 0,
             m: vec![0.0; n],
             v: vec![0.0; n],
             decay_ranges,
+            order: Order::Torch,
         }
     }
 
@@ -70,19 +91,7 @@ impl AdamW {
         assert_eq!(params.len(), self.m.len());
         assert_eq!(grads.len(), self.m.len());
         self.step += 1;
-        let t = self.step as i32;
-        let (b1, b2) = (self.beta1, self.beta2);
-        let lr = lr as f32;
-        let k = Consts {
-            b1,
-            b2,
-            eps: self.eps,
-            bc1: 1.0 - b1.powi(t),
-            bc2: 1.0 - b2.powi(t),
-            lr,
-            decay: 1.0,
-            grad_scale,
-        };
+        let k = self.consts(lr, grad_scale);
         // Walk the vector in contiguous segments that either decay or not.
         let mut segments = Vec::new();
         let mut pos = 0;
@@ -99,19 +108,86 @@ impl AdamW {
         const CHUNK: usize = 1 << 14;
         for (s, e, wd) in segments {
             let k = Consts {
-                decay: if wd {
-                    1.0 - lr * self.weight_decay
-                } else {
-                    1.0
-                },
+                decay: if wd { k.decay } else { 1.0 },
                 ..k
+            };
+            let chunk = match self.order {
+                Order::Torch => adamw_chunk,
+                Order::Candle => adamw_chunk_candle,
             };
             params[s..e]
                 .par_chunks_mut(CHUNK)
                 .zip(grads[s..e].par_chunks(CHUNK))
                 .zip(self.m[s..e].par_chunks_mut(CHUNK))
                 .zip(self.v[s..e].par_chunks_mut(CHUNK))
-                .for_each(|(((p, g), m), v)| adamw_chunk(p, g, m, v, k));
+                .for_each(|(((p, g), m), v)| chunk(p, g, m, v, k));
+        }
+    }
+
+    /// Saves the moments as the tensors `{prefix}m`, `{prefix}v` of a safetensors file with `meta`.
+    pub fn save_moments(
+        &self,
+        path: &Path,
+        prefix: &str,
+        meta: HashMap<String, String>,
+    ) -> Result<()> {
+        let n = self.m.len();
+        let (m, v) = (format!("{prefix}m"), format!("{prefix}v"));
+        tensor_io::save_tensors(path, &[(m, vec![n], &self.m), (v, vec![n], &self.v)], meta)
+    }
+
+    /// Reads back what `save_moments` wrote; returns the file's metadata.
+    pub fn load_moments(&mut self, path: &Path, prefix: &str) -> Result<HashMap<String, String>> {
+        let mut f = tensor_io::load_tensors(path)?;
+        for (k, dst) in [("m", &mut self.m), ("v", &mut self.v)] {
+            match f.tensors.remove(&format!("{prefix}{k}")) {
+                Some((_, d)) if d.len() == dst.len() => *dst = d,
+                _ => {
+                    return Err(Error::CorruptCheckpoint {
+                        path: path.to_path_buf(),
+                        msg: format!("tensor {prefix}{k} is missing or has the wrong size"),
+                    })
+                }
+            }
+        }
+        Ok(f.metadata)
+    }
+
+    /// The scalars of update `self.step`, rounded as `self.order` does.
+    fn consts(&self, lr: f64, grad_scale: f32) -> Consts {
+        let t = self.step as i32;
+        match self.order {
+            Order::Torch => {
+                let (b1, b2, lr) = (self.beta1 as f32, self.beta2 as f32, lr as f32);
+                Consts {
+                    b1,
+                    b2,
+                    c1: 1.0 - b1,
+                    c2: 1.0 - b2,
+                    eps: self.eps as f32,
+                    bc1: 1.0 - b1.powi(t),
+                    bc2: 1.0 - b2.powi(t),
+                    lr,
+                    decay: 1.0 - lr * self.weight_decay as f32,
+                    grad_scale,
+                }
+            }
+            Order::Candle => {
+                let (b1, b2) = (self.beta1, self.beta2);
+                Consts {
+                    b1: b1 as f32,
+                    b2: b2 as f32,
+                    c1: (1.0 - b1) as f32,
+                    c2: (1.0 - b2) as f32,
+                    eps: self.eps as f32,
+                    // Multipliers here: m̂ = m · bc1.
+                    bc1: (1.0 / (1.0 - b1.powi(t))) as f32,
+                    bc2: (1.0 / (1.0 - b2.powi(t))) as f32,
+                    lr: lr as f32,
+                    decay: (1.0 - lr * self.weight_decay) as f32,
+                    grad_scale,
+                }
+            }
         }
     }
 }
@@ -121,8 +197,11 @@ impl AdamW {
 struct Consts {
     b1: f32,
     b2: f32,
+    /// 1 − β.
+    c1: f32,
+    c2: f32,
     eps: f32,
-    /// Bias corrections 1 − β^t.
+    /// Bias corrections 1 − β^t (Torch order), or their reciprocals (Candle order).
     bc1: f32,
     bc2: f32,
     lr: f32,
@@ -137,11 +216,29 @@ simd_fn! {
         let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
         for i in 0..n {
             let gi = g[i] * k.grad_scale;
-            m[i] = k.b1 * m[i] + (1.0 - k.b1) * gi;
-            v[i] = k.b2 * v[i] + (1.0 - k.b2) * gi * gi;
+            m[i] = k.b1 * m[i] + k.c1 * gi;
+            v[i] = k.b2 * v[i] + k.c2 * gi * gi;
             let mhat = m[i] / k.bc1;
             let vhat = v[i] / k.bc2;
             p[i] = p[i] * k.decay - k.lr * mhat / (vhat.sqrt() + k.eps);
+        }
+    }
+}
+
+simd_fn! {
+    // candle-nn 0.11's AdamW::step, op for op; `x · s + 0.0` is candle's affine (the + 0.0 turns
+    // −0 into +0, as there).
+    fn adamw_chunk_candle(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: Consts) {
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let gi = g[i] * k.grad_scale;
+            m[i] = (m[i] * k.b1 + 0.0) + (gi * k.c1 + 0.0);
+            v[i] = (v[i] * k.b2 + 0.0) + ((gi * gi) * k.c2 + 0.0);
+            let mhat = m[i] * k.bc1 + 0.0;
+            let vhat = v[i] * k.bc2 + 0.0;
+            let adjusted = mhat / (vhat.sqrt() + k.eps);
+            p[i] = (p[i] * k.decay + 0.0) - (adjusted * k.lr + 0.0);
         }
     }
 }
@@ -194,9 +291,137 @@ pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
     norm
 }
 
+/// A learning-rate schedule: linear warm-up to `peak`, then a decay. One type for the three
+/// trainers, whose rates it reproduces bit for bit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    pub peak: f64,
+    /// Steps of linear warm-up: step `s` (0-based) of them runs at `peak · (s + 1) / d`.
+    pub warmup: usize,
+    /// The warm-up's denominator `d`: `warmup`, or nanoGPT's `warmup + 1` (its `get_lr`).
+    pub warmup_div: usize,
+    pub decay: Decay,
+}
+
+/// The rate after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decay {
+    /// `min + ½(peak − min)(1 + cos πp)`, then `min` past `end`. The progress p is the larger of
+    /// the time fraction and the step fraction `(step + ahead − from) / (end − from)`, so a
+    /// run bounded by time still ends annealed. nanoGPT counts from the warm-up's end
+    /// (`from = warmup`, `ahead = 0`); the seq2seq trainer counts the step being taken
+    /// (`ahead = 1`); fine-tuning counts from step 0.
+    Cosine {
+        min: f64,
+        end: usize,
+        from: usize,
+        ahead: usize,
+    },
+    /// `peak · √(max(warmup, 1) / (step + 1))`, the original Transformer's.
+    InverseSqrt,
+}
+
+impl Schedule {
+    /// The rate of optimizer update `step` (0-based), with `time_frac` of the run's time limit
+    /// spent (0 without one).
+    pub fn lr(&self, step: usize, time_frac: f64) -> f64 {
+        if step < self.warmup {
+            return self.peak * (step + 1) as f64 / self.warmup_div as f64;
+        }
+        match self.decay {
+            Decay::Cosine { min, end, .. } if step > end => min,
+            Decay::Cosine {
+                min,
+                end,
+                from,
+                ahead,
+            } => {
+                let done = (step + ahead).saturating_sub(from) as f64;
+                let by_steps = done / end.saturating_sub(from).max(1) as f64;
+                let p = by_steps.max(time_frac).min(1.0);
+                // ½(1 + cos πp)·(peak − min): the ×½ is exact, so any order gives these bits.
+                min + 0.5 * (self.peak - min) * (1.0 + (std::f64::consts::PI * p).cos())
+            }
+            Decay::InverseSqrt => {
+                let w = self.warmup.max(1) as f64;
+                self.peak * (w / (step + 1) as f64).sqrt()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The three trainers' former formulas, verbatim, against `Schedule::lr`, bit for bit.
+    #[test]
+    fn schedule_reproduces_the_three_former_formulas() {
+        use std::f64::consts::PI;
+        let (peak, min) = (1e-3, 1e-4);
+        let check = |s: Schedule, old: &dyn Fn(usize, f64) -> f64, end: usize, fracs: &[f64]| {
+            for step in 0..end + 30 {
+                for &frac in fracs {
+                    let (new, old) = (s.lr(step, frac), old(step, frac));
+                    assert_eq!(new.to_bits(), old.to_bits(), "{s:?} {step} {frac}");
+                }
+            }
+        };
+        let cosine = |warmup, warmup_div, end, from, ahead| Schedule {
+            peak,
+            warmup,
+            warmup_div,
+            decay: Decay::Cosine {
+                min,
+                end,
+                from,
+                ahead,
+            },
+        };
+        for (w, end) in [(100usize, 2000usize), (0, 50), (7, 7), (3, 40), (40, 30)] {
+            // nanoGPT's get_lr (the LM trainer; no time limit).
+            let gpt = |it: usize, _: f64| {
+                if it < w {
+                    return peak * (it + 1) as f64 / (w + 1) as f64;
+                }
+                if it > end {
+                    return min;
+                }
+                let ratio = (it - w) as f64 / (end - w).max(1) as f64;
+                min + 0.5 * (1.0 + (PI * ratio).cos()) * (peak - min)
+            };
+            check(cosine(w, w + 1, end, w, 0), &gpt, end, &[0.0]);
+            // The seq2seq trainer: cosine by steps or time, or inverse square root.
+            let s2s = |step: usize, frac: f64, cos: bool| {
+                let (s, wf) = (step as f64 + 1.0, w as f64);
+                if s <= wf {
+                    return peak * s / wf;
+                }
+                if !cos {
+                    return peak * (wf.max(1.0) / s).sqrt();
+                }
+                let p = ((s - wf) / (end as f64 - wf).max(1.0)).max(frac).min(1.0);
+                min + 0.5 * (peak - min) * (1.0 + (PI * p).cos())
+            };
+            let c = cosine(w, w, end, w, 1);
+            let fracs = [0.0, 0.3, 0.77, 1.2];
+            check(c, &|st, f| s2s(st, f, true), end, &fracs);
+            let isqrt = Schedule {
+                decay: Decay::InverseSqrt,
+                ..c
+            };
+            check(isqrt, &|st, f| s2s(st, f, false), end, &fracs);
+            // Fine-tuning: cosine by the larger of step / max_steps and the time fraction.
+            let ft = |step: usize, frac: f64| {
+                if step < w {
+                    return peak * (step + 1) as f64 / w as f64;
+                }
+                let p = (step as f64 / end as f64).max(frac).clamp(0.0, 1.0);
+                min + 0.5 * (peak - min) * (1.0 + (PI * p).cos())
+            };
+            check(cosine(w, w, end, 0, 0), &ft, end, &fracs);
+        }
+    }
 
     /// Two updates checked against the formula computed by hand in f64.
     #[test]
@@ -219,6 +444,46 @@ mod tests {
         }
         for i in 0..2 {
             assert!((p[i] as f64 - r[i]).abs() < 1e-6, "{} vs {}", p[i], r[i]);
+        }
+    }
+
+    /// `Order::Candle` reproduces candle-nn's `AdamW` bit for bit: three steps at changing rates,
+    /// with weight decay, on gradients of both signs.
+    #[test]
+    fn candle_order_matches_candle_nn() {
+        use candle_core::{Device, Var};
+        use candle_nn::Optimizer;
+        let n = 37;
+        let mut p: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() - 0.1).collect();
+        let var = Var::from_slice(&p, n, &Device::Cpu).unwrap();
+        let cfg = candle_nn::ParamsAdamW {
+            lr: 3e-3,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-9,
+            weight_decay: 1e-4,
+        };
+        let mut theirs = candle_nn::AdamW::new(vec![var.clone()], cfg).unwrap();
+        let mut ours = AdamW::new(n, 0.9, 0.98, 1e-9, 1e-4, vec![(0, n)]);
+        ours.order = Order::Candle;
+        for step in 0..3 {
+            let lr = 3e-3 / (step + 1) as f64;
+            let loss = (var.as_tensor().sin().unwrap() * 3.0)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            theirs.set_learning_rate(lr);
+            theirs.step(&grads).unwrap();
+            ours.update(&mut p, &g, lr);
+            let want = var.as_tensor().to_vec1::<f32>().unwrap();
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&p), bits(&want), "step {step}");
         }
     }
 

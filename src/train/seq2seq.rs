@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -25,8 +24,9 @@ use crate::nn::loss::smoothed_cross_entropy;
 use crate::nn::params::Params;
 use crate::tokenizer::Tokenizer;
 use crate::train::config::data_dir;
-use crate::train::optim::clip_scale;
-use crate::train::progress::{stop_requested, Clock};
+use crate::train::driver::{self, Metrics, Plan, Run, Update};
+use crate::train::optim::{AdamW, Decay, Order, Schedule};
+use crate::train::progress::Clock;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,7 +76,7 @@ pub struct Seq2SeqOptim {
     #[serde(default)]
     pub warmup_steps: usize,
     #[serde(default)]
-    pub schedule: Schedule,
+    pub schedule: LrDecay,
     #[serde(default)]
     pub min_lr: f64,
     #[serde(default = "default_smoothing")]
@@ -100,7 +100,7 @@ pub struct Seq2SeqOptim {
 /// The learning rate after warm-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Schedule {
+pub enum LrDecay {
     /// lr·√(warmup/step), the original Transformer's.
     #[default]
     InverseSqrt,
@@ -147,19 +147,6 @@ impl Seq2SeqTrainConfig {
         })?;
         Ok(cfg)
     }
-}
-
-/// Whether a TOML config trains a sequence-to-sequence model (`[model] arch = "...-seq2seq"`).
-pub fn is_seq2seq_config(text: &str) -> bool {
-    toml::from_str::<toml::Value>(text)
-        .ok()
-        .and_then(|v| {
-            v.get("model")?
-                .get("arch")?
-                .as_str()
-                .map(|s| s.ends_with("seq2seq"))
-        })
-        .unwrap_or(false)
 }
 
 /// The train/valid/test pairs a config names.
@@ -221,21 +208,23 @@ pub struct Seq2SeqSummary {
     pub peak_rss_mb: f64,
 }
 
-/// The learning rate before step `step` (0-based) of `total`, with `time_frac` of the time
-/// limit spent (0 without one).
-fn lr_at(o: &Seq2SeqOptim, step: usize, total: usize, time_frac: f64) -> f64 {
-    let s = step as f64 + 1.0;
-    let w = o.warmup_steps as f64;
-    if s <= w {
-        return o.learning_rate * s / w;
-    }
-    match o.schedule {
-        Schedule::Cosine => {
-            let by_steps = (s - w) / (total as f64 - w).max(1.0);
-            let p = by_steps.max(time_frac).min(1.0);
-            o.min_lr + 0.5 * (o.learning_rate - o.min_lr) * (1.0 + (std::f64::consts::PI * p).cos())
+impl Seq2SeqOptim {
+    /// Linear warm-up, then inverse square root or cosine over `total` steps (by steps or time).
+    fn schedule(&self, total: usize) -> Schedule {
+        Schedule {
+            peak: self.learning_rate,
+            warmup: self.warmup_steps,
+            warmup_div: self.warmup_steps,
+            decay: match self.schedule {
+                LrDecay::Cosine => Decay::Cosine {
+                    min: self.min_lr,
+                    end: total,
+                    from: self.warmup_steps,
+                    ahead: 1,
+                },
+                LrDecay::InverseSqrt => Decay::InverseSqrt,
+            },
         }
-        Schedule::InverseSqrt => o.learning_rate * (w.max(1.0) / s).sqrt(),
     }
 }
 
@@ -387,208 +376,290 @@ fn prepare_data(
 pub fn train_seq2seq(
     config: &Path,
     out: &Path,
-    mut on_log: impl FnMut(&Seq2SeqLog),
+    on_log: impl FnMut(&Seq2SeqLog),
 ) -> Result<Seq2SeqSummary> {
     let cfg = Seq2SeqTrainConfig::from_file(config)?;
     let device = Device::Cpu;
     let t0 = Instant::now();
     let (tok, mcfg, tr, va) = prepare_data(&cfg, out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut params = Params::init(ChaCha8Rng::seed_from_u64(cfg.train.seed), &device);
-    let model = Seq2Seq::new(&mcfg, &mut params, &device)?;
-    let n_params: usize = params.vars.iter().map(|(_, v)| v.elem_count()).sum();
     let o = &cfg.train;
-    let mut opt = adamw(&params, o)?;
-    let drop_rng = RefCell::new(ChaCha8Rng::seed_from_u64(o.seed ^ 0x5eed));
-    let mut batch_rng = ChaCha8Rng::seed_from_u64(o.seed);
+    let mut params = Params::init(ChaCha8Rng::seed_from_u64(o.seed), &device);
+    let model = Seq2Seq::new(&mcfg, &mut params, &device)?;
+    let flat = params
+        .vars
+        .iter()
+        .map(|(_, v)| Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    let n = flat.len();
+    // candle-nn's AdamW, as this trainer always used: every parameter decays.
+    let mut opt = AdamW::new(n, o.beta1, o.beta2, o.eps, o.weight_decay, vec![(0, n)]);
+    opt.order = Order::Candle;
+    let batch_rng = ChaCha8Rng::seed_from_u64(o.seed);
     let per_epoch =
         parallel::token_batches(&tr.src, &tr.tgt, o.max_tokens, &mut batch_rng.clone()).len();
-    let total = per_epoch * o.epochs;
-    let metrics = out.join("metrics.jsonl");
-    let mut log_lines = String::new();
-    let (mut step, mut best) = (0usize, f64::INFINITY);
-    let (mut tok_count, mut loss_sum, mut loss_n) = (0usize, 0f64, 0usize);
-    let mut window = Instant::now();
-    let train_start = Instant::now();
-    let mut train_tokens = 0usize;
-    let mut epochs_done = 0f64;
-    let clock = Clock::new(0.0, o.max_minutes * 60.0);
-    let mut emit = |log: Seq2SeqLog, lines: &mut String| -> Result<()> {
-        lines.push_str(&serde_json::to_string(&log).map_err(|e| Error::Invalid(e.to_string()))?);
-        lines.push('\n');
-        write_atomic(&metrics, lines.as_bytes())?;
-        on_log(&log);
-        Ok(())
+    let plan = Plan {
+        end: per_epoch * o.epochs,
+        pause_at: None,
+        clock: Clock::new(0.0, o.max_minutes * 60.0),
+        schedule: o.schedule(per_epoch * o.epochs),
+        grad_clip: o.grad_clip,
     };
-    // Validates, keeps the checkpoint if it is the best so far, and logs.
-    let evaluate =
-        |step: usize, epoch: usize, train_tokens: usize, best: &mut f64| -> Result<Seq2SeqLog> {
-            let vl = validate(&model, &va.src, &va.tgt, o.max_tokens, &device)?;
-            if vl < *best {
-                *best = vl;
-                save(out, &params, &mcfg, &tok)?;
-            }
-            let log = Seq2SeqLog {
-                step,
-                epoch,
-                train_loss: None,
-                train_objective: None,
-                val_loss: Some(vl),
-                val_ppl: Some(vl.exp()),
-                lr: lr_at(o, step, total, clock.fraction()),
-                tokens_per_sec: train_tokens as f64 / train_start.elapsed().as_secs_f64(),
-                elapsed_s: t0.elapsed().as_secs_f64(),
-            };
-            Ok(log)
-        };
-    // Out of time, or Ctrl-C: validate (keeping the best checkpoint) and stop.
-    let (mut obj_sum, mut stopped) = (0f64, false);
-    'epochs: for epoch in 0..o.epochs {
-        let batches = parallel::token_batches(&tr.src, &tr.tgt, o.max_tokens, &mut batch_rng);
-        for (bi, idx) in batches.iter().enumerate() {
-            let lr = lr_at(o, step, total, clock.fraction());
-            opt.set_learning_rate(lr);
-            let b = make_batch(&tr.src, &tr.tgt, idx, &mcfg, &device)?;
-            let (objective, nll) = train_batch(&model, &mut opt, &params, &b, o, &drop_rng)?;
-            obj_sum += objective;
-            loss_sum += nll;
-            loss_n += 1;
-            tok_count += b.tokens;
-            train_tokens += b.tokens;
-            step += 1;
-            epochs_done = epoch as f64 + (bi + 1) as f64 / batches.len() as f64;
-            if step.is_multiple_of(o.log_interval) {
-                let log = Seq2SeqLog {
-                    step,
-                    epoch,
-                    train_loss: Some(loss_sum / loss_n as f64),
-                    train_objective: Some(obj_sum / loss_n as f64),
-                    val_loss: None,
-                    val_ppl: None,
-                    lr,
-                    tokens_per_sec: tok_count as f64 / window.elapsed().as_secs_f64(),
-                    elapsed_s: t0.elapsed().as_secs_f64(),
-                };
-                emit(log, &mut log_lines)?;
-                (tok_count, loss_sum, obj_sum, loss_n, window) = (0, 0.0, 0.0, 0, Instant::now());
-            }
-            if clock.expired() || stop_requested() {
-                stopped = true;
-                break;
-            }
-        }
-        emit(
-            evaluate(step, epoch, train_tokens, &mut best)?,
-            &mut log_lines,
-        )?;
-        if stopped {
-            break 'epochs;
-        }
-    }
+    let mut run = S2s {
+        o,
+        out,
+        mcfg: &mcfg,
+        tok: &tok,
+        data: (&tr, &va),
+        model,
+        params: &params,
+        device,
+        flat,
+        grads: vec![0.0; n],
+        norm: 0.0,
+        drop_rng: RefCell::new(ChaCha8Rng::seed_from_u64(o.seed ^ 0x5eed)),
+        batch_rng,
+        batches: Vec::new(),
+        plan,
+        window: Window::new(),
+        train_tokens: 0,
+        train_start: Instant::now(),
+        epochs_done: 0.0,
+        best: f64::INFINITY,
+        metrics: Metrics::open(out, false),
+        t0,
+        on_log,
+    };
+    let (steps, _) = driver::run(&mut run, &mut opt, &plan, 0)?;
+    let best = run.best;
     Ok(Seq2SeqSummary {
         out_dir: out.to_path_buf(),
-        steps: step,
-        epochs_done,
+        steps,
+        epochs_done: run.epochs_done,
         best_val_loss: best,
         best_val_ppl: best.exp(),
         train_pairs: tr.src.len(),
         dropped_empty: tr.dropped_empty,
         dropped_long: tr.dropped_long,
-        params: n_params,
-        tokens_per_sec: train_tokens as f64 / train_start.elapsed().as_secs_f64(),
+        params: n,
+        tokens_per_sec: run.train_tokens as f64 / run.train_start.elapsed().as_secs_f64(),
         elapsed_s: t0.elapsed().as_secs_f64(),
         peak_rss_mb: crate::train::bench::peak_rss_mb(),
     })
 }
 
-/// candle-nn's AdamW over every parameter, with the config's settings.
-fn adamw(params: &Params, o: &Seq2SeqOptim) -> Result<AdamW> {
-    let settings = ParamsAdamW {
-        lr: o.learning_rate,
-        beta1: o.beta1,
-        beta2: o.beta2,
-        eps: o.eps,
-        weight_decay: o.weight_decay,
-    };
-    Ok(AdamW::new(
-        params.vars.iter().map(|(_, v)| v.clone()).collect(),
-        settings,
-    )?)
+/// The training sums since the last logged line.
+struct Window {
+    start: Instant,
+    tokens: usize,
+    objective: f64,
+    nll: f64,
+    batches: usize,
 }
 
-/// One optimizer step on batch `b`: forward with dropout, label-smoothed cross-entropy, backward,
-/// clipping, AdamW. Returns (the smoothed objective, the plain NLL) of the batch.
-fn train_batch(
-    model: &Seq2Seq,
-    opt: &mut AdamW,
-    params: &Params,
-    b: &Batch,
-    o: &Seq2SeqOptim,
-    drop_rng: &RefCell<ChaCha8Rng>,
-) -> Result<(f64, f64)> {
-    let logits = model.forward(&b.src, &b.tgt_in, Some(drop_rng))?;
-    let v = logits.dim(2)?;
-    let logits = logits.reshape(((), v))?;
-    let (loss, nll) = smoothed_cross_entropy(&logits, &b.targets, &b.weights, o.label_smoothing)?;
-    let mut grads = loss.backward()?;
-    if o.grad_clip > 0.0 {
-        clip(&mut grads, params, o.grad_clip)?;
-    }
-    opt.step(&grads)?;
-    Ok((loss.to_scalar::<f32>()? as f64, nll))
-}
-
-/// Scales the gradients so that their global L2 norm is at most `max_norm`, by the one clipping
-/// factor (`optim::clip_scale`, PyTorch's `clip_grad_norm_`); the norm sums each tensor's squares.
-fn clip(
-    grads: &mut candle_core::backprop::GradStore,
-    params: &Params,
-    max_norm: f64,
-) -> Result<()> {
-    let mut sq = 0f64;
-    for (_, v) in &params.vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+impl Window {
+    fn new() -> Self {
+        Window {
+            start: Instant::now(),
+            tokens: 0,
+            objective: 0.0,
+            nll: 0.0,
+            batches: 0,
         }
     }
-    let s = clip_scale(sq.sqrt(), max_norm);
-    if s != 1.0 {
-        for (_, v) in &params.vars {
-            if let Some(g) = grads.remove(v.as_tensor()) {
-                grads.insert(v.as_tensor(), (g * s as f64)?);
+}
+
+/// A sequence-to-sequence run inside the training loop: candle autograd, its parameters
+/// mirrored in one flat vector for AdamW.
+struct S2s<'a, F> {
+    o: &'a Seq2SeqOptim,
+    out: &'a Path,
+    mcfg: &'a ModelConfig,
+    tok: &'a Tokenizer,
+    /// The tokenized training and validation pairs.
+    data: (&'a parallel::Encoded, &'a parallel::Encoded),
+    model: Seq2Seq,
+    params: &'a Params,
+    device: Device,
+    /// The parameters in `params.vars` order, and their gradients.
+    flat: Vec<f32>,
+    grads: Vec<f32>,
+    /// The step's gradient norm, as candle sums it (tensor by tensor); 0 without clipping.
+    norm: f64,
+    drop_rng: RefCell<ChaCha8Rng>,
+    batch_rng: ChaCha8Rng,
+    /// The epoch's batches (pair indices).
+    batches: Vec<Vec<usize>>,
+    plan: Plan,
+    window: Window,
+    train_tokens: usize,
+    train_start: Instant,
+    epochs_done: f64,
+    best: f64,
+    metrics: Metrics,
+    t0: Instant,
+    on_log: F,
+}
+
+impl<F: FnMut(&Seq2SeqLog)> S2s<'_, F> {
+    fn emit(&mut self, log: Seq2SeqLog) -> Result<()> {
+        self.metrics.push(&log)?;
+        self.metrics.write()?;
+        (self.on_log)(&log);
+        Ok(())
+    }
+
+    /// Validates, keeps the checkpoint if it is the best so far, and logs.
+    fn evaluate(&mut self, step: usize, epoch: usize) -> Result<()> {
+        let va = self.data.1;
+        let vl = validate(
+            &self.model,
+            &va.src,
+            &va.tgt,
+            self.o.max_tokens,
+            &self.device,
+        )?;
+        if vl < self.best {
+            self.best = vl;
+            save(self.out, self.params, self.mcfg, self.tok)?;
+        }
+        let log = Seq2SeqLog {
+            step,
+            epoch,
+            train_loss: None,
+            train_objective: None,
+            val_loss: Some(vl),
+            val_ppl: Some(vl.exp()),
+            lr: self.plan.schedule.lr(step, self.plan.clock.fraction()),
+            tokens_per_sec: self.train_tokens as f64 / self.train_start.elapsed().as_secs_f64(),
+            elapsed_s: self.t0.elapsed().as_secs_f64(),
+        };
+        self.emit(log)
+    }
+}
+
+impl<F: FnMut(&Seq2SeqLog)> Run for S2s<'_, F> {
+    /// (the smoothed objective, the plain NLL, the tokens) of the batch.
+    type Stats = (f64, f64, usize);
+
+    /// Forward with dropout, label-smoothed cross-entropy, backward; a new epoch's batches first.
+    fn forward_backward(&mut self, step: usize) -> Result<Self::Stats> {
+        let (o, tr) = (self.o, self.data.0);
+        let per_epoch = self.plan.end / o.epochs;
+        if step.is_multiple_of(per_epoch) {
+            self.batches =
+                parallel::token_batches(&tr.src, &tr.tgt, o.max_tokens, &mut self.batch_rng);
+        }
+        let idx = &self.batches[step % per_epoch];
+        let b = make_batch(&tr.src, &tr.tgt, idx, self.mcfg, &self.device)?;
+        let logits = self
+            .model
+            .forward(&b.src, &b.tgt_in, Some(&self.drop_rng))?;
+        let v = logits.dim(2)?;
+        let logits = logits.reshape(((), v))?;
+        let (loss, nll) =
+            smoothed_cross_entropy(&logits, &b.targets, &b.weights, o.label_smoothing)?;
+        let grads = loss.backward()?;
+        let (mut off, mut sq) = (0, 0f64);
+        for (name, var) in &self.params.vars {
+            let g = grads
+                .get(var.as_tensor())
+                .ok_or_else(|| Error::Invalid(format!("parameter {name} received no gradient")))?;
+            if o.grad_clip > 0.0 {
+                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
             }
+            let g = g.flatten_all()?.to_vec1::<f32>()?;
+            self.grads[off..off + g.len()].copy_from_slice(&g);
+            off += g.len();
         }
+        self.norm = sq.sqrt();
+        Ok((loss.to_scalar::<f32>()? as f64, nll, b.tokens))
     }
-    Ok(())
+
+    fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        (&mut self.flat, &self.grads)
+    }
+
+    fn grad_norm(&mut self) -> Result<f64> {
+        Ok(self.norm)
+    }
+
+    fn params_updated(&mut self) -> Result<()> {
+        let mut off = 0;
+        for (_, var) in &self.params.vars {
+            let n = var.elem_count();
+            let t = Tensor::from_slice(&self.flat[off..off + n], var.shape(), &self.device)?;
+            var.set(&t)?;
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// Logs every `log_interval` steps (the window's means); validates at each epoch's end and
+    /// when the run stops early.
+    fn after_step(
+        &mut self,
+        (objective, nll, tokens): Self::Stats,
+        u: &Update,
+        _: &AdamW,
+    ) -> Result<()> {
+        let w = &mut self.window;
+        (w.objective, w.nll, w.batches, w.tokens) = (
+            w.objective + objective,
+            w.nll + nll,
+            w.batches + 1,
+            w.tokens + tokens,
+        );
+        self.train_tokens += tokens;
+        let per_epoch = self.plan.end / self.o.epochs;
+        let (epoch, bi) = ((u.step - 1) / per_epoch, (u.step - 1) % per_epoch);
+        self.epochs_done = epoch as f64 + (bi + 1) as f64 / per_epoch as f64;
+        if u.step.is_multiple_of(self.o.log_interval) {
+            let w = std::mem::replace(&mut self.window, Window::new());
+            let log = Seq2SeqLog {
+                step: u.step,
+                epoch,
+                train_loss: Some(w.nll / w.batches as f64),
+                train_objective: Some(w.objective / w.batches as f64),
+                val_loss: None,
+                val_ppl: None,
+                lr: u.lr,
+                tokens_per_sec: w.tokens as f64 / w.start.elapsed().as_secs_f64(),
+                elapsed_s: self.t0.elapsed().as_secs_f64(),
+            };
+            self.emit(log)?;
+        }
+        if bi + 1 == per_epoch || u.stop.is_some() {
+            self.evaluate(u.step, epoch)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn optim(schedule: Schedule) -> Seq2SeqOptim {
+    fn optim(schedule: &str) -> Seq2SeqOptim {
         toml::from_str(&format!(
-            "max_tokens = 100\nepochs = 1\nlearning_rate = 1e-3\nmin_lr = 1e-5\nwarmup_steps = 10\nschedule = \"{}\"",
-            match schedule {
-                Schedule::Cosine => "cosine",
-                Schedule::InverseSqrt => "inverse_sqrt",
-            }
+            "max_tokens = 100\nepochs = 1\nlearning_rate = 1e-3\nmin_lr = 1e-5\nwarmup_steps = 10\nschedule = \"{schedule}\""
         ))
         .unwrap()
     }
 
     #[test]
     fn schedules_warm_up_then_decay_by_steps_or_time() {
-        let o = optim(Schedule::Cosine);
-        assert!((lr_at(&o, 4, 100, 0.0) - 5e-4).abs() < 1e-12);
-        assert!((lr_at(&o, 9, 100, 0.0) - 1e-3).abs() < 1e-12);
-        assert!((lr_at(&o, 99, 100, 0.0) - 1e-5).abs() < 1e-9);
+        let s = optim("cosine").schedule(100);
+        assert!((s.lr(4, 0.0) - 5e-4).abs() < 1e-12);
+        assert!((s.lr(9, 0.0) - 1e-3).abs() < 1e-12);
+        assert!((s.lr(99, 0.0) - 1e-5).abs() < 1e-9);
         // Half the time spent anneals as far as half the steps would.
-        let by_time = lr_at(&o, 20, 100, 0.5);
-        let by_steps = lr_at(&o, 54, 100, 0.0);
+        let by_time = s.lr(20, 0.5);
+        let by_steps = s.lr(54, 0.0);
         assert!((by_time - by_steps).abs() < 1e-9 && by_time < 6e-4);
-        let o = optim(Schedule::InverseSqrt);
-        assert!((lr_at(&o, 39, 100, 0.0) - 1e-3 * (10f64 / 40.0).sqrt()).abs() < 1e-12);
+        let s = optim("inverse_sqrt").schedule(100);
+        assert!((s.lr(39, 0.0) - 1e-3 * (10f64 / 40.0).sqrt()).abs() < 1e-12);
     }
 
     #[test]

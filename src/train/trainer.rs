@@ -3,7 +3,6 @@
 //! that resume bit for bit.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,8 +17,9 @@ use crate::nn::tensor_io;
 use crate::tokenizer::Tokenizer;
 use crate::train::backend::{Backend, CandleBackend, FastBackend};
 use crate::train::config::{cache_dir, resolve_data_path, BackendKind, TrainConfig};
-use crate::train::optim::{clip_scale, decay_ranges, global_norm, AdamW};
-use crate::train::progress::stop_requested;
+use crate::train::driver::{self, Metrics, Plan, Run, Stop, Update};
+use crate::train::optim::{decay_ranges, AdamW};
+use crate::train::progress::Clock;
 
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -242,7 +242,7 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
     let tok_path = data_dir.join(TOKENIZER_FILE);
     let tokenizer = Tokenizer::from_file(&tok_path)?;
     let m = model_config(&cfg, &meta, &tok_path)?;
-    let (b, t, accum) = (cfg.train.batch_size, m.block_size, cfg.train.grad_accum);
+    let (b, t) = (cfg.train.batch_size, m.block_size);
 
     let train_file = TokenFile::open(&data_dir.join("train.bin"), &meta.dtype)?;
     let mut batcher = Batcher::new(train_file, b, t, cfg.train.seed)?;
@@ -250,8 +250,7 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
     // Fail early if the validation split is too short.
     Batcher::new(TokenFile::open(&val_path, &meta.dtype)?, b, t, 0)?;
 
-    let n = m.num_params();
-    let (mut opt, start, params, mut last_val) =
+    let (mut opt, start, params, last_val) =
         restore(opts, &cfg, &m, resume_state.as_ref(), &mut batcher)?;
     let mut backend = make_backend(&cfg, &m, &params)?;
     if let Some(state) = &resume_state {
@@ -261,96 +260,158 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
         .max_iters
         .map_or(cfg.train.max_iters, |x| x.min(cfg.train.max_iters));
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
-    let metrics_path = opts.out.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
     on_event(&Event::Start {
         start,
         end,
-        params: n,
+        params: m.num_params(),
         backend: backend.name(),
         data_dir: data_dir.clone(),
     });
-
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    let mut step = start;
-    let mut last_train = None;
-    let mut interrupted = false;
-    let save = |step, backend: &dyn Backend, opt: &AdamW, batcher: &Batcher, last_val| {
-        save_checkpoint(
-            &opts.out, &cfg, &m, &tokenizer, step, backend, opt, batcher, last_val,
-        )
+    let plan = Plan {
+        end,
+        pause_at: None,
+        clock: Clock::new(0.0, 0.0),
+        schedule: cfg.schedule(),
+        grad_clip: cfg.train.grad_clip,
     };
-    while step < end {
-        let ts = Instant::now();
-        let (loss, lr, grad_norm) = optimizer_step(
-            backend.as_mut(),
-            &mut batcher,
-            &mut opt,
-            (&mut x, &mut y),
-            (&cfg, &m),
-            (step, step == start),
-        )?;
-        step += 1;
-        last_train = Some(loss);
-        let dt = ts.elapsed().as_secs_f64();
-        let is_eval = step % cfg.train.eval_interval == 0 || step == end;
+    let mut lm = Lm {
+        out: &opts.out,
+        cfg: &cfg,
+        m: &m,
+        tokenizer: &tokenizer,
+        backend,
+        batcher,
+        batch: (Vec::new(), Vec::new()),
+        val: (&val_path, &meta.dtype),
+        first: true,
+        last_train: None,
+        last_val,
+        metrics: Metrics::open(&opts.out, true),
+        t0,
+        on_event,
+    };
+    let (step, stop) = driver::run(&mut lm, &mut opt, &plan, start)?;
+    if step == start && resume_state.is_none() {
+        lm.save(step, &opt)?;
+    }
+    Ok(TrainSummary {
+        step,
+        final_train_loss: lm.last_train,
+        final_val_loss: lm.last_val,
+        out: opts.out.clone(),
+        elapsed_s: t0.elapsed().as_secs_f64(),
+        interrupted: stop == Stop::Interrupted,
+    })
+}
+
+/// A language-model run inside the training loop.
+struct Lm<'a, F> {
+    out: &'a Path,
+    cfg: &'a TrainConfig,
+    m: &'a GptConfig,
+    tokenizer: &'a Tokenizer,
+    backend: Box<dyn Backend>,
+    batcher: Batcher,
+    /// The micro-batch buffers (inputs, targets), reused across steps.
+    batch: (Vec<u32>, Vec<u32>),
+    /// The validation tokens and their dtype.
+    val: (&'a Path, &'a str),
+    first: bool,
+    last_train: Option<f32>,
+    last_val: Option<f32>,
+    metrics: Metrics,
+    t0: Instant,
+    on_event: F,
+}
+
+impl<F: FnMut(&Event)> Run for Lm<'_, F> {
+    type Stats = f32;
+
+    /// `grad_accum` micro-batches forward and backward; returns the loss. The first step of a
+    /// run checks that every parameter received a gradient.
+    fn forward_backward(&mut self, step: usize) -> Result<f32> {
+        let (b, t, accum) = (
+            self.cfg.train.batch_size,
+            self.m.block_size,
+            self.cfg.train.grad_accum,
+        );
+        let (x, y) = &mut self.batch;
+        self.backend.zero_grad();
+        let mut loss = 0.0f32;
+        for _ in 0..accum {
+            self.batcher.next_batch(x, y);
+            loss += self
+                .backend
+                .forward_backward(x, y, b, t, 1.0 / accum as f32)?
+                / accum as f32;
+        }
+        if std::mem::take(&mut self.first) {
+            check_gradients(self.m, self.backend.params_and_grads().1)?;
+        }
+        if !loss.is_finite() {
+            return Err(Error::Invalid(format!(
+                "the loss became {loss} at step {}; lower the learning rate",
+                step + 1
+            )));
+        }
+        Ok(loss)
+    }
+
+    fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        let (p, g) = self.backend.params_and_grads();
+        (p, g)
+    }
+
+    fn params_updated(&mut self) -> Result<()> {
+        self.backend.params_updated()
+    }
+
+    /// Evaluates every `eval_interval` steps and at the end, logs every `log_interval` steps and
+    /// on evaluations, and saves a checkpoint on evaluations and when the run stops.
+    fn after_step(&mut self, loss: f32, u: &Update, opt: &AdamW) -> Result<()> {
+        let tr = &self.cfg.train;
+        let (b, t) = (tr.batch_size, self.m.block_size);
+        self.last_train = Some(loss);
+        let is_eval = u.step.is_multiple_of(tr.eval_interval) || u.stop == Some(Stop::End);
         let val_loss = if is_eval {
+            let (path, dtype) = self.val;
             let v = evaluate(
-                backend.as_mut(),
-                &val_path,
-                &meta.dtype,
+                self.backend.as_mut(),
+                path,
+                dtype,
                 b,
                 t,
-                cfg.train.eval_iters,
-                cfg.train.seed,
+                tr.eval_iters,
+                tr.seed,
             )?;
-            last_val = Some(v);
+            self.last_val = Some(v);
             Some(v)
         } else {
             None
         };
         let log = StepLog {
-            step,
+            step: u.step,
             train_loss: loss,
-            lr,
-            grad_norm,
-            tokens_per_sec: (b * t * accum) as f64 / dt,
-            elapsed_s: t0.elapsed().as_secs_f64(),
+            lr: u.lr,
+            grad_norm: u.grad_norm,
+            tokens_per_sec: (b * t * tr.grad_accum) as f64 / u.secs,
+            elapsed_s: self.t0.elapsed().as_secs_f64(),
             val_loss,
         };
-        if is_eval || step % cfg.train.log_interval == 0 {
-            let line = serde_json::to_string(&log).expect("log serializes");
-            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        if is_eval || u.step.is_multiple_of(tr.log_interval) {
+            self.metrics.push(&log)?;
+            self.metrics.write()?;
         }
-        on_event(&Event::Step(log));
-        let stop = stop_requested();
-        if is_eval || stop {
-            save(step, backend.as_ref(), &opt, &batcher, last_val)?;
-            on_event(&Event::Checkpoint {
-                step,
-                dir: opts.out.clone(),
+        (self.on_event)(&Event::Step(log));
+        if is_eval || u.stop.is_some() {
+            self.save(u.step, opt)?;
+            (self.on_event)(&Event::Checkpoint {
+                step: u.step,
+                dir: self.out.to_path_buf(),
             });
         }
-        if stop {
-            interrupted = true;
-            break;
-        }
+        Ok(())
     }
-    if step == start && resume_state.is_none() {
-        save(step, backend.as_ref(), &opt, &batcher, last_val)?;
-    }
-    Ok(TrainSummary {
-        step,
-        final_train_loss: last_train,
-        final_val_loss: last_val,
-        out: opts.out.clone(),
-        elapsed_s: t0.elapsed().as_secs_f64(),
-        interrupted,
-    })
 }
 
 /// The run's config, and its trainer state when resuming (which must have been written with the
@@ -411,19 +472,8 @@ fn restore(
             check_step(&loaded.metadata, state.step, &model_path)?;
             let params = checkpoint::flat_params(m, &loaded, &model_path)?;
             let opt_path = opts.out.join(OPTIMIZER_FILE);
-            let o = tensor_io::load_tensors(&opt_path)?;
-            check_step(&o.metadata, state.step, &opt_path)?;
-            let get = |k: &str| -> Result<Vec<f32>> {
-                match o.tensors.get(k) {
-                    Some((_, d)) if d.len() == n => Ok(d.clone()),
-                    _ => Err(Error::CorruptCheckpoint {
-                        path: opt_path.clone(),
-                        msg: format!("tensor {k} is missing or has the wrong size"),
-                    }),
-                }
-            };
-            opt.m = get("m")?;
-            opt.v = get("v")?;
+            let meta = opt.load_moments(&opt_path, "")?;
+            check_step(&meta, state.step, &opt_path)?;
             opt.step = state.adam_step;
             batcher.set_rng_state(state.data_rng.0, state.data_rng.1);
             (state.step, params, state.last_val_loss)
@@ -431,41 +481,6 @@ fn restore(
         None => (0, initial_params(cfg, m)?, None),
     };
     Ok((opt, start, params, last_val))
-}
-
-/// One optimizer step at `step` (0-based): `grad_accum` micro-batches forward and backward, the
-/// gradient norm, clipping and AdamW at the schedule's rate. Returns (loss, lr, norm). The first
-/// step of a run (`first`) checks that every parameter received a gradient.
-fn optimizer_step(
-    backend: &mut dyn Backend,
-    batcher: &mut Batcher,
-    opt: &mut AdamW,
-    (x, y): (&mut Vec<u32>, &mut Vec<u32>),
-    (cfg, m): (&TrainConfig, &GptConfig),
-    (step, first): (usize, bool),
-) -> Result<(f32, f64, f64)> {
-    let (b, t, accum) = (cfg.train.batch_size, m.block_size, cfg.train.grad_accum);
-    backend.zero_grad();
-    let mut loss = 0.0f32;
-    for _ in 0..accum {
-        batcher.next_batch(x, y);
-        loss += backend.forward_backward(x, y, b, t, 1.0 / accum as f32)? / accum as f32;
-    }
-    if first {
-        check_gradients(m, backend.params_and_grads().1)?;
-    }
-    if !loss.is_finite() {
-        return Err(Error::Invalid(format!(
-            "the loss became {loss} at step {}; lower the learning rate",
-            step + 1
-        )));
-    }
-    let lr = cfg.lr_at(step);
-    let (p, g) = backend.params_and_grads();
-    let grad_norm = global_norm(g);
-    opt.update_scaled(p, g, lr, clip_scale(grad_norm, cfg.train.grad_clip));
-    backend.params_updated()?;
-    Ok((loss, lr, grad_norm))
 }
 
 fn check_step(meta: &HashMap<String, String>, step: usize, path: &Path) -> Result<()> {
@@ -525,49 +540,34 @@ pub fn evaluate(
     Ok((total / iters as f64) as f32)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn save_checkpoint(
-    out: &Path,
-    cfg: &TrainConfig,
-    m: &GptConfig,
-    tokenizer: &Tokenizer,
-    step: usize,
-    backend: &dyn Backend,
-    opt: &AdamW,
-    batcher: &Batcher,
-    last_val: Option<f32>,
-) -> Result<()> {
-    checkpoint::save_model(
-        out,
-        m,
-        backend.params(),
-        tokenizer.eos_id(),
-        Some(step as u64),
-        false,
-    )?;
-    tokenizer.save(&out.join(TOKENIZER_FILE))?;
-    let meta = HashMap::from([("step".to_string(), step.to_string())]);
-    let n = opt.m.len();
-    tensor_io::save_tensors(
-        &out.join(OPTIMIZER_FILE),
-        &[
-            ("m".into(), vec![n], &opt.m[..]),
-            ("v".into(), vec![n], &opt.v[..]),
-        ],
-        meta,
-    )?;
-    let state = TrainerState {
-        step,
-        adam_step: opt.step,
-        data_rng: batcher.rng_state(),
-        dropout_rng: backend.rng_state(),
-        config: cfg.clone(),
-        last_val_loss: last_val,
-    };
-    write_atomic(
-        &out.join(STATE_FILE),
-        serde_json::to_string_pretty(&state)
-            .expect("state serializes")
-            .as_bytes(),
-    )
+impl<F> Lm<'_, F> {
+    /// The checkpoint after `step` steps: weights, tokenizer, AdamW moments and trainer state.
+    fn save(&self, step: usize, opt: &AdamW) -> Result<()> {
+        let out = self.out;
+        checkpoint::save_model(
+            out,
+            self.m,
+            self.backend.params(),
+            self.tokenizer.eos_id(),
+            Some(step as u64),
+            false,
+        )?;
+        self.tokenizer.save(&out.join(TOKENIZER_FILE))?;
+        let meta = HashMap::from([("step".to_string(), step.to_string())]);
+        opt.save_moments(&out.join(OPTIMIZER_FILE), "", meta)?;
+        let state = TrainerState {
+            step,
+            adam_step: opt.step,
+            data_rng: self.batcher.rng_state(),
+            dropout_rng: self.backend.rng_state(),
+            config: self.cfg.clone(),
+            last_val_loss: self.last_val,
+        };
+        write_atomic(
+            &out.join(STATE_FILE),
+            serde_json::to_string_pretty(&state)
+                .expect("state serializes")
+                .as_bytes(),
+        )
+    }
 }

@@ -18,7 +18,7 @@
 //! `loss.png`, and `trainer_state.safetensors` (AdamW moments, step, elapsed time) for
 //! `--resume`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -35,8 +35,9 @@ use crate::models::llama::lora::{base_shapes, init_lora, Flat, LoraSpec};
 use crate::models::llama::LlamaConfig;
 use crate::models::pretrained::{self, Network, Pretrained};
 use crate::nn::tensor_io;
-use crate::train::optim::{clip_scale, global_norm, AdamW};
-use crate::train::progress::{stop_requested, Clock};
+use crate::train::driver::{self, Metrics, Plan, Run, Update};
+use crate::train::optim::{AdamW, Decay, Schedule};
+use crate::train::progress::Clock;
 
 #[derive(Debug, Clone)]
 pub struct FinetuneOptions {
@@ -161,13 +162,20 @@ pub fn eval_loss(model: &FtModel, examples: &[Example], batch_tokens: usize) -> 
     sum / n.max(1) as f64
 }
 
-fn lr_at(o: &FinetuneOptions, step: usize, progress: f64) -> f64 {
-    if step < o.warmup_steps {
-        return o.lr * (step + 1) as f64 / o.warmup_steps as f64;
+/// Linear warm-up, then a cosine to 10% of the peak by the larger of step / max_steps and the
+/// time fraction.
+fn schedule(o: &FinetuneOptions) -> Schedule {
+    Schedule {
+        peak: o.lr,
+        warmup: o.warmup_steps,
+        warmup_div: o.warmup_steps,
+        decay: Decay::Cosine {
+            min: 0.1 * o.lr,
+            end: o.max_steps,
+            from: 0,
+            ahead: 0,
+        },
     }
-    let p = progress.clamp(0.0, 1.0);
-    let min = 0.1 * o.lr;
-    min + 0.5 * (o.lr - min) * (1.0 + (std::f64::consts::PI * p).cos())
 }
 
 fn checksum(x: &[f32]) -> u64 {
@@ -199,26 +207,37 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
     let t_load = Instant::now();
     let d = prepare(o)?;
     let base_sum = o.lora.is_some().then(|| checksum(&d.base.data));
-    let mut model = build_model(o, &d.cfg, d.base.clone())?;
+    let model = build_model(o, &d.cfg, d.base.clone())?;
     let n_params = model.params().data.len();
     let (mut opt, step, elapsed0) = optimizer(o, n_params)?;
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
-    let metrics_path = o.out.join("metrics.jsonl");
-    let mut metrics = String::new();
-    if o.resume {
-        metrics = std::fs::read_to_string(&metrics_path).unwrap_or_default();
-    }
     let start = json!({"event": "start", "method": if o.lora.is_some() {"lora"} else {"full"},
         "trainable_params": n_params, "base_params": model.base.data.len(),
         "train": d.rep, "eval": d.eval_rep, "eval_examples": d.evals.len(), "train_examples": d.train.len(),
         "max_len": d.max_len, "load_seconds": t_load.elapsed().as_secs_f64(), "resumed_at_step": step});
     emit(&start);
-    let run = Run { o, d: &d, elapsed0 };
-    let done = run.train(&mut model, &mut opt, step, &mut metrics, &mut emit)?;
-    let base_unchanged = base_sum.map(|s| s == checksum(&model.base.data));
-    let mut done = done;
-    done["base_unchanged"] = json!(base_unchanged);
-    emit(&done);
+    let plan = Plan {
+        end: o.max_steps,
+        pause_at: o.pause_at,
+        clock: Clock::new(elapsed0, o.time_limit_min * 60.0),
+        schedule: schedule(o),
+        grad_clip: o.grad_clip,
+    };
+    let mut ft = Ft::new(o, &d, model, step, plan.clock, emit);
+    let (step, stop) = driver::run(&mut ft, &mut opt, &plan, step)?;
+    let (o, evals) = (ft.o, &ft.d.evals);
+    if ft.last_eval.is_none() && !evals.is_empty() {
+        ft.last_eval = Some(eval_loss(&ft.model, evals, o.batch_tokens));
+    }
+    ft.save(&opt, step)?;
+    let clock = ft.clock;
+    let mut done = json!({"event": "done", "steps": step, "stop": stop.name(), "eval_loss": ft.last_eval,
+        "tokens": ft.tokens_seen, "train_seconds": ft.train_secs,
+        "tokens_per_sec": ft.tokens_seen as f64 / ft.train_secs.max(1e-9),
+        "elapsed": clock.elapsed(),
+        "peak_rss_mb": crate::train::bench::peak_rss_mb(), "out": o.out});
+    done["base_unchanged"] = json!(base_sum.map(|s| s == checksum(&ft.model.base.data)));
+    (ft.emit)(&done);
     Ok(done)
 }
 
@@ -336,78 +355,93 @@ fn optimizer(o: &FinetuneOptions, n_params: usize) -> Result<(AdamW, usize, f64)
         o.weight_decay,
         vec![(0, n_params)],
     );
-    let (mut step, mut elapsed0) = (0usize, 0f64);
-    let state_path = o.out.join(STATE_FILE);
-    if o.resume {
-        let st = tensor_io::load_tensors(&state_path)?;
-        let take = |k: &str| st.tensors.get(k).map(|(_, d)| d.clone());
-        match (take("adam.m"), take("adam.v")) {
-            (Some(m), Some(v)) if m.len() == n_params && v.len() == n_params => {
-                opt.m = m;
-                opt.v = v;
-            }
-            _ => {
-                return Err(Error::CorruptCheckpoint {
-                    path: state_path.clone(),
-                    msg: "optimizer moments are missing or of another size".into(),
-                })
-            }
-        }
-        step = st
-            .metadata
-            .get("step")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        opt.step = step as u64;
-        elapsed0 = st
-            .metadata
-            .get("elapsed")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0.0);
+    if !o.resume {
+        return Ok((opt, 0, 0.0));
     }
-    Ok((opt, step, elapsed0))
+    let meta = opt.load_moments(&o.out.join(STATE_FILE), "adam.")?;
+    let get = |k: &str| meta.get(k).and_then(|s| s.parse::<f64>().ok());
+    let step = get("step").unwrap_or(0.0) as usize;
+    opt.step = step as u64;
+    Ok((opt, step, get("elapsed").unwrap_or(0.0)))
 }
 
-/// A run's fixed parts, for the loop and the saves.
-struct Run<'a> {
+/// A fine-tuning run inside the training loop.
+struct Ft<'a, F> {
     o: &'a FinetuneOptions,
     d: &'a Prepared,
-    elapsed0: f64,
+    model: FtModel,
+    grads: Vec<f32>,
+    /// The data order: epochs of seeded batches.
+    data_rng: ChaCha8Rng,
+    queue: VecDeque<Vec<usize>>,
+    epoch: usize,
+    drop_rng: ChaCha8Rng,
+    clock: Clock,
+    tokens_seen: usize,
+    train_secs: f64,
+    last_eval: Option<f64>,
+    metrics: Metrics,
+    emit: F,
 }
 
-impl Run<'_> {
-    /// Saves the adapter (or full model), the optimizer state, the metrics and the loss plot.
-    fn save(
-        &self,
-        model: &FtModel,
-        opt: &AdamW,
+impl<'a, F: FnMut(&Value)> Ft<'a, F> {
+    /// The run at `step` steps done: a resumed run skips the batches already seen.
+    fn new(
+        o: &'a FinetuneOptions,
+        d: &'a Prepared,
+        model: FtModel,
         step: usize,
-        elapsed: f64,
-        metrics: &str,
-    ) -> Result<()> {
+        clock: Clock,
+        emit: F,
+    ) -> Self {
+        let mut ft = Ft {
+            o,
+            d,
+            grads: vec![0f32; model.params().data.len()],
+            model,
+            data_rng: ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(1)),
+            queue: VecDeque::new(),
+            epoch: 0,
+            drop_rng: ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(2 + step as u64)),
+            clock,
+            tokens_seen: 0,
+            train_secs: 0.0,
+            last_eval: None,
+            metrics: Metrics::open(&o.out, o.resume),
+            emit,
+        };
+        for _ in 0..step {
+            ft.next_batch();
+        }
+        ft
+    }
+
+    fn next_batch(&mut self) -> Vec<usize> {
+        if self.queue.is_empty() {
+            self.epoch += 1;
+            let b = epoch_batches(&self.d.train, self.o.batch_tokens, &mut self.data_rng);
+            self.queue.extend(b);
+        }
+        self.queue.pop_front().expect("non-empty epoch")
+    }
+
+    /// Saves the adapter (or full model), the optimizer state, the metrics and the loss plot.
+    fn save(&mut self, opt: &AdamW, step: usize) -> Result<()> {
         let (o, state_path) = (self.o, self.o.out.join(STATE_FILE));
         let base_name = o.base.display().to_string();
-        match &model.method {
+        match &self.model.method {
             Method::Lora { spec, params } => {
                 adapter::save(&o.out, &self.d.cfg, spec, params, &base_name)?
             }
-            Method::Full => save_full(&o.out, &self.d.pre, &model.base)?,
+            Method::Full => save_full(&o.out, &self.d.pre, &self.model.base)?,
         }
         let meta = HashMap::from([
             ("step".to_string(), step.to_string()),
-            ("elapsed".to_string(), elapsed.to_string()),
+            ("elapsed".to_string(), self.clock.elapsed().to_string()),
         ]);
-        tensor_io::save_tensors(
-            &state_path,
-            &[
-                ("adam.m".into(), vec![opt.m.len()], &opt.m),
-                ("adam.v".into(), vec![opt.v.len()], &opt.v),
-            ],
-            meta,
-        )?;
-        let metrics_path = o.out.join("metrics.jsonl");
-        write_atomic(&metrics_path, metrics.as_bytes())?;
-        if let Ok(points) = crate::plot::read_metrics(&metrics_path) {
+        opt.save_moments(&state_path, "adam.", meta)?;
+        self.metrics.write()?;
+        if let Ok(points) = crate::plot::read_metrics(self.metrics.path()) {
             if points.iter().any(|p| p.train_loss.is_some()) {
                 let _ =
                     crate::plot::plot_losses(&points, "fine-tuning loss", &o.out.join("loss.png"));
@@ -416,106 +450,59 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The training loop from `step` on; returns the `done` object (without `base_unchanged`).
-    fn train(
-        &self,
-        model: &mut FtModel,
-        opt: &mut AdamW,
-        mut step: usize,
-        metrics: &mut String,
-        emit: &mut impl FnMut(&Value),
-    ) -> Result<Value> {
-        let (o, train, evals, elapsed0) = (self.o, &self.d.train, &self.d.evals, self.elapsed0);
-        let n_params = model.params().data.len();
-        // The data order: epochs of seeded batches; a resumed run skips the batches already done.
-        let mut data_rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(1));
-        let mut queue: std::collections::VecDeque<Vec<usize>> = Default::default();
-        let mut epoch = 0;
-        let mut next_batch = |queue: &mut std::collections::VecDeque<Vec<usize>>,
-                              epoch: &mut usize| {
-            if queue.is_empty() {
-                *epoch += 1;
-                queue.extend(epoch_batches(train, o.batch_tokens, &mut data_rng));
-            }
-            queue.pop_front().expect("non-empty epoch")
-        };
-        for _ in 0..step {
-            next_batch(&mut queue, &mut epoch);
+    fn log(&mut self, line: Value) -> Result<()> {
+        self.metrics.push(&line)?;
+        (self.emit)(&line);
+        Ok(())
+    }
+}
+
+impl<F: FnMut(&Value)> Run for Ft<'_, F> {
+    /// (summed loss, completion tokens, tokens) of the step's batch.
+    type Stats = (f64, usize, usize);
+
+    fn forward_backward(&mut self, _step: usize) -> Result<Self::Stats> {
+        let idx = self.next_batch();
+        let batch = pack(&self.d.train, &idx);
+        self.grads.iter_mut().for_each(|g| *g = 0.0);
+        let (loss, acts) = self.model.forward(&batch, Some(&mut self.drop_rng), true);
+        let ntg = batch.targets.len().max(1);
+        let acts = acts.expect("saved");
+        self.model
+            .backward(&batch, acts, 1.0 / ntg as f32, &mut self.grads);
+        Ok((loss, ntg, batch.ids.len()))
+    }
+
+    fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        (&mut self.model.params_mut().data, &self.grads)
+    }
+
+    /// Logs the step, evaluates every `eval_every` steps and at the end, saves every
+    /// `save_every` steps (the end's save follows the loop).
+    fn after_step(
+        &mut self,
+        (loss, ntg, ntok): Self::Stats,
+        u: &Update,
+        opt: &AdamW,
+    ) -> Result<()> {
+        let (o, step) = (self.o, u.step);
+        self.train_secs += u.secs;
+        self.tokens_seen += ntok;
+        self.log(json!({"event": "step", "step": step, "epoch": self.epoch, "train_loss": loss / ntg as f64,
+            "lr": u.lr, "grad_norm": u.grad_norm, "tokens": ntok, "targets": ntg,
+            "tokens_per_sec": ntok as f64 / u.secs, "elapsed": self.clock.elapsed()}))?;
+        let at_end = u.stop.is_some();
+        let evals = &self.d.evals;
+        if !evals.is_empty() && (o.eval_every > 0 && step.is_multiple_of(o.eval_every) || at_end) {
+            let ev = eval_loss(&self.model, evals, o.batch_tokens);
+            self.last_eval = Some(ev);
+            self.log(json!({"event": "eval", "step": step, "val_loss": ev, "elapsed": self.clock.elapsed()}))?;
         }
-        let mut drop_rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_add(2 + step as u64));
-        let clock = Clock::new(elapsed0, o.time_limit_min * 60.0);
-        let mut grads = vec![0f32; n_params];
-        let mut tokens_seen = 0usize;
-        let mut last_eval = None;
-        let mut train_secs = 0.0;
-        let mut stop_reason = "max_steps";
-        while step < o.max_steps {
-            if clock.expired() {
-                stop_reason = "time_limit";
-                break;
-            }
-            if stop_requested() {
-                stop_reason = "interrupted";
-                break;
-            }
-            if o.pause_at.is_some_and(|p| step >= p) {
-                stop_reason = "paused";
-                break;
-            }
-            let idx = next_batch(&mut queue, &mut epoch);
-            let batch = pack(train, &idx);
-            let ts = Instant::now();
-            grads.iter_mut().for_each(|g| *g = 0.0);
-            let (loss, acts) = model.forward(&batch, Some(&mut drop_rng), true);
-            let ntg = batch.targets.len().max(1);
-            model.backward(&batch, acts.expect("saved"), 1.0 / ntg as f32, &mut grads);
-            let norm = global_norm(&grads);
-            let scale = if o.grad_clip > 0.0 {
-                clip_scale(norm, o.grad_clip)
-            } else {
-                1.0
-            };
-            let progress = (step as f64 / o.max_steps as f64).max(clock.fraction());
-            let lr = lr_at(o, step, progress);
-            opt.update_scaled(&mut model.params_mut().data, &grads, lr, scale);
-            step += 1;
-            let secs = ts.elapsed().as_secs_f64();
-            train_secs += secs;
-            tokens_seen += batch.ids.len();
-            let line = json!({"event": "step", "step": step, "epoch": epoch, "train_loss": loss / ntg as f64,
-            "lr": lr, "grad_norm": norm, "tokens": batch.ids.len(), "targets": ntg,
-            "tokens_per_sec": batch.ids.len() as f64 / secs, "elapsed": clock.elapsed()});
-            metrics.push_str(&format!("{line}\n"));
-            emit(&line);
-            let at_end = step >= o.max_steps
-                || clock.expired()
-                || stop_requested()
-                || o.pause_at.is_some_and(|p| step >= p);
-            if !evals.is_empty()
-                && (o.eval_every > 0 && step.is_multiple_of(o.eval_every) || at_end)
-            {
-                let ev = eval_loss(model, evals, o.batch_tokens);
-                last_eval = Some(ev);
-                let line = json!({"event": "eval", "step": step, "val_loss": ev, "elapsed": clock.elapsed()});
-                metrics.push_str(&format!("{line}\n"));
-                emit(&line);
-            }
-            if o.save_every > 0 && step.is_multiple_of(o.save_every) && !at_end {
-                self.save(model, opt, step, clock.elapsed(), metrics)?;
-                emit(&json!({"event": "saved", "step": step, "dir": o.out}));
-            }
+        if o.save_every > 0 && step.is_multiple_of(o.save_every) && !at_end {
+            self.save(opt, step)?;
+            (self.emit)(&json!({"event": "saved", "step": step, "dir": o.out}));
         }
-        if last_eval.is_none() && !evals.is_empty() {
-            last_eval = Some(eval_loss(model, evals, o.batch_tokens));
-        }
-        self.save(model, opt, step, clock.elapsed(), metrics)?;
-        Ok(
-            json!({"event": "done", "steps": step, "stop": stop_reason, "eval_loss": last_eval,
-        "tokens": tokens_seen, "train_seconds": train_secs,
-        "tokens_per_sec": tokens_seen as f64 / train_secs.max(1e-9),
-        "elapsed": clock.elapsed(),
-        "peak_rss_mb": crate::train::bench::peak_rss_mb(), "out": o.out}),
-        )
+        Ok(())
     }
 }
 
