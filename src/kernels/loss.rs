@@ -21,12 +21,14 @@ simd_fn! {
 /// row (N) for the backward.
 pub fn cross_entropy_forward(logits: &[f32], lse: &mut [f32], targets: &[u32], v: usize) -> f32 {
     let rows = rows_per_task(v);
-    let total: f64 = logits
+    // Chunks in parallel, summed in chunk order: the same bits on every run.
+    let parts: Vec<f64> = logits
         .par_chunks(v * rows)
         .zip(lse.par_chunks_mut(rows))
         .zip(targets.par_chunks(rows))
         .map(|((l, s), tg)| cross_entropy_rows(l, s, tg, v))
-        .sum();
+        .collect();
+    let total: f64 = parts.iter().sum();
     (total / targets.len() as f64) as f32
 }
 

@@ -47,7 +47,8 @@ impl CustomOp1 for SmoothedCe {
             .ok_or_else(|| candle_core::Error::Msg("logits must be contiguous".into()))?;
         let x = &storage.as_slice::<f32>()?[start..end];
         let eps = self.smoothing;
-        let (loss, nll) = x
+        // Rows in parallel, summed in row order so that the loss is the same bits on every run.
+        let rows: Vec<(f64, f64)> = x
             .par_chunks(v)
             .zip(self.targets.par_iter().zip(&self.scale))
             .map(|(row, (&t, &s))| {
@@ -59,7 +60,10 @@ impl CustomOp1 for SmoothedCe {
                 let per = (1.0 - eps) * nll + eps * (lse - mean);
                 (s as f64 * per as f64, s as f64 * nll as f64)
             })
-            .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+            .collect();
+        let (loss, nll) = rows
+            .iter()
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
         debug_assert_eq!(self.targets.len(), n);
         *self.nll.lock().expect("the loss lock is never poisoned") = nll;
         Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))

@@ -258,13 +258,11 @@ simd_fn! {
     }
 }
 
-/// The global L2 norm of `grads`, accumulated in f64.
+/// The global L2 norm of `grads`, accumulated in f64: chunks in parallel, summed in chunk order,
+/// so that it is the same bits on every run.
 pub fn global_norm(grads: &[f32]) -> f64 {
-    grads
-        .par_chunks(1 << 14)
-        .map(sum_squares)
-        .sum::<f64>()
-        .sqrt()
+    let parts: Vec<f64> = grads.par_chunks(1 << 14).map(sum_squares).collect();
+    parts.iter().sum::<f64>().sqrt()
 }
 
 /// The factor `clip_grad_norm` scales gradients of global norm `norm` by: PyTorch's
