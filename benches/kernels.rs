@@ -275,7 +275,10 @@ fn train_step(c: &mut Criterion) {
             layer_norm_epsilon: 1e-5,
         };
         let mut m = FastGpt::new(cfg, b, t).unwrap();
-        m.params = data(m.params.len(), 30).iter().map(|x| 0.04 * x).collect();
+        m.params.data = data(m.params.data.len(), 30)
+            .iter()
+            .map(|x| 0.04 * x)
+            .collect();
         let (x, y) = (ids(b * t, 65, 1), ids(b * t, 65, 2));
         g.throughput(criterion::Throughput::Elements((b * t) as u64));
         g.bench_function(name, |bch| {

@@ -783,7 +783,7 @@ fn lora_finetune_leaves_the_frozen_base_bit_identical() {
     let (evals, _) =
         data::tokenize(&pre, &records, max_len, data::Overlong::Skip, &eval_path).unwrap();
     assert_eq!(evals.len(), 8);
-    let loss_of = |base: model::Flat| -> f64 {
+    let loss_of = |base: decodex::nn::params::Flat| -> f64 {
         let method = fast::Method::Lora {
             spec: saved_spec.clone(),
             params: params.clone(),

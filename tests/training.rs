@@ -3,12 +3,16 @@
 
 mod common;
 
-use decodex::train::{train, Event, TrainOptions};
+use decodex::train::{train, Event, StepLog, TrainOptions};
 
 fn losses(opts: &TrainOptions) -> Vec<(usize, f32, Option<f32>)> {
     let mut out = Vec::new();
     train(opts, |ev| {
-        if let Event::Step(l) = ev {
+        if let Event::Step {
+            json: Some(line), ..
+        } = ev
+        {
+            let l: StepLog = serde_json::from_str(line).unwrap();
             out.push((l.step, l.train_loss, l.val_loss));
         }
     })

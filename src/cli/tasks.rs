@@ -253,7 +253,8 @@ pub fn answer(a: &TaskArgs, json: bool) -> Result<()> {
 }
 
 pub fn merge(a: &MergeArgs, json: bool) -> Result<()> {
-    use decodex::models::llama::lora::{base_shapes, Flat};
+    use decodex::models::llama::lora::base_shapes;
+    use decodex::nn::params::Flat;
     check_out_is_not(&a.out, &a.model)?;
     let model = pretrained::load_with_adapter(&a.model, true, None, Some(&a.adapter))?;
     let Network::Llama(llama) = &model.network else {

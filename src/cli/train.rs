@@ -6,12 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use serde_json::json;
 
 use decodex::models::gpt::checkpoint;
 use decodex::train::{self, Event, TrainOptions};
 
-use super::commands::emit;
 use super::GenerateArgs;
 
 #[derive(Args, Debug)]
@@ -205,6 +203,86 @@ pub(super) fn train_any(a: &TrainArgs, json: bool) -> Result<()> {
     }
 }
 
+/// Shows a run's events: each event's JSON line with `--json`, else a progress bar with
+/// evaluation lines above it (stderr) and the summary (stdout). Holds the first error writing stdout.
+struct Progress {
+    json: bool,
+    bar: Option<indicatif::ProgressBar>,
+    write_err: Option<std::io::Error>,
+}
+
+impl Progress {
+    fn new(json: bool) -> Self {
+        Progress {
+            json,
+            bar: None,
+            write_err: None,
+        }
+    }
+
+    fn show(&mut self, ev: &Event) {
+        if self.json {
+            if let Some(line) = ev.json() {
+                if let Err(e) = writeln!(std::io::stdout(), "{line}") {
+                    self.write_err.get_or_insert(e);
+                }
+            }
+            return;
+        }
+        match ev {
+            Event::Start {
+                done, end, text, ..
+            } => {
+                eprintln!("{text}");
+                // A run without a known end (a time limit) shows a spinner.
+                let (len, template) = if *end < 1_000_000 {
+                    (
+                        *end as u64,
+                        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                    )
+                } else {
+                    (0, "{spinner} step {pos} {elapsed_precise} {msg}")
+                };
+                let pb = indicatif::ProgressBar::new(len);
+                pb.set_position(*done as u64);
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template(template).expect("valid template"),
+                );
+                self.bar = Some(pb);
+            }
+            Event::Step { step, status, .. } => {
+                if let Some(pb) = &self.bar {
+                    pb.set_position(*step as u64);
+                    pb.set_message(status.clone());
+                }
+            }
+            Event::Note { text: Some(t), .. } => match &self.bar {
+                Some(pb) => pb.println(t),
+                None => eprintln!("{t}"),
+            },
+            Event::Note { text: None, .. } => {}
+            Event::Done { text, .. } => {
+                if let Some(pb) = self.bar.take() {
+                    pb.finish_and_clear();
+                }
+                println!("{text}");
+            }
+        }
+    }
+
+    /// The run's result, or the first error writing its lines.
+    fn finish<T>(self, r: decodex::Result<T>) -> Result<T> {
+        if let Some(pb) = self.bar {
+            pb.finish_and_clear();
+        }
+        let r = r?;
+        match self.write_err {
+            Some(e) => Err(e.into()),
+            None => Ok(r),
+        }
+    }
+}
+
 pub(super) fn train_cmd(a: &TrainArgs, json: bool) -> Result<train::TrainSummary> {
     if a.max_steps == Some(0) {
         bail!("--max-steps must be at least 1");
@@ -216,133 +294,20 @@ pub(super) fn train_cmd(a: &TrainArgs, json: bool) -> Result<train::TrainSummary
         max_iters: a.max_steps,
         resume: a.resume,
     };
-    let mut bar: Option<indicatif::ProgressBar> = None;
-    let mut write_err: Option<std::io::Error> = None;
-    let summary = train::train(&opts, |ev| match ev {
-        Event::Start {
-            start,
-            end,
-            params,
-            backend,
-            data_dir,
-        } => {
-            if json {
-                let line = json!({"event": "start", "start_step": start, "end_step": end, "params": params, "backend": backend, "data": data_dir});
-                if let Err(e) = writeln!(std::io::stdout(), "{line}") {
-                    write_err.get_or_insert(e);
-                }
-            } else {
-                if start >= end {
-                    eprintln!("the run is already at step {start} of {end}; nothing to train");
-                } else {
-                    eprintln!(
-                        "training {:.2}M parameters ({backend} backend), steps {}..{end}, data in {}",
-                        *params as f64 / 1e6,
-                        start + 1,
-                        data_dir.display()
-                    );
-                }
-                let pb = indicatif::ProgressBar::new(*end as u64);
-                pb.set_position(*start as u64);
-                pb.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-                    )
-                    .expect("valid template"),
-                );
-                bar = Some(pb);
-            }
-        }
-        Event::Step(log) => {
-            if json {
-                if let Err(e) =
-                    writeln!(std::io::stdout(), "{}", serde_json::to_string(log).unwrap())
-                {
-                    write_err.get_or_insert(e);
-                }
-            } else if let Some(pb) = &bar {
-                pb.set_position(log.step as u64);
-                pb.set_message(format!(
-                    "loss {:.4}, {:.0} tok/s, lr {:.2e}",
-                    log.train_loss, log.tokens_per_sec, log.lr
-                ));
-                if let Some(v) = log.val_loss {
-                    pb.println(format!(
-                        "step {:>6}: train loss {:.4}, val loss {:.4}",
-                        log.step, log.train_loss, v
-                    ));
-                }
-            }
-        }
-        Event::Checkpoint { .. } => {}
-    })?;
-    if let Some(pb) = bar {
-        pb.finish_and_clear();
-    }
-    if let Some(e) = write_err {
-        return Err(e.into());
-    }
-    let human = format!(
-        "step {}: val loss {}, checkpoint in {} ({:.0} s){}",
-        summary.step,
-        summary
-            .final_val_loss
-            .map_or("-".into(), |v| format!("{v:.4}")),
-        summary.out.display(),
-        summary.elapsed_s,
-        if summary.interrupted {
-            " (interrupted)"
-        } else {
-            ""
-        }
-    );
-    if json {
-        emit(true, json!({"event": "done", "summary": summary}), "")?;
-    } else {
-        eprintln!("{human}");
-    }
-    Ok(summary)
+    let mut p = Progress::new(json);
+    let r = train::train(&opts, |ev| p.show(ev));
+    p.finish(r)
 }
 
-/// `decodex train` on a sequence-to-sequence config: one line per logged step (JSON or text),
-/// then the summary.
+/// `decodex train` on a sequence-to-sequence config.
 pub(super) fn train_seq2seq_cmd(a: &TrainArgs, json: bool) -> Result<()> {
     if a.resume || a.max_steps.is_some() {
         bail!("--resume and --max-steps apply to language-model configs; a seq2seq config sets epochs and max_minutes");
     }
     train::progress::stop_on_ctrl_c();
-    let summary = train::seq2seq::train_seq2seq(&a.config, &a.out, |log| {
-        if json {
-            println!("{}", serde_json::to_string(log).unwrap_or_default());
-        } else if let Some(v) = log.val_loss {
-            eprintln!(
-                "epoch {} step {}: val loss {v:.4} (ppl {:.2}), {:.0} tok/s, {:.0} s",
-                log.epoch,
-                log.step,
-                log.val_ppl.unwrap_or(f64::NAN),
-                log.tokens_per_sec,
-                log.elapsed_s
-            );
-        } else if let Some(l) = log.train_loss {
-            eprintln!(
-                "epoch {} step {}: loss {l:.4}, lr {:.2e}, {:.0} tok/s",
-                log.epoch, log.step, log.lr, log.tokens_per_sec
-            );
-        }
-    })?;
-    let human = format!(
-        "trained {:.2}M parameters for {} steps ({:.2} epochs) in {:.0} s: best val loss {:.4} (ppl {:.2}), {:.0} tok/s, peak RSS {:.0} MiB; model in {}",
-        summary.params as f64 / 1e6,
-        summary.steps,
-        summary.epochs_done,
-        summary.elapsed_s,
-        summary.best_val_loss,
-        summary.best_val_ppl,
-        summary.tokens_per_sec,
-        summary.peak_rss_mb,
-        summary.out_dir.display()
-    );
-    emit(json, json!({"event": "done", "summary": summary}), &human)
+    let mut p = Progress::new(json);
+    let r = train::seq2seq::train_seq2seq(&a.config, &a.out, |ev| p.show(ev));
+    p.finish(r).map(|_| ())
 }
 
 pub(super) fn finetune_cmd(a: &FinetuneArgs, json: bool) -> Result<()> {
@@ -397,53 +362,7 @@ pub(super) fn finetune_cmd(a: &FinetuneArgs, json: bool) -> Result<()> {
         seed: a.seed,
         resume: a.resume,
     };
-    let bar = (!json).then(|| {
-        let b = indicatif::ProgressBar::new(if a.max_steps < 1_000_000 {
-            a.max_steps as u64
-        } else {
-            0
-        });
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} step {pos} {elapsed_precise} {msg}")
-                .expect("template"),
-        );
-        b
-    });
-    finetune(&opts, |ev| {
-        if json {
-            println!("{ev}");
-            return;
-        }
-        let bar = bar.as_ref().expect("human output");
-        match ev["event"].as_str() {
-            Some("start") => bar.println(format!(
-                "fine-tuning {} parameters ({}), {} train / {} eval examples; data: {}",
-                ev["trainable_params"],
-                ev["method"].as_str().unwrap_or(""),
-                ev["train_examples"],
-                ev["eval_examples"],
-                ev["train"]
-            )),
-            Some("step") => {
-                bar.set_position(ev["step"].as_u64().unwrap_or(0));
-                bar.set_message(format!(
-                    "loss {:.4} lr {:.2e} {:.0} tok/s",
-                    ev["train_loss"].as_f64().unwrap_or(f64::NAN),
-                    ev["lr"].as_f64().unwrap_or(0.0),
-                    ev["tokens_per_sec"].as_f64().unwrap_or(0.0)
-                ));
-            }
-            Some("eval") => bar.println(format!(
-                "step {}: eval loss {:.4}",
-                ev["step"],
-                ev["val_loss"].as_f64().unwrap_or(f64::NAN)
-            )),
-            Some("done") => {
-                bar.finish_and_clear();
-                println!("{ev}");
-            }
-            _ => {}
-        }
-    })?;
-    Ok(())
+    let mut p = Progress::new(json);
+    let r = finetune(&opts, |ev| p.show(ev));
+    p.finish(r).map(|_| ())
 }

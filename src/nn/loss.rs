@@ -61,9 +61,7 @@ impl CustomOp1 for SmoothedCe {
                 (s as f64 * per as f64, s as f64 * nll as f64)
             })
             .collect();
-        let (loss, nll) = rows
-            .iter()
-            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let (loss, nll) = rows.iter().fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
         debug_assert_eq!(self.targets.len(), n);
         *self.nll.lock().expect("the loss lock is never poisoned") = nll;
         Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))

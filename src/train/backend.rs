@@ -7,10 +7,11 @@ use candle_core::{Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::gpt::fast::FastGpt;
 use crate::models::gpt::GptConfig;
 use crate::models::Gpt;
+use crate::nn::params::{add_var_grads, set_vars};
 
 pub trait Backend {
     /// Forward and backward on one (B, T) micro-batch; gradients of `scale * loss` are added to
@@ -47,7 +48,7 @@ pub struct FastBackend {
 impl FastBackend {
     pub fn new(cfg: &GptConfig, params: &[f32], batch: usize) -> Result<Self> {
         let mut model = FastGpt::new(cfg.clone(), batch, cfg.block_size)?;
-        model.params.copy_from_slice(params);
+        model.params.data.copy_from_slice(params);
         Ok(Self { model })
     }
 }
@@ -75,11 +76,11 @@ impl Backend for FastBackend {
     }
 
     fn params_and_grads(&mut self) -> (&mut [f32], &mut [f32]) {
-        (&mut self.model.params, &mut self.model.grads)
+        (&mut self.model.params.data, &mut self.model.grads)
     }
 
     fn params(&self) -> &[f32] {
-        &self.model.params
+        &self.model.params.data
     }
 
     fn params_updated(&mut self) -> Result<()> {
@@ -147,23 +148,7 @@ impl Backend for CandleBackend {
             None
         };
         let loss = self.model.loss(&xt, &yt, train)?;
-        let grads = loss.backward()?;
-        let mut off = 0;
-        for (name, var) in &self.vars {
-            let n = var.elem_count();
-            // candle silently leaves out parameters that did not take part in the loss; a
-            // missing gradient here is a bug in the graph, so fail loudly.
-            let g = grads.get(var.as_tensor()).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "parameter {name} received no gradient (the graph does not reach it)"
-                ))
-            })?;
-            let g = g.flatten_all()?.to_vec1::<f32>()?;
-            for (acc, gi) in self.grads[off..off + n].iter_mut().zip(g) {
-                *acc += scale * gi;
-            }
-            off += n;
-        }
+        add_var_grads(&self.vars, &loss.backward()?, scale, &mut self.grads)?;
         Ok(loss.to_scalar::<f32>()?)
     }
 
@@ -185,14 +170,7 @@ impl Backend for CandleBackend {
     }
 
     fn params_updated(&mut self) -> Result<()> {
-        let mut off = 0;
-        for (_, var) in &self.vars {
-            let n = var.elem_count();
-            let t = Tensor::from_slice(&self.params[off..off + n], var.shape(), &self.device)?;
-            var.set(&t)?;
-            off += n;
-        }
-        Ok(())
+        set_vars(&self.vars, &self.params)
     }
 
     fn rng_state(&self) -> (u64, u128) {

@@ -12,4 +12,5 @@ pub mod seq2seq;
 pub mod trainer;
 
 pub use config::TrainConfig;
-pub use trainer::{train, Event, StepLog, TrainOptions, TrainSummary};
+pub use progress::Event;
+pub use trainer::{train, StepLog, TrainOptions, TrainSummary};

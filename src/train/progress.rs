@@ -1,8 +1,52 @@
 //! What every training loop (language model, sequence-to-sequence, fine-tuning) shares besides
-//! its step: the stop flag a Ctrl-C sets, and the run's clock against its time limit.
+//! its step: the events it reports, the stop flag a Ctrl-C sets, and the run's clock against its
+//! time limit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// What a run reports as it goes, the same for every trainer: each event carries the JSON line
+/// `--json` prints (if any) and what a progress bar shows.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The run is ready: steps `done + 1..=end` follow; `text` says what trains on what.
+    Start {
+        done: usize,
+        end: usize,
+        text: String,
+        json: Option<String>,
+    },
+    /// A finished step: the bar's position and message.
+    Step {
+        step: usize,
+        status: String,
+        json: Option<String>,
+    },
+    /// A line above the bar (an evaluation, a checkpoint).
+    Note {
+        text: Option<String>,
+        json: Option<String>,
+    },
+    /// The run's summary.
+    Done { text: String, json: String },
+}
+
+impl Event {
+    /// The JSON line of the event, if it has one.
+    pub fn json(&self) -> Option<&str> {
+        match self {
+            Event::Start { json, .. } | Event::Step { json, .. } | Event::Note { json, .. } => {
+                json.as_deref()
+            }
+            Event::Done { json, .. } => Some(json),
+        }
+    }
+}
+
+/// A record as one JSON line (the trainers' records always serialize).
+pub fn json_line(x: &impl serde::Serialize) -> String {
+    serde_json::to_string(x).expect("a training record serializes")
+}
 
 /// Set by `stop_on_ctrl_c`'s handler: every loop saves and stops at the end of its current step.
 pub static STOP: AtomicBool = AtomicBool::new(false);

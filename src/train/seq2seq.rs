@@ -21,12 +21,12 @@ use crate::data::parallel::{self, PairSource, Pairs};
 use crate::error::{write_atomic, Error, Result};
 use crate::models::seq2seq::{ModelConfig, Seq2Seq};
 use crate::nn::loss::smoothed_cross_entropy;
-use crate::nn::params::Params;
+use crate::nn::params::{add_var_grads, set_vars, Params};
 use crate::tokenizer::Tokenizer;
 use crate::train::config::data_dir;
 use crate::train::driver::{self, Metrics, Plan, Run, Update};
 use crate::train::optim::{AdamW, Decay, Order, Schedule};
-use crate::train::progress::Clock;
+use crate::train::progress::{json_line, Clock, Event};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -372,11 +372,11 @@ fn prepare_data(
     Ok((tok, mcfg, tr, va))
 }
 
-/// Trains from `config` into `out`, calling `on_log` with each metrics line.
+/// Trains from `config` into `out`; `on_event` sees the start, each metrics line and the summary.
 pub fn train_seq2seq(
     config: &Path,
     out: &Path,
-    on_log: impl FnMut(&Seq2SeqLog),
+    mut on_event: impl FnMut(&Event),
 ) -> Result<Seq2SeqSummary> {
     let cfg = Seq2SeqTrainConfig::from_file(config)?;
     let device = Device::Cpu;
@@ -406,6 +406,17 @@ pub fn train_seq2seq(
         schedule: o.schedule(per_epoch * o.epochs),
         grad_clip: o.grad_clip,
     };
+    on_event(&Event::Start {
+        done: 0,
+        end: plan.end,
+        text: format!(
+            "training {:.2}M parameters on {} pairs, {} steps",
+            n as f64 / 1e6,
+            tr.src.len(),
+            plan.end
+        ),
+        json: None,
+    });
     let mut run = S2s {
         o,
         out,
@@ -429,11 +440,11 @@ pub fn train_seq2seq(
         best: f64::INFINITY,
         metrics: Metrics::open(out, false),
         t0,
-        on_log,
+        on_event,
     };
     let (steps, _) = driver::run(&mut run, &mut opt, &plan, 0)?;
     let best = run.best;
-    Ok(Seq2SeqSummary {
+    let summary = Seq2SeqSummary {
         out_dir: out.to_path_buf(),
         steps,
         epochs_done: run.epochs_done,
@@ -446,7 +457,22 @@ pub fn train_seq2seq(
         tokens_per_sec: run.train_tokens as f64 / run.train_start.elapsed().as_secs_f64(),
         elapsed_s: t0.elapsed().as_secs_f64(),
         peak_rss_mb: crate::train::bench::peak_rss_mb(),
-    })
+    };
+    let text = format!(
+        "trained {:.2}M parameters for {} steps ({:.2} epochs) in {:.0} s: best val loss {:.4} (ppl {:.2}), {:.0} tok/s, peak RSS {:.0} MiB; model in {}",
+        summary.params as f64 / 1e6,
+        summary.steps,
+        summary.epochs_done,
+        summary.elapsed_s,
+        summary.best_val_loss,
+        summary.best_val_ppl,
+        summary.tokens_per_sec,
+        summary.peak_rss_mb,
+        summary.out_dir.display()
+    );
+    let json = json_line(&serde_json::json!({"event": "done", "summary": summary}));
+    (run.on_event)(&Event::Done { text, json });
+    Ok(summary)
 }
 
 /// The training sums since the last logged line.
@@ -499,14 +525,41 @@ struct S2s<'a, F> {
     best: f64,
     metrics: Metrics,
     t0: Instant,
-    on_log: F,
+    on_event: F,
 }
 
-impl<F: FnMut(&Seq2SeqLog)> S2s<'_, F> {
+impl<F: FnMut(&Event)> S2s<'_, F> {
     fn emit(&mut self, log: Seq2SeqLog) -> Result<()> {
         self.metrics.push(&log)?;
         self.metrics.write()?;
-        (self.on_log)(&log);
+        let json = Some(json_line(&log));
+        (self.on_event)(&if let Some(v) = log.val_loss {
+            let text = format!(
+                "epoch {} step {}: val loss {v:.4} (ppl {:.2}), {:.0} tok/s, {:.0} s",
+                log.epoch,
+                log.step,
+                v.exp(),
+                log.tokens_per_sec,
+                log.elapsed_s
+            );
+            Event::Note {
+                text: Some(text),
+                json,
+            }
+        } else {
+            let status = format!(
+                "epoch {}: loss {:.4}, lr {:.2e}, {:.0} tok/s",
+                log.epoch,
+                log.train_loss.unwrap_or(f64::NAN),
+                log.lr,
+                log.tokens_per_sec
+            );
+            Event::Step {
+                step: log.step,
+                status,
+                json,
+            }
+        });
         Ok(())
     }
 
@@ -539,7 +592,7 @@ impl<F: FnMut(&Seq2SeqLog)> S2s<'_, F> {
     }
 }
 
-impl<F: FnMut(&Seq2SeqLog)> Run for S2s<'_, F> {
+impl<F: FnMut(&Event)> Run for S2s<'_, F> {
     /// (the smoothed objective, the plain NLL, the tokens) of the batch.
     type Stats = (f64, f64, usize);
 
@@ -561,17 +614,15 @@ impl<F: FnMut(&Seq2SeqLog)> Run for S2s<'_, F> {
         let (loss, nll) =
             smoothed_cross_entropy(&logits, &b.targets, &b.weights, o.label_smoothing)?;
         let grads = loss.backward()?;
-        let (mut off, mut sq) = (0, 0f64);
-        for (name, var) in &self.params.vars {
-            let g = grads
-                .get(var.as_tensor())
-                .ok_or_else(|| Error::Invalid(format!("parameter {name} received no gradient")))?;
-            if o.grad_clip > 0.0 {
+        self.grads.fill(0.0);
+        add_var_grads(&self.params.vars, &grads, 1.0, &mut self.grads)?;
+        // The norm as candle sums it, tensor by tensor.
+        let mut sq = 0f64;
+        if o.grad_clip > 0.0 {
+            for (_, var) in &self.params.vars {
+                let g = grads.get(var.as_tensor()).expect("checked above");
                 sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
             }
-            let g = g.flatten_all()?.to_vec1::<f32>()?;
-            self.grads[off..off + g.len()].copy_from_slice(&g);
-            off += g.len();
         }
         self.norm = sq.sqrt();
         Ok((loss.to_scalar::<f32>()? as f64, nll, b.tokens))
@@ -586,14 +637,7 @@ impl<F: FnMut(&Seq2SeqLog)> Run for S2s<'_, F> {
     }
 
     fn params_updated(&mut self) -> Result<()> {
-        let mut off = 0;
-        for (_, var) in &self.params.vars {
-            let n = var.elem_count();
-            let t = Tensor::from_slice(&self.flat[off..off + n], var.shape(), &self.device)?;
-            var.set(&t)?;
-            off += n;
-        }
-        Ok(())
+        set_vars(&self.params.vars, &self.flat)
     }
 
     /// Logs every `log_interval` steps (the window's means); validates at each epoch's end and

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::data::{self, Batcher, Meta, PrepareOptions, TokenFile};
 use crate::error::{write_atomic, Error, Result};
@@ -19,7 +20,7 @@ use crate::train::backend::{Backend, CandleBackend, FastBackend};
 use crate::train::config::{cache_dir, resolve_data_path, BackendKind, TrainConfig};
 use crate::train::driver::{self, Metrics, Plan, Run, Stop, Update};
 use crate::train::optim::{decay_ranges, AdamW};
-use crate::train::progress::Clock;
+use crate::train::progress::{json_line, Clock, Event};
 
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -41,24 +42,6 @@ pub struct StepLog {
     pub elapsed_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f32>,
-}
-
-/// What the loop reports as it runs.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// Data and model are ready; steps `start+1..=end` follow.
-    Start {
-        start: usize,
-        end: usize,
-        params: usize,
-        backend: &'static str,
-        data_dir: PathBuf,
-    },
-    Step(StepLog),
-    Checkpoint {
-        step: usize,
-        dir: PathBuf,
-    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -260,12 +243,24 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
         .max_iters
         .map_or(cfg.train.max_iters, |x| x.min(cfg.train.max_iters));
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let (params, name) = (m.num_params(), backend.name());
+    let text = if start >= end {
+        format!("the run is already at step {start} of {end}; nothing to train")
+    } else {
+        format!(
+            "training {:.2}M parameters ({name} backend), steps {}..{end}, data in {}",
+            params as f64 / 1e6,
+            start + 1,
+            data_dir.display()
+        )
+    };
+    let json = json!({"event": "start", "start_step": start, "end_step": end, "params": params,
+        "backend": name, "data": data_dir});
     on_event(&Event::Start {
-        start,
+        done: start,
         end,
-        params: m.num_params(),
-        backend: backend.name(),
-        data_dir: data_dir.clone(),
+        text,
+        json: Some(json_line(&json)),
     });
     let plan = Plan {
         end,
@@ -294,14 +289,31 @@ pub fn train(opts: &TrainOptions, mut on_event: impl FnMut(&Event)) -> Result<Tr
     if step == start && resume_state.is_none() {
         lm.save(step, &opt)?;
     }
-    Ok(TrainSummary {
+    let summary = TrainSummary {
         step,
         final_train_loss: lm.last_train,
         final_val_loss: lm.last_val,
         out: opts.out.clone(),
         elapsed_s: t0.elapsed().as_secs_f64(),
         interrupted: stop == Stop::Interrupted,
-    })
+    };
+    let text = format!(
+        "step {}: val loss {}, checkpoint in {} ({:.0} s){}",
+        summary.step,
+        summary
+            .final_val_loss
+            .map_or("-".into(), |v| format!("{v:.4}")),
+        summary.out.display(),
+        summary.elapsed_s,
+        if summary.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        }
+    );
+    let json = json_line(&json!({"event": "done", "summary": summary}));
+    (lm.on_event)(&Event::Done { text, json });
+    Ok(summary)
 }
 
 /// A language-model run inside the training loop.
@@ -402,13 +414,23 @@ impl<F: FnMut(&Event)> Run for Lm<'_, F> {
             self.metrics.push(&log)?;
             self.metrics.write()?;
         }
-        (self.on_event)(&Event::Step(log));
+        (self.on_event)(&Event::Step {
+            step: u.step,
+            status: format!(
+                "loss {:.4}, {:.0} tok/s, lr {:.2e}",
+                log.train_loss, log.tokens_per_sec, log.lr
+            ),
+            json: Some(json_line(&log)),
+        });
+        if let Some(v) = val_loss {
+            let text = format!("step {:>6}: train loss {loss:.4}, val loss {v:.4}", u.step);
+            (self.on_event)(&Event::Note {
+                text: Some(text),
+                json: None,
+            });
+        }
         if is_eval || u.stop.is_some() {
             self.save(u.step, opt)?;
-            (self.on_event)(&Event::Checkpoint {
-                step: u.step,
-                dir: self.out.to_path_buf(),
-            });
         }
         Ok(())
     }

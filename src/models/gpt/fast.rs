@@ -32,6 +32,7 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::models::gpt::GptConfig;
+use crate::nn::params::Flat;
 
 use crate::kernels::{self, AttShape, Norm, NormIn, NormOut, Op, Precision};
 
@@ -62,18 +63,14 @@ struct ParamLayout {
 }
 
 impl ParamLayout {
-    fn new(offsets: &[(String, Vec<usize>, usize)]) -> Self {
-        let find = |name: &str| {
-            offsets
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .map(|(_, shape, off)| *off..*off + shape.iter().product::<usize>())
-        };
+    fn new(params: &Flat) -> Self {
+        let find = |name: &str| params.range(name);
         let get =
             |name: &str| find(name).unwrap_or_else(|| panic!("param_shapes() lists no {name}"));
-        let n_layer = offsets
+        let n_layer = params
+            .entries
             .iter()
-            .filter(|(n, _, _)| n.ends_with(".ln_1.weight"))
+            .filter(|e| e.name.ends_with(".ln_1.weight"))
             .count();
         let blocks = (0..n_layer)
             .map(|l| {
@@ -167,10 +164,9 @@ struct Workspace {
 pub struct FastGpt {
     pub cfg: GptConfig,
     /// All parameters, flat, in `GptConfig::param_shapes()` order.
-    pub params: Vec<f32>,
+    pub params: Flat,
     /// Gradients, laid out like `params`; `backward` adds to them.
     pub grads: Vec<f32>,
-    offsets: Vec<(String, Vec<usize>, usize)>,
     layout: ParamLayout,
     max_batch: usize,
     max_t: usize,
@@ -203,14 +199,8 @@ impl FastGpt {
                 cfg.block_size
             )));
         }
-        let mut offsets = Vec::new();
-        let mut n = 0;
-        for (name, shape) in cfg.param_shapes() {
-            let len: usize = shape.iter().product();
-            offsets.push((name, shape, n));
-            n += len;
-        }
-        let layout = ParamLayout::new(&offsets);
+        let params = Flat::zeros(&cfg.param_shapes());
+        let layout = ParamLayout::new(&params);
         let (l, c, v, nh) = (cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.n_head);
         let rows = max_batch * max_t;
         let z = |len: usize| vec![0f32; len];
@@ -243,9 +233,8 @@ impl FastGpt {
         };
         Ok(Self {
             cfg,
-            params: z(n),
-            grads: z(n),
-            offsets,
+            grads: params.zeros_like(),
+            params,
             layout,
             max_batch,
             max_t,
@@ -268,52 +257,24 @@ impl FastGpt {
         self.precision
     }
 
-    /// (name, shape, offset into `params`) of every parameter tensor, in `param_shapes()` order.
-    pub fn offsets(&self) -> &[(String, Vec<usize>, usize)] {
-        &self.offsets
-    }
-
-    fn range(&self, name: &str) -> Option<Range<usize>> {
-        self.offsets
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, shape, off)| *off..*off + shape.iter().product::<usize>())
-    }
-
     /// The parameter tensor `name` (a Hugging Face name), flattened row-major.
     pub fn param(&self, name: &str) -> Option<&[f32]> {
-        self.range(name).map(|r| &self.params[r])
+        self.params.range(name).map(|r| &self.params.data[r])
     }
 
     pub fn param_mut(&mut self, name: &str) -> Option<&mut [f32]> {
-        self.range(name).map(|r| &mut self.params[r])
+        self.params.range(name).map(|r| &mut self.params.data[r])
     }
 
     /// The gradient of the parameter tensor `name`.
     pub fn grad(&self, name: &str) -> Option<&[f32]> {
-        self.range(name).map(|r| &self.grads[r])
+        self.params.range(name).map(|r| &self.grads[r])
     }
 
     /// Copies `data` into the parameter tensor `name`, checking that it exists and the length
     /// matches its shape.
     pub fn set_param(&mut self, name: &str, data: &[f32]) -> Result<()> {
-        let (shape, r) = match self.offsets.iter().find(|(n, _, _)| n == name) {
-            Some((_, shape, off)) => (shape.clone(), *off..*off + shape.iter().product::<usize>()),
-            None => {
-                return Err(Error::Invalid(format!(
-                    "the model has no parameter named {name:?}"
-                )))
-            }
-        };
-        if data.len() != r.len() {
-            return Err(Error::Invalid(format!(
-                "parameter {name} has shape {shape:?} ({} values), got {} values",
-                r.len(),
-                data.len()
-            )));
-        }
-        self.params[r].copy_from_slice(data);
-        Ok(())
+        self.params.set(name, data)
     }
 
     /// The largest batch and sequence length the buffers hold.
@@ -366,7 +327,7 @@ impl FastGpt {
         let (n, eps) = (b * t, self.cfg.layer_norm_epsilon as f32);
         let exact_gelu = self.cfg.activation == crate::models::gpt::Activation::Gelu;
         let prec = self.precision;
-        let (p, a, lay) = (&self.params, &mut self.acts, &self.layout);
+        let (p, a, lay) = (&self.params.data, &mut self.acts, &self.layout);
         let (nc, nlse) = (n * c, b * nh * t);
         let w = |r: &Range<usize>| &p[r.clone()];
         let ob = |r: &Option<Range<usize>>| r.as_ref().map(|r| &p[r.clone()]);
@@ -492,7 +453,7 @@ impl FastGpt {
         let (n, prec) = (b * t, self.precision);
         let (nc, nlse) = (n * c, b * nh * t);
         let (p, g, a, ws, lay) = (
-            &self.params,
+            &self.params.data,
             &mut self.grads,
             &self.acts,
             &mut self.work,

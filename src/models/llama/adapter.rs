@@ -15,9 +15,10 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::lora::{lora_name, lora_shapes, Flat, LoraSpec, Proj};
+use super::lora::{lora_name, lora_shapes, LoraSpec, Proj};
 use crate::error::{write_atomic, Error, Result};
 use crate::models::llama::LlamaConfig;
+use crate::nn::params::Flat;
 use crate::nn::tensor_io;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";

@@ -21,7 +21,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::lora::{base_shapes, lora_name, lora_shapes, Flat, LoraSpec, Proj};
+use super::lora::{base_shapes, lora_name, lora_shapes, LoraSpec, Proj};
 use super::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::kernels::{
@@ -30,6 +30,7 @@ use crate::kernels::{
 };
 use crate::kernels::{rmsnorm_backward, rmsnorm_forward, swiglu_backward, swiglu_forward};
 use crate::kernels::{rope_tables, Precision, RopeAngles};
+use crate::nn::params::Flat;
 
 /// Sequences packed end to end: `ids` (N), the (start, len) of each sequence, and the loss
 /// targets as (row, next token id) pairs, rows in increasing order.

@@ -1,13 +1,12 @@
 //! LoRA (Hu et al. 2021, as PEFT's `LoraLayer`): which projections are adapted, the adapters'
-//! flat parameter store, names and shapes in PEFT's layout, and their initialization.
-
-use std::collections::HashMap;
+//! names and shapes in PEFT's layout, and their initialization.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::nn::params::Flat;
 
 /// The seven projections of a block LoRA can adapt, in PEFT's module names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,62 +84,6 @@ impl Proj {
             Proj::Gate | Proj::Up => (i, c),
             Proj::Down => (c, i),
         }
-    }
-}
-
-/// Named tensors in one flat f32 buffer, in a fixed order.
-#[derive(Debug, Clone, Default)]
-pub struct Flat {
-    pub data: Vec<f32>,
-    pub entries: Vec<Entry>,
-    index: HashMap<String, usize>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub offset: usize,
-    pub len: usize,
-}
-
-impl Flat {
-    /// Lays out `shapes` in order, zero-filled.
-    pub fn zeros(shapes: &[(String, Vec<usize>)]) -> Self {
-        let mut f = Flat::default();
-        let mut off = 0;
-        for (name, shape) in shapes {
-            let len = shape.iter().product();
-            f.index.insert(name.clone(), f.entries.len());
-            f.entries.push(Entry {
-                name: name.clone(),
-                shape: shape.clone(),
-                offset: off,
-                len,
-            });
-            off += len;
-        }
-        f.data = vec![0.0; off];
-        f
-    }
-
-    pub fn id(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
-    }
-
-    pub fn get(&self, id: usize) -> &[f32] {
-        let e = &self.entries[id];
-        &self.data[e.offset..e.offset + e.len]
-    }
-
-    pub fn get_mut(&mut self, id: usize) -> &mut [f32] {
-        let e = &self.entries[id];
-        &mut self.data[e.offset..e.offset + e.len]
-    }
-
-    /// A zeroed buffer of the same layout (for gradients).
-    pub fn zeros_like(&self) -> Vec<f32> {
-        vec![0.0; self.data.len()]
     }
 }
 

@@ -31,13 +31,14 @@ use super::data::{self, Example, Overlong, Task};
 use crate::error::{write_atomic, Error, Result};
 use crate::models::llama::adapter;
 use crate::models::llama::fast::{FtModel, Method, Packed};
-use crate::models::llama::lora::{base_shapes, init_lora, Flat, LoraSpec};
+use crate::models::llama::lora::{base_shapes, init_lora, LoraSpec};
 use crate::models::llama::LlamaConfig;
 use crate::models::pretrained::{self, Network, Pretrained};
+use crate::nn::params::Flat;
 use crate::nn::tensor_io;
 use crate::train::driver::{self, Metrics, Plan, Run, Update};
 use crate::train::optim::{AdamW, Decay, Schedule};
-use crate::train::progress::Clock;
+use crate::train::progress::{Clock, Event};
 
 #[derive(Debug, Clone)]
 pub struct FinetuneOptions {
@@ -192,9 +193,9 @@ fn checksum(x: &[f32]) -> u64 {
 
 const STATE_FILE: &str = "trainer_state.safetensors";
 
-/// Runs a fine-tuning; `emit` receives one JSON object per event (`start`, `step`, `eval`,
-/// `saved`, `done`). Returns the `done` object.
-pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Value> {
+/// Runs a fine-tuning; `on_event` sees each event, whose JSON lines are `start`, `step`, `eval`,
+/// `saved` and `done` objects. Returns the `done` object.
+pub fn finetune(o: &FinetuneOptions, mut on_event: impl FnMut(&Event)) -> Result<Value> {
     if o.lora.is_none() && o.resume && !o.out.join("model.safetensors").exists() {
         return Err(Error::Invalid(format!(
             "nothing to resume in {}",
@@ -215,7 +216,18 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
         "trainable_params": n_params, "base_params": model.base.data.len(),
         "train": d.rep, "eval": d.eval_rep, "eval_examples": d.evals.len(), "train_examples": d.train.len(),
         "max_len": d.max_len, "load_seconds": t_load.elapsed().as_secs_f64(), "resumed_at_step": step});
-    emit(&start);
+    on_event(&Event::Start {
+        done: step,
+        end: o.max_steps,
+        text: format!(
+            "fine-tuning {n_params} parameters ({}), {} train / {} eval examples; data: {}",
+            start["method"].as_str().unwrap_or(""),
+            d.train.len(),
+            d.evals.len(),
+            start["train"]
+        ),
+        json: Some(start.to_string()),
+    });
     let plan = Plan {
         end: o.max_steps,
         pause_at: o.pause_at,
@@ -223,7 +235,7 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
         schedule: schedule(o),
         grad_clip: o.grad_clip,
     };
-    let mut ft = Ft::new(o, &d, model, step, plan.clock, emit);
+    let mut ft = Ft::new(o, &d, model, step, plan.clock, on_event);
     let (step, stop) = driver::run(&mut ft, &mut opt, &plan, step)?;
     let (o, evals) = (ft.o, &ft.d.evals);
     if ft.last_eval.is_none() && !evals.is_empty() {
@@ -237,7 +249,15 @@ pub fn finetune(o: &FinetuneOptions, mut emit: impl FnMut(&Value)) -> Result<Val
         "elapsed": clock.elapsed(),
         "peak_rss_mb": crate::train::bench::peak_rss_mb(), "out": o.out});
     done["base_unchanged"] = json!(base_sum.map(|s| s == checksum(&ft.model.base.data)));
-    (ft.emit)(&done);
+    let text = format!(
+        "{step} steps ({}), eval loss {}, {:.0} tok/s; saved in {}",
+        stop.name(),
+        ft.last_eval.map_or("-".into(), |v| format!("{v:.4}")),
+        done["tokens_per_sec"].as_f64().unwrap_or(0.0),
+        o.out.display()
+    );
+    let json = done.to_string();
+    (ft.on_event)(&Event::Done { text, json });
     Ok(done)
 }
 
@@ -381,10 +401,10 @@ struct Ft<'a, F> {
     train_secs: f64,
     last_eval: Option<f64>,
     metrics: Metrics,
-    emit: F,
+    on_event: F,
 }
 
-impl<'a, F: FnMut(&Value)> Ft<'a, F> {
+impl<'a, F: FnMut(&Event)> Ft<'a, F> {
     /// The run at `step` steps done: a resumed run skips the batches already seen.
     fn new(
         o: &'a FinetuneOptions,
@@ -392,7 +412,7 @@ impl<'a, F: FnMut(&Value)> Ft<'a, F> {
         model: FtModel,
         step: usize,
         clock: Clock,
-        emit: F,
+        on_event: F,
     ) -> Self {
         let mut ft = Ft {
             o,
@@ -408,7 +428,7 @@ impl<'a, F: FnMut(&Value)> Ft<'a, F> {
             train_secs: 0.0,
             last_eval: None,
             metrics: Metrics::open(&o.out, o.resume),
-            emit,
+            on_event,
         };
         for _ in 0..step {
             ft.next_batch();
@@ -450,14 +470,15 @@ impl<'a, F: FnMut(&Value)> Ft<'a, F> {
         Ok(())
     }
 
-    fn log(&mut self, line: Value) -> Result<()> {
+    /// Adds `line` to the metrics and reports it.
+    fn log(&mut self, line: Value, event: impl FnOnce(Option<String>) -> Event) -> Result<()> {
         self.metrics.push(&line)?;
-        (self.emit)(&line);
+        (self.on_event)(&event(Some(line.to_string())));
         Ok(())
     }
 }
 
-impl<F: FnMut(&Value)> Run for Ft<'_, F> {
+impl<F: FnMut(&Event)> Run for Ft<'_, F> {
     /// (summed loss, completion tokens, tokens) of the step's batch.
     type Stats = (f64, usize, usize);
 
@@ -488,19 +509,30 @@ impl<F: FnMut(&Value)> Run for Ft<'_, F> {
         let (o, step) = (self.o, u.step);
         self.train_secs += u.secs;
         self.tokens_seen += ntok;
-        self.log(json!({"event": "step", "step": step, "epoch": self.epoch, "train_loss": loss / ntg as f64,
+        let (train_loss, tokens_per_sec) = (loss / ntg as f64, ntok as f64 / u.secs);
+        let status = format!(
+            "loss {train_loss:.4} lr {:.2e} {tokens_per_sec:.0} tok/s",
+            u.lr
+        );
+        self.log(
+            json!({"event": "step", "step": step, "epoch": self.epoch, "train_loss": train_loss,
             "lr": u.lr, "grad_norm": u.grad_norm, "tokens": ntok, "targets": ntg,
-            "tokens_per_sec": ntok as f64 / u.secs, "elapsed": self.clock.elapsed()}))?;
+            "tokens_per_sec": tokens_per_sec, "elapsed": self.clock.elapsed()}),
+            |json| Event::Step { step, status, json },
+        )?;
         let at_end = u.stop.is_some();
         let evals = &self.d.evals;
         if !evals.is_empty() && (o.eval_every > 0 && step.is_multiple_of(o.eval_every) || at_end) {
             let ev = eval_loss(&self.model, evals, o.batch_tokens);
             self.last_eval = Some(ev);
-            self.log(json!({"event": "eval", "step": step, "val_loss": ev, "elapsed": self.clock.elapsed()}))?;
+            let text = Some(format!("step {step}: eval loss {ev:.4}"));
+            self.log(json!({"event": "eval", "step": step, "val_loss": ev, "elapsed": self.clock.elapsed()}),
+                |json| Event::Note { text, json })?;
         }
         if o.save_every > 0 && step.is_multiple_of(o.save_every) && !at_end {
             self.save(opt, step)?;
-            (self.emit)(&json!({"event": "saved", "step": step, "dir": o.out}));
+            let json = Some(json!({"event": "saved", "step": step, "dir": o.out}).to_string());
+            (self.on_event)(&Event::Note { text: None, json });
         }
         Ok(())
     }

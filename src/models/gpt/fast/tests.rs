@@ -20,14 +20,13 @@ fn tiny(bias: bool, activation: &str) -> GptConfig {
 /// weights and biases ~ U(−0.3, 0.3), embeddings ~ U(−0.5, 0.5), LayerNorm gains 1 ± 0.3.
 fn randomize(m: &mut FastGpt, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for (name, shape, off) in m.offsets.clone() {
-        let len: usize = shape.iter().product();
-        let (center, half) = match name.as_str() {
+    for e in m.params.entries.clone() {
+        let (center, half) = match e.name.as_str() {
             n if n.contains("wte") || n.contains("wpe") => (0.0, 0.5),
             n if n.contains("ln_") && n.ends_with("weight") => (1.0, 0.3),
             _ => (0.0, 0.3),
         };
-        for p in &mut m.params[off..off + len] {
+        for p in &mut m.params.data[e.offset..e.offset + e.len] {
             *p = center + rng.gen_range(-half..half);
         }
     }
@@ -75,9 +74,9 @@ fn bf16_step_tracks_f32_step() {
     println!("loss f32 {loss32} bf16 {loss16} (rel {rel:.1e})");
     assert!(rel < 1e-2, "loss f32 {loss32} vs bf16 {loss16}");
     assert_ne!(loss16, loss32, "the bf16 path did not run");
-    for (name, shape, off) in m.offsets() {
-        let len: usize = shape.iter().product();
-        let (a, b) = (&g32[*off..off + len], &g16[*off..off + len]);
+    for e in &m.params.entries {
+        let (name, r) = (&e.name, e.offset..e.offset + e.len);
+        let (a, b) = (&g32[r.clone()], &g16[r]);
         let rel = crate::testutil::rel_l2(a, b);
         println!("TENSOR OK {name} bf16 vs f32 rel L2 {rel:.1e}");
         assert!(
@@ -118,7 +117,7 @@ fn check_against_reference(cfg: &GptConfig, b: usize, t: usize, samples: usize) 
     let (x, y) = batch(cfg.vocab_size, b * t, 2);
     let loss = m.forward(&x, &y, b, t);
     m.backward(1.0);
-    let params = to_f64(&m.params);
+    let params = to_f64(&m.params.data);
     let (ref_loss, ref_logits) = reference::forward(cfg, &params, &x, &y, b, t);
     assert!(
         (loss as f64 - ref_loss).abs() < 1e-5 * ref_loss.abs(),
@@ -139,8 +138,8 @@ fn check_against_reference(cfg: &GptConfig, b: usize, t: usize, samples: usize) 
 
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let h = 1e-5;
-    for (name, shape, off) in m.offsets() {
-        let len: usize = shape.iter().product();
+    for e in &m.params.entries {
+        let (name, off, len) = (&e.name, e.offset, e.len);
         let mut idx: Vec<usize> = (0..samples).map(|_| rng.gen_range(0..len)).collect();
         idx.extend([0, len - 1]);
         let (mut max_err, mut max_g) = (0f64, 0f64);
@@ -266,7 +265,7 @@ fn logits_match_f64_reference() {
             randomize(&mut m, 11);
             let (x, y) = batch(cfg.vocab_size, b * t, 12);
             m.forward(&x, &y, b, t);
-            let (_, want) = reference::forward(&cfg, &to_f64(&m.params), &x, &y, b, t);
+            let (_, want) = reference::forward(&cfg, &to_f64(&m.params.data), &x, &y, b, t);
             let diff = m
                 .logits()
                 .iter()
@@ -336,8 +335,8 @@ fn every_tensor_receives_a_gradient() {
     let (x, y) = batch(cfg.vocab_size, 16, 10);
     m.forward(&x, &y, 2, 8);
     m.backward(1.0);
-    for (name, _, _) in m.offsets() {
-        let g = m.grad(name).unwrap();
+    for e in &m.params.entries {
+        let (name, g) = (&e.name, m.grad(&e.name).unwrap());
         assert!(g.iter().any(|&v| v != 0.0), "{name} received no gradient");
     }
 }
@@ -347,12 +346,13 @@ fn named_parameters_follow_param_shapes() {
     let cfg = tiny(true, "gelu_new");
     let mut m = FastGpt::new(cfg.clone(), 1, 4).unwrap();
     let names: Vec<_> = m
-        .offsets()
+        .params
+        .entries
         .iter()
-        .map(|(n, s, _)| (n.clone(), s.clone()))
+        .map(|e| (e.name.clone(), e.shape.clone()))
         .collect();
     assert_eq!(names, cfg.param_shapes());
-    assert_eq!(m.params.len(), cfg.num_params());
+    assert_eq!(m.params.data.len(), cfg.num_params());
     let w: Vec<f32> = (0..16 * 48).map(|i| i as f32).collect();
     m.set_param("transformer.h.1.attn.c_attn.weight", &w)
         .unwrap();

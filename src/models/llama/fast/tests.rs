@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::models::llama::lora::Entry;
+use crate::nn::params::Entry;
 use candle_core::{Device, Tensor, Var, D};
 use rand::SeedableRng;
 
