@@ -510,11 +510,7 @@ impl Transformer {
 /// Additive causal mask (1, 1, T, start + T) for T queries at positions start.. over keys
 /// 0..start + T.
 pub fn causal_mask(t: usize, start: usize, device: &Device) -> Result<Tensor> {
-    let s = start + t;
-    let m: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j <= start + i { 0.0 } else { MASKED }))
-        .collect();
-    Ok(Tensor::from_vec(m, (1, 1, t, s), device)?)
+    Ok(crate::nn::causal_mask(t, start + t, MASKED, device)?.reshape((1, 1, t, start + t))?)
 }
 
 /// Encoder outputs of a batch of sources: the model the decoding engine drives.

@@ -1,7 +1,7 @@
-//! Scaled dot-product causal multi-head attention with an optional key/value cache.
+//! Scaled dot-product attention (multi-head, grouped-query, masked) and the key/value cache.
 
 use candle_core::{Device, Result, Tensor, D};
-use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 /// Per-layer key/value cache for incremental decoding: k and v of shape (B, nh, T_past, hs).
 #[derive(Debug, Clone, Default)]
@@ -34,47 +34,47 @@ impl KvCache {
     }
 }
 
-/// An additive mask (T_q, T_k): 0 where query i (at absolute position offset + i) may attend to
-/// key j, -inf for future keys.
-fn causal_mask(t_q: usize, t_k: usize, device: &Device) -> Result<Tensor> {
+/// An additive mask (T_q, T_k) for T_q queries at the last T_q of T_k positions: 0 where query
+/// i may attend to key j, `masked` (−∞, or a large negative) for later keys.
+pub fn causal_mask(t_q: usize, t_k: usize, masked: f32, device: &Device) -> Result<Tensor> {
     let offset = t_k - t_q;
     let mask: Vec<f32> = (0..t_q)
-        .flat_map(|i| {
-            (0..t_k).map(move |j| {
-                if j > i + offset {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
+        .flat_map(|i| (0..t_k).map(move |j| if j > i + offset { masked } else { 0.0 }))
         .collect();
     Tensor::from_vec(mask, (t_q, t_k), device)
 }
 
-/// q: (B, nh, T_q, hs), k, v: (B, nh, T_k, hs) with T_k >= T_q (the last T_q keys are the
-/// queries' own positions). Returns (B, nh, T_q, hs). Softmax is the decomposed, differentiable
-/// `candle_nn::ops::softmax`, never the fused kernel.
-/// `attn_dropout` drops attention weights during training, as nanoGPT does.
-pub fn causal_self_attention<R: Rng>(
+/// softmax(q kᵀ/√d + mask) v, the attention of every candle model: q (B, nh, T_q, d), k and v
+/// (B, nkv, T_k, d) with nh a multiple of nkv (grouped-query attention: each key/value head
+/// serves nh/nkv query heads, folded into the query axis so that keys are never copied); `mask`
+/// additive, (T_q, T_k). Returns (B, nh, T_q, d). Softmax is the decomposed, differentiable
+/// `candle_nn::ops::softmax`, never the fused kernel, which has no backward. `attn_dropout` drops
+/// attention weights during training, as nanoGPT does.
+pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    attn_dropout: Option<(f32, &mut R)>,
+    mask: Option<&Tensor>,
+    attn_dropout: Option<(f32, &mut ChaCha8Rng)>,
 ) -> Result<Tensor> {
-    let hs = q.dim(D::Minus1)?;
-    let (t_q, t_k) = (q.dim(2)?, k.dim(2)?);
-    // (B, nh, T_q, hs) @ (B, nh, hs, T_k) -> (B, nh, T_q, T_k)
-    let att = (q.matmul(&k.t()?)? / (hs as f64).sqrt())?;
-    let att = if t_q > 1 || t_k > 1 {
-        att.broadcast_add(&causal_mask(t_q, t_k, q.device())?.to_dtype(q.dtype())?)?
-    } else {
-        att
-    };
+    let (b, nh, t_q, d) = q.dims4()?;
+    let (nkv, t_k) = (k.dim(1)?, k.dim(2)?);
+    let group = nh / nkv;
+    let q = q.reshape((b, nkv, group * t_q, d))?;
+    // (B, nkv, group·T_q, d) @ (B, nkv, d, T_k) -> (B, nkv, group·T_q, T_k)
+    let mut att = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    if let Some(mask) = mask {
+        // (T_q, T_k) repeated over the group: rows are (head in group, query).
+        let m = mask
+            .to_dtype(att.dtype())?
+            .unsqueeze(0)?
+            .broadcast_as((group, t_q, t_k))?
+            .reshape((group * t_q, t_k))?;
+        att = att.broadcast_add(&m)?;
+    }
     let mut att = candle_nn::ops::softmax(&att, D::Minus1)?;
     if let Some((p, rng)) = attn_dropout {
         att = super::layers::dropout(&att, p, rng)?;
     }
-    // (B, nh, T_q, T_k) @ (B, nh, T_k, hs) -> (B, nh, T_q, hs)
-    att.matmul(&v.contiguous()?)
+    att.matmul(&v.contiguous()?)?.reshape((b, nh, t_q, d))
 }

@@ -10,5 +10,5 @@ pub mod loss;
 pub mod params;
 pub mod tensor_io;
 
-pub use attention::{causal_self_attention, KvCache};
+pub use attention::{attention, causal_mask, KvCache};
 pub use layers::{cross_entropy, dropout, gelu, Conv1D, LayerNorm};

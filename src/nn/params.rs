@@ -91,6 +91,18 @@ impl Flat {
         Ok(())
     }
 
+    /// (name, shape, values) of every tensor, in order: what `tensor_io::save_tensors` writes.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        let view = |e: &Entry| {
+            (
+                e.name.clone(),
+                e.shape.clone(),
+                &self.data[e.offset..][..e.len],
+            )
+        };
+        self.entries.iter().map(view).collect()
+    }
+
     /// A zeroed buffer of the same layout (for gradients).
     pub fn zeros_like(&self) -> Vec<f32> {
         vec![0.0; self.data.len()]

@@ -10,9 +10,12 @@ use crate::data::{Batcher, Meta, TokenFile};
 use crate::error::Result;
 use crate::kernels::Precision;
 use crate::kernels::{matmul_with, Op};
+use crate::train::backend::Backend;
 use crate::train::config::TrainConfig;
-use crate::train::optim::{clip_scale, decay_ranges, global_norm, AdamW};
-use crate::train::trainer::{make_backend, model_config, prepared_data};
+use crate::train::driver::{self, Plan, Run, Update};
+use crate::train::optim::{decay_ranges, AdamW};
+use crate::train::progress::Clock;
+use crate::train::trainer::{accumulate, make_backend, model_config, prepared_data};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -78,13 +81,49 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Timed optimizer steps inside the training loop; the first `warmup` are not recorded.
+struct Bench<'a> {
+    backend: &'a mut dyn Backend,
+    batcher: Batcher,
+    batch: (Vec<u32>, Vec<u32>),
+    /// (B, T, micro-batches per step).
+    shape: (usize, usize, usize),
+    warmup: usize,
+    /// Seconds of each recorded step.
+    times: Vec<f64>,
+}
+
+impl Run for Bench<'_> {
+    type Stats = ();
+
+    fn forward_backward(&mut self, _step: usize) -> Result<()> {
+        accumulate(self.backend, &mut self.batcher, &mut self.batch, self.shape).map(|_| ())
+    }
+
+    fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        let (p, g) = self.backend.params_and_grads();
+        (p, g)
+    }
+
+    fn params_updated(&mut self) -> Result<()> {
+        self.backend.params_updated()
+    }
+
+    fn after_step(&mut self, _: (), u: &Update, _: &AdamW) -> Result<()> {
+        if u.step > self.warmup {
+            self.times.push(u.secs);
+        }
+        Ok(())
+    }
+}
+
 pub fn bench_train(config: &Path, iters: usize, warmup: usize) -> Result<BenchReport> {
     let cfg = TrainConfig::load(config)?;
     let data_dir = prepared_data(&cfg)?;
     let meta = Meta::load(&data_dir)?;
     let m = model_config(&cfg, &meta, &data_dir.join("tokenizer.json"))?;
     let (b, t, accum) = (cfg.train.batch_size, m.block_size, cfg.train.grad_accum);
-    let mut batcher = Batcher::new(
+    let batcher = Batcher::new(
         TokenFile::open(&data_dir.join("train.bin"), &meta.dtype)?,
         b,
         t,
@@ -100,23 +139,23 @@ pub fn bench_train(config: &Path, iters: usize, warmup: usize) -> Result<BenchRe
         cfg.train.weight_decay,
         decay_ranges(&m),
     );
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    let mut times = Vec::with_capacity(iters);
-    for i in 0..warmup + iters {
-        let ts = Instant::now();
-        backend.zero_grad();
-        for _ in 0..accum {
-            batcher.next_batch(&mut x, &mut y);
-            backend.forward_backward(&x, &y, b, t, 1.0 / accum as f32)?;
-        }
-        let (p, g) = backend.params_and_grads();
-        let scale = clip_scale(global_norm(g), cfg.train.grad_clip);
-        opt.update_scaled(p, g, cfg.schedule().lr(i, 0.0), scale);
-        backend.params_updated()?;
-        if i >= warmup {
-            times.push(ts.elapsed().as_secs_f64());
-        }
-    }
+    let plan = Plan {
+        end: warmup + iters,
+        pause_at: None,
+        clock: Clock::new(0.0, 0.0),
+        schedule: cfg.schedule(),
+        grad_clip: cfg.train.grad_clip,
+    };
+    let mut run = Bench {
+        backend: backend.as_mut(),
+        batcher,
+        batch: (Vec::new(), Vec::new()),
+        shape: (b, t, accum),
+        warmup,
+        times: Vec::with_capacity(iters),
+    };
+    driver::run(&mut run, &mut opt, &plan, 0)?;
+    let mut times = run.times;
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = if times.is_empty() {
         f64::NAN

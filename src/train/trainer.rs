@@ -347,16 +347,12 @@ impl<F: FnMut(&Event)> Run for Lm<'_, F> {
             self.m.block_size,
             self.cfg.train.grad_accum,
         );
-        let (x, y) = &mut self.batch;
-        self.backend.zero_grad();
-        let mut loss = 0.0f32;
-        for _ in 0..accum {
-            self.batcher.next_batch(x, y);
-            loss += self
-                .backend
-                .forward_backward(x, y, b, t, 1.0 / accum as f32)?
-                / accum as f32;
-        }
+        let loss = accumulate(
+            self.backend.as_mut(),
+            &mut self.batcher,
+            &mut self.batch,
+            (b, t, accum),
+        )?;
         if std::mem::take(&mut self.first) {
             check_gradients(self.m, self.backend.params_and_grads().1)?;
         }
@@ -434,6 +430,24 @@ impl<F: FnMut(&Event)> Run for Lm<'_, F> {
         }
         Ok(())
     }
+}
+
+/// Zeroes the gradients, then runs forward and backward over `accum` micro-batches of (B, T)
+/// from `batcher` (through the reused buffers `batch`), each scaled by 1/accum; returns the
+/// mean loss.
+pub fn accumulate(
+    backend: &mut dyn Backend,
+    batcher: &mut Batcher,
+    (x, y): &mut (Vec<u32>, Vec<u32>),
+    (b, t, accum): (usize, usize, usize),
+) -> Result<f32> {
+    backend.zero_grad();
+    let mut loss = 0.0f32;
+    for _ in 0..accum {
+        batcher.next_batch(x, y);
+        loss += backend.forward_backward(x, y, b, t, 1.0 / accum as f32)? / accum as f32;
+    }
+    Ok(loss)
 }
 
 /// The run's config, and its trainer state when resuming (which must have been written with the

@@ -20,7 +20,7 @@ pub mod fast;
 pub use config::{Activation, GptConfig};
 
 use crate::models::Cache;
-use crate::nn::{causal_self_attention, dropout, gelu, Conv1D, KvCache, LayerNorm};
+use crate::nn::{attention, causal_mask, dropout, gelu, Conv1D, KvCache, LayerNorm};
 
 /// Training-time randomness: `Some` enables dropout with this RNG; `None` is evaluation.
 pub type Train<'a> = Option<&'a mut ChaCha8Rng>;
@@ -74,7 +74,11 @@ impl CausalSelfAttention {
             Some(rng) if self.dropout > 0.0 => Some((self.dropout, rng)),
             _ => None,
         };
-        let y = causal_self_attention(&q, &k, &v, drop)?;
+        let t_k = k.dim(2)?;
+        let mask = (t > 1)
+            .then(|| causal_mask(t, t_k, f32::NEG_INFINITY, x.device()))
+            .transpose()?;
+        let y = attention(&q, &k, &v, mask.as_ref(), drop)?;
         // (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
         let y = y.transpose(1, 2)?.reshape((b, t, c))?;
         let y = self.c_proj.forward(&y)?;

@@ -69,22 +69,11 @@ pub fn save(
         "revision": null,
     });
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tensors: Vec<(String, Vec<usize>, &[f32])> = params
-        .entries
-        .iter()
-        .map(|e| {
-            (
-                e.name.clone(),
-                e.shape.clone(),
-                &params.data[e.offset..e.offset + e.len],
-            )
-        })
-        .collect();
     let meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         (BASE_KEY.to_string(), base_signature(cfg).to_string()),
     ]);
-    tensor_io::save_tensors(&dir.join(WEIGHTS_FILE), &tensors, meta)?;
+    tensor_io::save_tensors(&dir.join(WEIGHTS_FILE), &params.tensors(), meta)?;
     let text = serde_json::to_string_pretty(&config).expect("json");
     write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
 }

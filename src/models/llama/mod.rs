@@ -25,6 +25,7 @@ pub mod lora;
 use crate::error::{Error, Result};
 use crate::kernels::quant::QuantMatrix;
 use crate::kernels::{rope_tables, RopeAngles};
+use crate::nn::{attention, causal_mask};
 
 /// The architecture's hyper-parameters, named as in Hugging Face's `LlamaConfig`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -511,7 +512,7 @@ impl Llama {
         let cos = self.cos.narrow(0, start, t)?;
         let sin = self.sin.narrow(0, start, t)?;
         let mask = (t > 1)
-            .then(|| causal_mask(t, start + t, &self.device))
+            .then(|| causal_mask(t, start + t, f32::NEG_INFINITY, &self.device))
             .transpose()?;
         let rows = self.embed_rows(&ids.flatten_all()?.to_vec1::<u32>()?)?;
         let mut x = Tensor::from_vec(rows, (b, t, self.cfg.hidden_size), &self.device)?;
@@ -538,7 +539,7 @@ impl Llama {
                 None => (k, v),
             };
             *kv = Some((k.clone(), v.clone()));
-            let y = attention(&q, &k, &v, nh / nkv, mask.as_ref())?;
+            let y = attention(&q, &k, &v, mask.as_ref(), None)?;
             let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             x = (x + block.o.forward(&y)?)?;
             let h = candle_nn::ops::rms_norm(&x, &block.mlp_norm, eps)?;
@@ -549,42 +550,6 @@ impl Llama {
         cache.pos += t;
         Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
     }
-}
-
-/// Grouped-query attention: q (B, nh, Tq, hd), k and v (B, nkv, Tk, hd), each key/value head
-/// shared by `group` query heads. The query heads of a group are folded into the query axis, so
-/// the keys are never copied per head.
-fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    group: usize,
-    mask: Option<&Tensor>,
-) -> Result<Tensor> {
-    let (b, nh, tq, hd) = q.dims4()?;
-    let (nkv, tk) = (k.dim(1)?, k.dim(2)?);
-    let q = q.reshape((b, nkv, group * tq, hd))?;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let mut s = (q.matmul(&k.t()?)? * scale)?;
-    if let Some(mask) = mask {
-        // (Tq, Tk) repeated over the group: rows are (head in group, query).
-        let m = mask
-            .unsqueeze(0)?
-            .broadcast_as((group, tq, tk))?
-            .reshape((group * tq, tk))?;
-        s = s.broadcast_add(&m)?;
-    }
-    let p = candle_nn::ops::softmax_last_dim(&s)?;
-    Ok(p.matmul(v)?.reshape((b, nh, tq, hd))?)
-}
-
-/// Additive causal mask (Tq, Tk) for queries at the last Tq of Tk positions.
-fn causal_mask(tq: usize, tk: usize, device: &Device) -> Result<Tensor> {
-    let off = tk - tq;
-    let m: Vec<f32> = (0..tq)
-        .flat_map(|i| (0..tk).map(move |j| if j > i + off { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(m, (tq, tk), device)?)
 }
 
 impl Decoder for Llama {

@@ -542,19 +542,8 @@ impl<F: FnMut(&Event)> Run for Ft<'_, F> {
 pub fn save_full(dir: &Path, pre: &Pretrained, base: &Flat) -> Result<()> {
     let cfg = cfg_of(pre);
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tensors: Vec<(String, Vec<usize>, &[f32])> = base
-        .entries
-        .iter()
-        .map(|e| {
-            (
-                e.name.clone(),
-                e.shape.clone(),
-                &base.data[e.offset..e.offset + e.len],
-            )
-        })
-        .collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    tensor_io::save_tensors(&dir.join("model.safetensors"), &tensors, meta)?;
+    tensor_io::save_tensors(&dir.join("model.safetensors"), &base.tensors(), meta)?;
     let mut config = serde_json::to_value(&cfg).expect("json");
     config["model_type"] = json!("llama");
     config["architectures"] = json!(["LlamaForCausalLM"]);
