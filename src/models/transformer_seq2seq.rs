@@ -56,9 +56,8 @@ pub struct TransformerConfig {
     /// Output layer = target embedding table (transposed).
     #[serde(default = "yes")]
     pub tie_output: bool,
-    /// "relu" or "gelu".
-    #[serde(default = "default_activation")]
-    pub activation: String,
+    #[serde(default)]
+    pub activation: FfnActivation,
     /// The decoder's start token, the end token, and the padding token (filled in from the
     /// tokenizer).
     #[serde(default)]
@@ -81,8 +80,16 @@ fn default_positions() -> Positions {
 fn yes() -> bool {
     true
 }
-fn default_activation() -> String {
-    "relu".into()
+
+/// The feed-forward sublayer's activation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FfnActivation {
+    /// max(0, x), the original Transformer's.
+    #[default]
+    Relu,
+    /// The exact erf GELU.
+    Gelu,
 }
 
 impl TransformerConfig {
@@ -108,12 +115,6 @@ impl TransformerConfig {
         }
         if self.max_len < 2 {
             return bad(format!("max_len ({}) must be at least 2", self.max_len));
-        }
-        if !matches!(self.activation.as_str(), "relu" | "gelu") {
-            return bad(format!(
-                "activation {:?}: use relu or gelu",
-                self.activation
-            ));
         }
         Ok(())
     }
@@ -229,7 +230,7 @@ impl Layer {
             ffn: FeedForward {
                 fc1: Linear::new(p, &format!("{name}.fc1"), d, cfg.d_ff, true)?,
                 fc2: Linear::new(p, &format!("{name}.fc2"), cfg.d_ff, d, true)?,
-                gelu: cfg.activation == "gelu",
+                gelu: cfg.activation == FfnActivation::Gelu,
             },
             ffn_norm: LayerNorm::new(p, &format!("{name}.final_layer_norm"), d)?,
         })
@@ -653,7 +654,7 @@ mod tests {
             pre_norm: false,
             share_embeddings: true,
             tie_output: true,
-            activation: "relu".into(),
+            activation: FfnActivation::Relu,
             bos_id: 0,
             eos_id: 0,
             pad_id: 0,
