@@ -256,9 +256,11 @@ impl Progress {
                     pb.set_message(status.clone());
                 }
             }
+            // A bar that is hidden (stderr is not a terminal) prints nothing, so then the line
+            // goes to stderr directly.
             Event::Note { text: Some(t), .. } => match &self.bar {
-                Some(pb) => pb.println(t),
-                None => eprintln!("{t}"),
+                Some(pb) if !pb.is_hidden() => pb.println(t),
+                _ => eprintln!("{t}"),
             },
             Event::Note { text: None, .. } => {}
             Event::Done { text, .. } => {
