@@ -1,8 +1,12 @@
-//! Causal multi-head self-attention, FlashAttention style, in f32 or bf16.
+//! Attention kernels: causal multi-head self-attention for training, FlashAttention style, in
+//! f32 or bf16, with its backward; the bidirectional attention of packed sequences (encoders);
+//! and the decoding step's grouped-query attention over a key/value cache (f32, or llama.cpp's
+//! numerics).
 
 use rayon::prelude::*;
 
 use super::bf16::{self, Causal, Panels};
+use super::ggml::{self, F16Dot};
 use super::matmul::{gemm_raw, rm, Strided, SERIAL};
 use super::simd::{self, simd_fn};
 use super::{add_assign, Precision, SyncPtr};
@@ -483,6 +487,166 @@ pub fn attention_backward(
                 })
             }
         });
+}
+
+/// Bidirectional multi-head attention of packed sequences (the BERT encoder's): ctx (N, C) =
+/// softmax(q kᵀ / √hs) v per sequence and head, from qkv (N, 3C) (projection bias included);
+/// `lens` are the sequences' lengths, N in all. Sequences run in parallel.
+pub fn packed_attention(qkv: &[f32], ctx: &mut [f32], lens: &[usize], nh: usize) {
+    let c = ctx.len() / lens.iter().sum::<usize>().max(1);
+    let mut parts = Vec::with_capacity(lens.len());
+    let (mut q_rest, mut c_rest) = (qkv, &mut ctx[..]);
+    for &l in lens {
+        let (q, qr) = q_rest.split_at(l * 3 * c);
+        let (o, cr) = std::mem::take(&mut c_rest).split_at_mut(l * c);
+        parts.push((q, o));
+        (q_rest, c_rest) = (qr, cr);
+    }
+    parts.into_par_iter().for_each(|(q, o)| {
+        let l = o.len() / c;
+        if l > 0 {
+            let mut s = vec![0f32; l * l];
+            attend_sequence(q, o, nh, &mut s);
+        }
+    });
+}
+
+/// One sequence's bidirectional attention over all heads: `qkv` its (L, 3C) rows of the fused
+/// projection, `ctx` its (L, C) output, `s` an (L, L) scratch for one head's scores. The
+/// heads are read and written in place through strides.
+fn attend_sequence(qkv: &[f32], ctx: &mut [f32], nh: usize, s: &mut [f32]) {
+    let l = s.len().isqrt();
+    let c = ctx.len() / l;
+    let hs = c / nh;
+    assert!(qkv.len() == l * 3 * c && s.len() == l * l);
+    let scale = 1.0 / (hs as f32).sqrt();
+    for h in 0..nh {
+        let (q, k, v) = (h * hs, c + h * hs, 2 * c + h * hs);
+        // SAFETY: q, k and v address (L, hs) blocks inside qkv (row stride 3C), the head's
+        // output an (L, hs) block inside ctx (row stride C), s is (L, L); none overlap.
+        unsafe {
+            // s (L, L) = q (L, hs) @ kᵀ (hs, L) / √hs
+            let kt = Strided {
+                ptr: qkv.as_ptr().add(k),
+                rs: 1,
+                cs: 3 * c,
+            };
+            let qh = rm(qkv.as_ptr().add(q), 3 * c);
+            gemm_raw((l, l, hs), s.as_mut_ptr(), l, false, qh, kt, scale, SERIAL);
+        }
+        softmax_rows(s, l);
+        unsafe {
+            // ctx_h (L, hs) = p (L, L) @ v (L, hs)
+            let (vh, p) = (rm(qkv.as_ptr().add(v), 3 * c), rm(s.as_ptr(), l));
+            let o = ctx.as_mut_ptr().add(h * hs);
+            gemm_raw((l, hs, l), o, c, false, p, vh, 1.0, SERIAL);
+        }
+    }
+}
+
+simd_fn! {
+    /// Each row of the (L, L) scores replaced by its softmax.
+    fn softmax_rows(s: &mut [f32], l: usize) {
+        for row in s.chunks_exact_mut(l) {
+            let max = simd::max(row);
+            for v in row.iter_mut() {
+                *v = simd::exp(*v - max);
+            }
+            let inv = 1.0 / simd::sum(row);
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+/// Causal grouped-query attention of the t new positions of each row against a key/value cache
+/// (a decoding step): out (rows·t, nh·hd) from q (rows·t, nh·hd) and the cached k, v (row, kv
+/// head, cap, hd); a row's first `pads[row]` positions are padding. `exact`: llama.cpp's
+/// numerics (F16 products, ggml's softmax).
+#[allow(clippy::too_many_arguments)]
+pub fn cached_attention(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (t, start): (usize, usize),
+    (nh, nkv, hd, cap): (usize, usize, usize, usize),
+    pads: &[usize],
+    exact: bool,
+) {
+    let scale = 1.0 / (hd as f32).sqrt();
+    let group = nh / nkv;
+    // One task per (row, position, head): disjoint hd-wide slices of out; on this thread when
+    // the whole is too small to be worth waking the pool.
+    let work = out.len() * (start + t);
+    let one = |(idx, o): (usize, &mut [f32])| {
+        let (r, head) = (idx / nh, idx % nh);
+        let (b, p) = (r / t, start + r % t);
+        let kh = head / group;
+        let qv = &q[idx * hd..(idx + 1) * hd];
+        // Keys from the row's first real token (a padding query attends to itself only).
+        let first = if p < pads[b] { p } else { pads[b] };
+        let (lo, hi) = (
+            (b * nkv + kh) * cap * hd + first * hd,
+            (b * nkv + kh) * cap * hd + (p + 1) * hd,
+        );
+        if exact {
+            // ggml's kernels differ between one query row (decoding) and several (a prompt).
+            let kind = if t == 1 { F16Dot::Vec } else { F16Dot::Tiny };
+            attend_ggml(o, qv, &k[lo..hi], &v[lo..hi], scale, first, kind);
+        } else {
+            attend(o, qv, &k[lo..hi], &v[lo..hi], scale);
+        }
+    };
+    // The exact kernels cost more per value: hand them to the pool sooner.
+    if work < if exact { 1 << 14 } else { 1 << 17 } {
+        out.chunks_mut(hd).enumerate().for_each(one);
+    } else {
+        out.par_chunks_mut(hd).enumerate().for_each(one);
+    }
+}
+
+simd_fn! {
+    /// One query against its keys and values (keys × hd each, contiguous): o = softmax(q·kᵀ ·
+    /// scale) v.
+    fn attend(o: &mut [f32], qv: &[f32], k: &[f32], v: &[f32], scale: f32) {
+        let hd = qv.len();
+        let mut s: Vec<f32> = k.chunks_exact(hd).map(|kj| simd::dot(qv, kj) * scale).collect();
+        let mx = simd::max(&s);
+        let mut sum = 0f32;
+        for x in s.iter_mut() {
+            *x = simd::exp(*x - mx);
+            sum += *x;
+        }
+        o.fill(0.0);
+        for (&w, vj) in s.iter().zip(v.chunks_exact(hd)) {
+            let w = w / sum;
+            for (o, &x) in o.iter_mut().zip(vj) {
+                *o += w * x;
+            }
+        }
+    }
+}
+
+/// `attend` as llama.cpp computes it without flash attention, for keys and values at cache
+/// positions first.. (f16 values): the scores are F16 products, then ggml's softmax, and the
+/// output the F16 product of the weights and the values.
+fn attend_ggml(
+    o: &mut [f32],
+    qv: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    first: usize,
+    kind: F16Dot,
+) {
+    let mut s: Vec<f32> = k
+        .chunks_exact(qv.len())
+        .map(|kj| ggml::dot_f16(kind, kj, qv))
+        .collect();
+    ggml::soft_max(&mut s, first, scale);
+    ggml::mix_f16(kind, o, &s, v, first);
 }
 
 #[cfg(test)]

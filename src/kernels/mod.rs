@@ -23,7 +23,8 @@ pub mod simd;
 mod tests;
 
 pub use act::{bias_gelu_forward, swiglu_backward, swiglu_forward};
-pub use attention::{attention_backward, attention_forward, AttShape, ATT_TILE};
+pub use attention::{attention_backward, attention_forward, cached_attention, packed_attention};
+pub use attention::{AttShape, ATT_TILE};
 pub use embed::{encoder_backward, encoder_forward, rope_tables, RopeAngles};
 pub use loss::{cross_entropy_backward, cross_entropy_forward};
 pub use matmul::{col_sum, linear_backward, matmul, matmul_with, mul_assign, Op};

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::kernels::simd::{self, simd_fn};
-use crate::kernels::{layernorm_forward, matmul, Norm, NormOut, Op, Skip};
+use crate::kernels::{layernorm_forward, matmul, packed_attention, Norm, NormOut, Op, Skip};
 use crate::nn::tensor_io::{load_tensors, LoadedTensors};
 
 /// `config.json` of a Hugging Face BERT; the fields the forward uses.
@@ -260,7 +260,7 @@ impl Bert {
                 Op::T(&layer.qkv_w),
                 1.0,
             );
-            attention(&qkv, &mut ctx, lens, cfg.num_attention_heads);
+            packed_attention(&qkv, &mut ctx, lens, cfg.num_attention_heads);
             // x = LN1(x + ctx @ Wprojᵀ + b)
             matmul(
                 (n, c, c),
@@ -348,107 +348,4 @@ simd_fn! {
 
 fn gelu_in_place(h: &mut [f32]) {
     h.par_chunks_mut(16384).for_each(gelu_chunk);
-}
-
-simd_fn! {
-    /// Each row of the (L, L) scores replaced by its softmax.
-    fn softmax_rows(s: &mut [f32], l: usize) {
-        for row in s.chunks_exact_mut(l) {
-            let max = simd::max(row);
-            for v in row.iter_mut() {
-                *v = simd::exp(*v - max);
-            }
-            let inv = 1.0 / simd::sum(row);
-            for v in row.iter_mut() {
-                *v *= inv;
-            }
-        }
-    }
-}
-
-/// dst (m, n) = alpha · a (m, k) @ b (k, n) on the calling thread, each operand given by its
-/// pointer and (row, column) strides.
-///
-/// # Safety
-/// Every element addressed must lie in a live allocation; dst must not overlap a or b.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_strided(
-    (m, n, k): (usize, usize, usize),
-    dst: (*mut f32, usize),
-    a: (*const f32, usize, usize),
-    b: (*const f32, usize, usize),
-    alpha: f32,
-) {
-    let i = |x: usize| x as isize;
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.0,
-        1,
-        i(dst.1),
-        false,
-        a.0,
-        i(a.2),
-        i(a.1),
-        b.0,
-        i(b.2),
-        i(b.1),
-        0.0,
-        alpha,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    )
-}
-
-/// One sequence's bidirectional attention over all heads: `qkv` its (L, 3C) rows of the fused
-/// projection, `ctx` its (L, C) output, `s` an (L, L) scratch for one head's scores. The
-/// heads are read and written in place through strides.
-fn attend_sequence(qkv: &[f32], ctx: &mut [f32], nh: usize, s: &mut [f32]) {
-    let l = s.len().isqrt();
-    let c = ctx.len() / l;
-    let hs = c / nh;
-    assert!(qkv.len() == l * 3 * c && s.len() == l * l);
-    let scale = 1.0 / (hs as f32).sqrt();
-    for h in 0..nh {
-        let (q, k, v) = (h * hs, c + h * hs, 2 * c + h * hs);
-        // SAFETY: q, k and v address (L, hs) blocks inside qkv (row stride 3C), the head's
-        // output an (L, hs) block inside ctx (row stride C), s is (L, L); none overlap.
-        unsafe {
-            // s (L, L) = q (L, hs) @ kᵀ (hs, L) / √hs
-            let kt = (qkv.as_ptr().add(k), 1, 3 * c);
-            let qh = (qkv.as_ptr().add(q), 3 * c, 1);
-            gemm_strided((l, l, hs), (s.as_mut_ptr(), l), qh, kt, scale);
-        }
-        softmax_rows(s, l);
-        unsafe {
-            // ctx_h (L, hs) = p (L, L) @ v (L, hs)
-            let vh = (qkv.as_ptr().add(v), 3 * c, 1);
-            let p = (s.as_ptr(), l, 1);
-            gemm_strided((l, hs, l), (ctx.as_mut_ptr().add(h * hs), c), p, vh, 1.0);
-        }
-    }
-}
-
-/// Bidirectional multi-head attention of each packed sequence: ctx (N, C) = softmax(q kᵀ /
-/// √hs) v per sequence and head, from qkv (N, 3C). Sequences run in parallel.
-fn attention(qkv: &[f32], ctx: &mut [f32], lens: &[usize], nh: usize) {
-    let c = ctx.len() / lens.iter().sum::<usize>().max(1);
-    let mut parts = Vec::with_capacity(lens.len());
-    let (mut q_rest, mut c_rest) = (qkv, &mut ctx[..]);
-    for &l in lens {
-        let (q, qr) = q_rest.split_at(l * 3 * c);
-        let (o, cr) = std::mem::take(&mut c_rest).split_at_mut(l * c);
-        parts.push((q, o));
-        (q_rest, c_rest) = (qr, cr);
-    }
-    parts.into_par_iter().for_each(|(q, o)| {
-        let l = o.len() / c;
-        if l > 0 {
-            let mut s = vec![0f32; l * l];
-            attend_sequence(q, o, nh, &mut s);
-        }
-    });
 }

@@ -9,11 +9,11 @@ use rayon::prelude::*;
 
 use super::{Linear, Llama, LlamaConfig, RopeStyle};
 use crate::error::{Error, Result};
-use crate::kernels::ggml::{self, F16Dot};
+use crate::kernels::ggml;
 use crate::kernels::quant::{matmul_group, QuantMatrix};
 use crate::kernels::simd::{self, simd_fn};
+use crate::kernels::{cached_attention, rmsnorm_forward, swiglu_forward};
 use crate::kernels::{matmul, Op};
-use crate::kernels::{rmsnorm_forward, swiglu_forward};
 
 /// The key/value cache of `step`, for `rows` sequences at the same position.
 #[derive(Debug, Clone)]
@@ -310,7 +310,7 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
             }
         }
         let (kl, vl, shape) = (&cache.k[l], &cache.v[l], (nh, nkv, hd, cap));
-        attention(&mut att, &q, kl, vl, (t, start), shape, &cache.pads, exact);
+        cached_attention(&mut att, &q, kl, vl, (t, start), shape, &cache.pads, exact);
         apply(&block.o, &att, n, &mut tmp)?;
         x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
         norm(&mut h, &mut rstd, &x, &block.mlp_norm)?;
@@ -333,91 +333,4 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
     let mut logits = vec![0f32; batch * cfg.vocab_size];
     apply(&model.head, &normed, batch, &mut logits)?;
     Ok(logits)
-}
-
-/// Causal grouped-query attention of the t new positions of each row against the cache:
-/// out (rows·t, nh·hd) from q (rows·t, nh·hd) and the cached k, v (row, kv head, cap, hd).
-#[allow(clippy::too_many_arguments)]
-fn attention(
-    out: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    (t, start): (usize, usize),
-    (nh, nkv, hd, cap): (usize, usize, usize, usize),
-    pads: &[usize],
-    exact: bool,
-) {
-    let scale = 1.0 / (hd as f32).sqrt();
-    let group = nh / nkv;
-    // One task per (row, position, head): disjoint hd-wide slices of out; on this thread when
-    // the whole is too small to be worth waking the pool.
-    let work = out.len() * (start + t);
-    let one = |(idx, o): (usize, &mut [f32])| {
-        let (r, head) = (idx / nh, idx % nh);
-        let (b, p) = (r / t, start + r % t);
-        let kh = head / group;
-        let qv = &q[idx * hd..(idx + 1) * hd];
-        // Keys from the row's first real token (a padding query attends to itself only).
-        let first = if p < pads[b] { p } else { pads[b] };
-        let (lo, hi) = (
-            (b * nkv + kh) * cap * hd + first * hd,
-            (b * nkv + kh) * cap * hd + (p + 1) * hd,
-        );
-        if exact {
-            // ggml's kernels differ between one query row (decoding) and several (a prompt).
-            let kind = if t == 1 { F16Dot::Vec } else { F16Dot::Tiny };
-            attend_ggml(o, qv, &k[lo..hi], &v[lo..hi], scale, first, kind);
-        } else {
-            attend(o, qv, &k[lo..hi], &v[lo..hi], scale);
-        }
-    };
-    // The exact kernels cost more per value: hand them to the pool sooner.
-    if work < if exact { 1 << 14 } else { 1 << 17 } {
-        out.chunks_mut(hd).enumerate().for_each(one);
-    } else {
-        out.par_chunks_mut(hd).enumerate().for_each(one);
-    }
-}
-
-simd_fn! {
-    /// One query against its keys and values (keys × hd each, contiguous): o = softmax(q·kᵀ ·
-    /// scale) v.
-    fn attend(o: &mut [f32], qv: &[f32], k: &[f32], v: &[f32], scale: f32) {
-        let hd = qv.len();
-        let mut s: Vec<f32> = k.chunks_exact(hd).map(|kj| simd::dot(qv, kj) * scale).collect();
-        let mx = simd::max(&s);
-        let mut sum = 0f32;
-        for x in s.iter_mut() {
-            *x = simd::exp(*x - mx);
-            sum += *x;
-        }
-        o.fill(0.0);
-        for (&w, vj) in s.iter().zip(v.chunks_exact(hd)) {
-            let w = w / sum;
-            for (o, &x) in o.iter_mut().zip(vj) {
-                *o += w * x;
-            }
-        }
-    }
-}
-
-/// `attend` as llama.cpp computes it without flash attention, for keys and values at cache
-/// positions first.. (f16 values): the scores are F16 products, then ggml's softmax, and the
-/// output the F16 product of the weights and the values.
-fn attend_ggml(
-    o: &mut [f32],
-    qv: &[f32],
-    k: &[f32],
-    v: &[f32],
-    scale: f32,
-    first: usize,
-    kind: F16Dot,
-) {
-    let mut s: Vec<f32> = k
-        .chunks_exact(qv.len())
-        .map(|kj| ggml::dot_f16(kind, kj, qv))
-        .collect();
-    ggml::soft_max(&mut s, first, scale);
-    ggml::mix_f16(kind, o, &s, v, first);
 }
