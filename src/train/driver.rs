@@ -102,7 +102,9 @@ pub trait Run {
 }
 
 /// Runs `task` from `start` steps done until `plan` stops it; returns the steps done and why it
-/// stopped.
+/// stopped. The stop is checked before the first step and then after each step, so that the
+/// task sees it in `after_step` (and saves): a stop requested while `after_step` runs takes
+/// effect at the end of the next step.
 pub fn run<T: Run>(
     task: &mut T,
     opt: &mut AdamW,
@@ -110,10 +112,10 @@ pub fn run<T: Run>(
     start: usize,
 ) -> Result<(usize, Stop)> {
     let mut step = start;
+    if let Some(stop) = plan.stop_at(step) {
+        return Ok((step, stop));
+    }
     loop {
-        if let Some(stop) = plan.stop_at(step) {
-            return Ok((step, stop));
-        }
         let t0 = Instant::now();
         let lr = plan.schedule.lr(step, plan.clock.fraction());
         let stats = task.forward_backward(step)?;
@@ -182,5 +184,66 @@ impl Metrics {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::optim::Decay;
+
+    /// One parameter; records the stop each `after_step` sees, and spends `slow_s` seconds in
+    /// the first one.
+    struct Probe {
+        p: Vec<f32>,
+        g: Vec<f32>,
+        seen: Vec<Option<Stop>>,
+        slow_s: f64,
+    }
+
+    impl Run for Probe {
+        type Stats = ();
+        fn forward_backward(&mut self, _: usize) -> Result<()> {
+            self.g[0] = 1.0;
+            Ok(())
+        }
+        fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+            (&mut self.p, &self.g)
+        }
+        fn after_step(&mut self, _: (), u: &Update, _: &AdamW) -> Result<()> {
+            if self.seen.is_empty() {
+                std::thread::sleep(std::time::Duration::from_secs_f64(self.slow_s));
+            }
+            self.seen.push(u.stop);
+            Ok(())
+        }
+    }
+
+    /// A time limit that runs out while `after_step` works is seen by the task after the next
+    /// step (where a trainer saves), not silently at the top of the loop.
+    #[test]
+    fn a_stop_during_after_step_reaches_the_next_after_step() {
+        let mut task = Probe {
+            p: vec![0.0],
+            g: vec![0.0],
+            seen: Vec::new(),
+            slow_s: 0.3,
+        };
+        let plan = Plan {
+            end: 100,
+            pause_at: None,
+            clock: Clock::new(0.0, 0.2),
+            schedule: Schedule {
+                peak: 1e-3,
+                warmup: 0,
+                warmup_div: 1,
+                decay: Decay::InverseSqrt,
+            },
+            grad_clip: 0.0,
+        };
+        let mut opt = AdamW::new(1, 0.9, 0.99, 1e-8, 0.0, vec![]);
+        let (steps, stop) = run(&mut task, &mut opt, &plan, 0).unwrap();
+        assert_eq!((steps, stop), (2, Stop::TimeLimit));
+        assert_eq!(task.seen, vec![None, Some(Stop::TimeLimit)]);
     }
 }
