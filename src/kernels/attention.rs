@@ -438,8 +438,8 @@ pub fn attention_backward(
             unsafe {
                 let q = qkv.as_ptr().add(bi * t * 3 * c + h * hs).cast_mut();
                 let dq = dqkv.get().add(bi * t * 3 * c + h * hs);
-                let (d_o, o) = (bi * t * c + h * hs, bi * t * c + h * hs);
-                let (d_o, o) = (dout.as_ptr().add(d_o), out.as_ptr().add(o));
+                let off = bi * t * c + h * hs;
+                let (d_o, o) = (dout.as_ptr().add(off), out.as_ptr().add(off));
                 let head = Head {
                     q,
                     d_o,

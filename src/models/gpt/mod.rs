@@ -45,9 +45,11 @@ impl CausalSelfAttention {
         })
     }
 
+    /// `mask`: the causal mask (T, T_past + T), or `None` for a single query.
     fn forward(
         &self,
         x: &Tensor,
+        mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         mut train: Train,
     ) -> Result<Tensor> {
@@ -74,11 +76,7 @@ impl CausalSelfAttention {
             Some(rng) if self.dropout > 0.0 => Some((self.dropout, rng)),
             _ => None,
         };
-        let t_k = k.dim(2)?;
-        let mask = (t > 1)
-            .then(|| causal_mask(t, t_k, f32::NEG_INFINITY, x.device()))
-            .transpose()?;
-        let y = attention(&q, &k, &v, mask.as_ref(), drop)?;
+        let y = attention(&q, &k, &v, mask, drop)?;
         // (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
         let y = y.transpose(1, 2)?.reshape((b, t, c))?;
         let y = self.c_proj.forward(&y)?;
@@ -142,12 +140,13 @@ impl Block {
     fn forward(
         &self,
         x: &Tensor,
+        mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         mut train: Train,
     ) -> Result<Tensor> {
         let a = self
             .attn
-            .forward(&self.ln_1.forward(x)?, cache, train.as_deref_mut())?;
+            .forward(&self.ln_1.forward(x)?, mask, cache, train.as_deref_mut())?;
         let x = (x + a)?;
         let m = self.mlp.forward(&self.ln_2.forward(&x)?, train)?;
         x + m
@@ -239,15 +238,20 @@ impl Gpt {
             self.cfg.dropout,
             train.as_deref_mut(),
         )?;
+        // One causal mask for every layer; a single query attends to all keys.
+        let mask = (t > 1)
+            .then(|| causal_mask(t, past + t, f32::NEG_INFINITY, idx.device()))
+            .transpose()?;
+        let mask = mask.as_ref();
         match cache {
             Some(cache) => {
                 for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-                    x = block.forward(&x, Some(layer_cache), train.as_deref_mut())?;
+                    x = block.forward(&x, mask, Some(layer_cache), train.as_deref_mut())?;
                 }
             }
             None => {
                 for block in &self.blocks {
-                    x = block.forward(&x, None, train.as_deref_mut())?;
+                    x = block.forward(&x, mask, None, train.as_deref_mut())?;
                 }
             }
         }
