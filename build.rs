@@ -1,5 +1,5 @@
-//! Tells the tests which instruction sets the build machine's CPU has, as cfgs:
-//! `decodex_avx512bf16` and `decodex_avx512vnni`. A test that compares a SIMD kernel with its
+//! Tells the tests whether the build machine's CPU has AVX512-BF16, as the cfg
+//! `decodex_avx512bf16`. A test that compares a SIMD kernel with its
 //! portable twin needs both paths to run; on a CPU without the instructions it is marked
 //! `#[cfg_attr(not(decodex_…), ignore = "…")]`, so the harness reports it ignored instead of
 //! letting it pass having compared the portable path with itself.
@@ -13,7 +13,6 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=/proc/cpuinfo");
     println!("cargo:rustc-check-cfg=cfg(decodex_avx512bf16)");
-    println!("cargo:rustc-check-cfg=cfg(decodex_avx512vnni)");
     let (host, target) = (std::env::var("HOST"), std::env::var("TARGET"));
     if host.is_err() || host != target {
         return;
@@ -25,12 +24,6 @@ fn main() {
             && is_x86_feature_detected!("avx512bf16")
         {
             println!("cargo:rustc-cfg=decodex_avx512bf16");
-        }
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
-        {
-            println!("cargo:rustc-cfg=decodex_avx512vnni");
         }
     }
 }

@@ -49,6 +49,16 @@ pub fn dispatch(cmd: Command, json: bool) -> Result<()> {
     }
 }
 
+/// A benchmark's JSON object with the kernel tier that ran and the CPU features found.
+pub(super) fn with_isa(mut v: serde_json::Value) -> serde_json::Value {
+    use decodex::kernels::isa;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("isa".into(), isa::Isa::current().name().into());
+        o.insert("cpu_features".into(), isa::cpu_features().into());
+    }
+    v
+}
+
 fn bench(cmd: BenchCmd, json: bool) -> Result<()> {
     match cmd {
         BenchCmd::Decode(a) => super::generate::bench_decode(&a, json),
@@ -74,7 +84,7 @@ fn bench(cmd: BenchCmd, json: bool) -> Result<()> {
                 r.matmul_peak_gflops,
                 r.peak_rss_mb
             );
-            emit(json, serde_json::to_value(&r)?, &human)
+            emit(json, with_isa(serde_json::to_value(&r)?), &human)
         }
     }
 }
@@ -94,7 +104,7 @@ fn eval(cmd: EvalCmd, json: bool) -> Result<()> {
                 r.pairs,
                 if r.stemmer { "on" } else { "off" }
             );
-            emit(json, serde_json::to_value(&r)?, &human)
+            emit(json, with_isa(serde_json::to_value(&r)?), &human)
         }
         EvalCmd::Squad(a) => {
             use decodex::eval::squad;
@@ -123,7 +133,7 @@ fn eval(cmd: EvalCmd, json: bool) -> Result<()> {
                 "exact match {:.2}  F1 {:.2}  ({} questions, {} answered)",
                 r.exact_match, r.f1, r.total, r.answered
             );
-            emit(json, serde_json::to_value(&r)?, &human)
+            emit(json, with_isa(serde_json::to_value(&r)?), &human)
         }
         EvalCmd::Perplexity(a) => {
             if a.batch_size == 0 {
@@ -137,7 +147,7 @@ fn eval(cmd: EvalCmd, json: bool) -> Result<()> {
                 "{}: {} tokens, loss {:.4} nats/token, perplexity {:.2}, {:.4} bits/byte",
                 r.file, r.tokens, r.loss, r.perplexity, r.bits_per_byte
             );
-            emit(json, serde_json::to_value(&r)?, &human)
+            emit(json, with_isa(serde_json::to_value(&r)?), &human)
         }
     }
 }

@@ -260,14 +260,17 @@ pub fn bench_decode(a: &BenchDecodeArgs, json_out: bool) -> Result<()> {
     let beam_tps = beams.map(|n| bench::bench_beam(m, &ids, n)).transpose()?;
     let rss = decodex::train::bench::peak_rss_mb();
     let threads = rayon::current_num_threads();
-    let v = json!({"model": path, "threads": threads, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
+    let v = super::commands::with_isa(
+        json!({"model": path, "threads": threads, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
                    "reps": r.reps, "prompt_tokens_per_sec": r.prompt_tokens_per_sec,
                    "decode_tokens_per_sec": r.decode_tokens_per_sec,
                    "num_beams": a.num_beams, "beam_tokens_per_sec": beam_tps,
                    "beam4_tokens_per_sec": beam_tps.filter(|_| a.num_beams == 4),
-                   "peak_rss_mb": rss});
+                   "peak_rss_mb": rss}),
+    );
     let human = format!(
-        "{threads} threads: prompt {:.1} tokens/s (pp{}), decode {:.1} tokens/s (tg{}){}, peak RSS {rss:.0} MiB",
+        "{} tier, {threads} threads: prompt {:.1} tokens/s (pp{}), decode {:.1} tokens/s (tg{}){}, peak RSS {rss:.0} MiB",
+        decodex::kernels::Isa::current().name(),
         r.prompt_tokens_per_sec,
         r.prompt_tokens,
         r.decode_tokens_per_sec,

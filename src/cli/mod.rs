@@ -323,10 +323,26 @@ pub struct LogitsArgs {
 
 /// Parses arguments, runs the command and returns the exit code.
 pub fn run() -> i32 {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    // `--version` names the kernel tier and the CPU features it was chosen from.
+    let version = format!(
+        "{} ({})",
+        env!("CARGO_PKG_VERSION"),
+        decodex::kernels::isa::describe()
+    );
+    let parsed = Cli::command()
+        .version(&*Box::leak(version.into_boxed_str()))
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => return parse_error(e),
     };
+    // A DECODEX_ISA the CPU cannot run is refused before anything loads.
+    if let Err(e) = decodex::kernels::Isa::check() {
+        eprintln!("error: {e}");
+        return 2;
+    }
     if let Some(n) = cli.threads {
         if n == 0 {
             eprintln!("error: --threads must be at least 1");

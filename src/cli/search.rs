@@ -467,9 +467,9 @@ pub fn bench_embed(a: &BenchEmbedArgs, json: bool) -> Result<()> {
         let s = t0.elapsed().as_secs_f64();
         emit(
             json,
-            json!({"round": round, "sentences": texts.len(), "seconds": s,
-                   "sentences_per_s": texts.len() as f64 / s,
-                   "threads": rayon::current_num_threads()}),
+            super::commands::with_isa(json!({"round": round, "sentences": texts.len(),
+                   "seconds": s, "sentences_per_s": texts.len() as f64 / s,
+                   "threads": rayon::current_num_threads()})),
             &format!(
                 "round {round}: {} sentences in {s:.3} s = {:.1} sentences/s ({} threads)",
                 texts.len(),

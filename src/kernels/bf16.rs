@@ -70,14 +70,15 @@ impl Mat {
     }
 }
 
-/// Whether this CPU has the instructions of the bf16 kernels (AVX-512F, -BW and AVX512-BF16);
-/// when it does not, they run in software (`emulated`).
+/// Whether the bf16 kernels run on hardware: the AVX-512 tier (`Isa::current`) on a CPU with
+/// AVX512-BF16; otherwise they run in software (`emulated`).
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            is_x86_feature_detected!("avx512f")
+            super::isa::Isa::current() == super::isa::Isa::Avx512
+                && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512bf16")
         }

@@ -22,6 +22,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use rayon::prelude::*;
 
+use super::isa::Isa;
+
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
 
@@ -147,8 +149,8 @@ impl QuantMatrix {
     }
 
     /// Rows 2p and 2p + 1 of W dotted with the n ≤ 4 quantized activation rows i0..i0 + n:
-    /// `[row 2p, row 2p + 1][k]`.
-    fn pair_dots(&self, p: usize, xq: &QuantRows, i0: usize, n: usize) -> [[f32; 4]; 2] {
+    /// `[row 2p, row 2p + 1][k]`, on `tier`'s kernel (all tiers give the same bits).
+    fn pair_dots(&self, tier: Isa, p: usize, xq: &QuantRows, i0: usize, n: usize) -> [[f32; 4]; 2] {
         let nb = self.cols / BLOCK;
         let slots = 2 * nb * p..2 * nb * (p + 1);
         let w = WPair {
@@ -162,17 +164,29 @@ impl QuantMatrix {
             s: &xq.s[i0 * nb..(i0 + n) * nb],
         };
         #[cfg(target_arch = "x86_64")]
-        if vnni() {
-            // SAFETY: the CPU has the features the kernel is compiled for.
+        if tier >= Isa::Avx2 {
+            let (c, o) = (self.codes, self.offset_code);
+            // SAFETY: a tier only runs on a CPU that has its features (`Isa::current`, or
+            // `Isa::available` in tests).
             return unsafe {
-                match n {
-                    1 => x86::pair_dots::<1>(self.codes, self.offset_code, w, x),
-                    2 => x86::pair_dots::<2>(self.codes, self.offset_code, w, x),
-                    3 => x86::pair_dots::<3>(self.codes, self.offset_code, w, x),
-                    _ => x86::pair_dots::<4>(self.codes, self.offset_code, w, x),
+                if tier == Isa::Avx512 {
+                    match n {
+                        1 => x86::pair_dots::<1>(c, o, w, x),
+                        2 => x86::pair_dots::<2>(c, o, w, x),
+                        3 => x86::pair_dots::<3>(c, o, w, x),
+                        _ => x86::pair_dots::<4>(c, o, w, x),
+                    }
+                } else {
+                    match n {
+                        1 => avx2::pair_dots::<1>(c, o, w, x),
+                        2 => avx2::pair_dots::<2>(c, o, w, x),
+                        3 => avx2::pair_dots::<3>(c, o, w, x),
+                        _ => avx2::pair_dots::<4>(c, o, w, x),
+                    }
                 }
             };
         }
+        let _ = tier;
         let mut out = [[0f32; 4]; 2];
         for (h, o) in out.iter_mut().enumerate() {
             for (k, o) in o[..n].iter_mut().enumerate() {
@@ -257,6 +271,7 @@ pub fn matmul_group(mats: &[&QuantMatrix], x: &[f32], m: usize, outs: &mut [&mut
         assert!(w.cols == cols && out.len() == m * w.rows);
     }
     let xq = quantize_rows(x, cols);
+    let tier = Isa::current();
     // Pairs of rows per task.
     let chunk = 32;
     let tasks: Vec<(usize, usize)> = mats
@@ -271,7 +286,7 @@ pub fn matmul_group(mats: &[&QuantMatrix], x: &[f32], m: usize, outs: &mut [&mut
         for i0 in (0..m).step_by(4) {
             let n = 4.min(m - i0);
             for p in p0..p1 {
-                let v = w.pair_dots(p, &xq, i0, n);
+                let v = w.pair_dots(tier, p, &xq, i0, n);
                 for (r, v) in (2 * p..(2 * p + 2).min(w.rows)).zip(v) {
                     for (k, &v) in v[..n].iter().enumerate() {
                         // SAFETY: (g, i0 + k, r) is written by this task only, inside outs[g].
@@ -292,18 +307,6 @@ impl SendPtr {
     fn get(self) -> *mut f32 {
         self.0
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn vnni() -> bool {
-    #[cfg(test)]
-    if tests::FORCE_PORTABLE.with(|f| f.get()) {
-        return false;
-    }
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vnni")
-        && is_x86_feature_detected!("fma")
 }
 
 /// Quantizes each row of x (rows of `cols`) to 8 bits per block of 32, as llama.cpp's x86
@@ -415,20 +418,99 @@ mod x86 {
     }
 }
 
+/// The AVX2 tier of the products: the same integer lane sums as `vpdpbusd`, from `vpmaddubsw`
+/// (unsigned × signed byte pairs to i16) and `vpmaddwd` (i16 pairs to i32), as llama.cpp's AVX2
+/// build forms them, then the same float steps as the other tiers. No i16 sum saturates: Q4
+/// codes are at most 15, so a pair sums to at most 2·15·127; Q8_0 multiplies signed codes by
+/// the sign trick (|w| times x·sign(w)), at most 2·128·127.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Codes, WPair, XRows, BLOCK};
+
+    /// Eight i32 lanes, lane l = Σ_{j<4} u[4l+j]·x[4l+j] for unsigned u and signed x.
+    #[inline(always)]
+    unsafe fn lanes(u: __m256i, x: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+    }
+
+    /// Row h of the pair's block b, its 32 codes in value order.
+    #[inline(always)]
+    unsafe fn codes(codes: Codes, w: WPair, b: usize, h: usize) -> __m256i {
+        match codes {
+            Codes::Nibbles => {
+                let raw = _mm_loadu_si128(w.qs.as_ptr().add(b * 32 + h * 16).cast());
+                let mask = _mm_set1_epi8(0x0f);
+                let lo = _mm_and_si128(raw, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(raw), mask);
+                _mm256_set_m128i(hi, lo)
+            }
+            Codes::Bytes => _mm256_loadu_si256(w.qs.as_ptr().add(b * 64 + h * 32).cast()),
+        }
+    }
+
+    /// As `super::x86::pair_dots`, on 256-bit registers, one row of the pair at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pair_dots<const N: usize>(
+        codes_of: Codes,
+        offset_code: i32,
+        w: WPair,
+        x: XRows,
+    ) -> [[f32; 4]; 2] {
+        let nb = w.d.len() / 2;
+        let cols = nb * BLOCK;
+        let ones = _mm256_set1_epi8(1);
+        let off = _mm256_set1_epi32(offset_code);
+        let signed = codes_of == Codes::Bytes;
+        let mut acc = [[_mm256_setzero_ps(); N]; 2];
+        let mut summs = [[0f32; N]; 2];
+        for b in 0..nb {
+            let mut xv = [_mm256_setzero_si256(); N];
+            for (k, xv) in xv.iter_mut().enumerate() {
+                *xv = _mm256_loadu_si256(x.qs.as_ptr().add(k * cols + b * BLOCK).cast());
+            }
+            for h in 0..2 {
+                let slot = 2 * b + h;
+                let u = codes(codes_of, w, b, h);
+                // Q8_0: the signed codes u − 128, whose products need no offset step.
+                let q = _mm256_xor_si256(u, _mm256_set1_epi8(-128));
+                let wd = *w.d.get_unchecked(slot);
+                for k in 0..N {
+                    let dot = if signed {
+                        lanes(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv[k], q))
+                    } else if offset_code != 0 {
+                        let sums = lanes(ones, xv[k]);
+                        _mm256_sub_epi32(lanes(u, xv[k]), _mm256_mullo_epi32(off, sums))
+                    } else {
+                        summs[h][k] =
+                            w.m.get_unchecked(slot)
+                                .mul_add(*x.s.get_unchecked(k * nb + b), summs[h][k]);
+                        lanes(u, xv[k])
+                    };
+                    let scale = _mm256_set1_ps(wd * *x.d.get_unchecked(k * nb + b));
+                    acc[h][k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[h][k]);
+                }
+            }
+        }
+        let mut out = [[0f32; 4]; 2];
+        for (h, o) in out.iter_mut().enumerate() {
+            for k in 0..N {
+                let mut a = [0f32; 8];
+                _mm256_storeu_ps(a.as_mut_ptr(), acc[h][k]);
+                o[k] = crate::kernels::ggml::hsum8(&a) + summs[h][k];
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
-
     use super::*;
     use candle_core::{Device, Tensor};
 
     use crate::testutil::fill;
-
-    thread_local! {
-        /// Makes this thread's products take the portable path (rayon workers keep their own
-        /// flag, so the tests run single-row products on the calling thread).
-        pub(super) static FORCE_PORTABLE: Cell<bool> = const { Cell::new(false) };
-    }
 
     /// A random (rows, cols) weight, its quantized forms and (m, cols) activations.
     fn setup() -> (Tensor, Vec<f32>, usize, usize, usize) {
@@ -438,8 +520,7 @@ mod tests {
     }
 
     /// Each format against the dequantized matrix times the exact activations: the only error is
-    /// the 8-bit activation rounding. Runs whichever path this CPU takes (the SIMD kernel with
-    /// AVX512-VNNI, the portable one elsewhere).
+    /// the 8-bit activation rounding. Runs the tier of this process (`DECODEX_ISA`).
     #[test]
     fn quantized_matmul_matches_dequantized() {
         let (w, x, rows, cols, m) = setup();
@@ -478,37 +559,42 @@ mod tests {
         }
     }
 
-    /// The AVX512-VNNI kernel equal, bit for bit, to the portable one, which spells out
-    /// llama.cpp's order of operations. Needs both paths: on a CPU without AVX512-VNNI the
-    /// harness reports it ignored (build.rs sets the cfg from the build machine's CPU).
+    /// Every tier this CPU has equal, bit for bit, to the portable one, which spells out
+    /// llama.cpp's order of operations, for every row count a kernel call takes (1 to 4).
     #[test]
-    #[cfg_attr(
-        not(decodex_avx512vnni),
-        ignore = "needs AVX512-VNNI (the build machine lacks it)"
-    )]
-    fn simd_products_equal_the_portable_path_bit_for_bit() {
-        #[cfg(target_arch = "x86_64")]
-        assert!(vnni(), "this CPU lacks AVX512-VNNI");
+    fn every_tier_equals_the_portable_path_bit_for_bit() {
         let (w, x, rows, cols, m) = setup();
         let mut cells = 0;
         for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let q = QTensor::quantize(&w, dtype).unwrap();
             let qm = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
-            let mut out = vec![0f32; m * rows];
-            qm.matmul(&x, m, &mut out);
             let xq = quantize_rows(&x, cols);
-            FORCE_PORTABLE.with(|f| f.set(true));
-            for i in 0..m {
-                for r in 0..rows {
-                    let got = out[i * rows + r];
-                    let portable = qm.pair_dots(r / 2, &xq, i, 1)[r % 2][0];
-                    assert_eq!(got.to_bits(), portable.to_bits(), "{dtype:?} ({i},{r})");
-                    cells += 1;
+            for tier in Isa::available() {
+                for n in 1..=4 {
+                    for i0 in 0..=m - n {
+                        for p in 0..rows.div_ceil(2) {
+                            let got = qm.pair_dots(tier, p, &xq, i0, n);
+                            let want = qm.pair_dots(Isa::Portable, p, &xq, i0, n);
+                            for (h, k) in (0..2).flat_map(|h| (0..n).map(move |k| (h, k))) {
+                                let (g, w) = (got[h][k].to_bits(), want[h][k].to_bits());
+                                assert_eq!(
+                                    g,
+                                    w,
+                                    "{dtype:?} {tier:?} n={n} row {} x {}",
+                                    2 * p + h,
+                                    i0 + k
+                                );
+                                cells += 1;
+                            }
+                        }
+                    }
                 }
             }
-            FORCE_PORTABLE.with(|f| f.set(false));
         }
-        println!("{cells} products: AVX512-VNNI equals the portable path bit for bit");
+        println!(
+            "{cells} products of tiers {:?} equal the portable path",
+            Isa::available()
+        );
     }
 
     /// Activation codes as llama.cpp's `quantize_row_q8_1`: 127/max scaling, ties to even.

@@ -1,10 +1,10 @@
 //! Scalar math written so that LLVM vectorizes it (no libm calls, no reductions that would need
 //! reassociation), and `simd_fn!`, which compiles a kernel a second time for AVX2 + FMA and picks
-//! that version at run time when the CPU has it. The crate is built for the baseline x86-64
+//! that version when the process's tier (`kernels::isa`) is AVX2 or wider. The crate is built for the baseline x86-64
 //! target (SSE2), so without this the element-wise kernels would run four lanes wide.
 
-/// Defines a function whose body is compiled twice: for AVX2 + FMA, used when the CPU supports
-/// them (checked at run time, cached by `std`), and for the baseline target. Helpers the body
+/// Defines a function whose body is compiled twice: for AVX2 + FMA, used when the tier
+/// (`Isa::current`, chosen once) is AVX2 or wider, and for the baseline target. Helpers the body
 /// calls must be `#[inline(always)]` to be compiled with the wider instruction set.
 macro_rules! simd_fn {
     (
@@ -24,7 +24,7 @@ macro_rules! simd_fn {
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                if $crate::kernels::isa::Isa::current() >= $crate::kernels::isa::Isa::Avx2 {
                     // SAFETY: the CPU supports the features `avx2` is compiled for.
                     return unsafe { avx2($($arg),*) };
                 }
