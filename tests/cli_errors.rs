@@ -341,3 +341,37 @@ fn bleu_missing_or_non_utf8_file() {
     std::fs::write(&latin1, b"caf\xe9\n").unwrap();
     assert_clear_error(&bleu(&hyp, &latin1), &["latin1.txt", "UTF-8"]);
 }
+
+/// A `DECODEX_ISA` that is no tier, or a tier above the CPU's, is one clear line before anything
+/// runs; `--version` names the tier that runs and the CPU features.
+#[test]
+fn kernel_tier_is_reported_and_checked() {
+    let run = |isa: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_decodex"))
+            .args(args)
+            .env("DECODEX_ISA", isa)
+            .output()
+            .unwrap()
+    };
+    let d = tmp();
+    let out_dir = d.path().join("out");
+    let args = [
+        "data",
+        "prepare",
+        "--input",
+        "c.txt",
+        "--tokenizer",
+        "char",
+        "--out",
+    ];
+    let out = run("sse9", &[&args[..], &[out_dir.to_str().unwrap()]].concat());
+    assert_clear_error(&out, &["DECODEX_ISA", "sse9", "portable, avx2 or avx512"]);
+    assert!(!out_dir.exists());
+    let version = run("portable", &["--version"]);
+    let text = String::from_utf8_lossy(&version.stdout);
+    assert!(version.status.success(), "{text}");
+    assert!(text.contains("isa portable; cpu features:"), "{text}");
+    let best = run("", &["--version"]);
+    let text = String::from_utf8_lossy(&best.stdout);
+    assert!(text.contains("isa "), "{text}");
+}

@@ -27,6 +27,9 @@ use super::isa::Isa;
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
 
+/// Pairs of weight rows per parallel task of `matmul_group`.
+const CHUNK: usize = 32;
+
 /// How the codes of a row are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Codes {
@@ -148,11 +151,18 @@ impl QuantMatrix {
         matmul_group(&[self], x, m, &mut [out]);
     }
 
-    /// Rows 2p and 2p + 1 of W dotted with the n ≤ 4 quantized activation rows i0..i0 + n:
-    /// `[row 2p, row 2p + 1][k]`, on `tier`'s kernel (all tiers give the same bits).
-    fn pair_dots(&self, tier: Isa, p: usize, xq: &QuantRows, i0: usize, n: usize) -> [[f32; 4]; 2] {
+    /// Rows 2p and 2p + 1 of W, for each pair p of `pairs`, dotted with the n ≤ 4 quantized
+    /// activation rows i0..i0 + n: `out[p - pairs.start][row 2p or 2p + 1][k]`, on `tier`'s
+    /// kernel (all tiers give the same bits).
+    fn pair_dots(
+        &self,
+        tier: Isa,
+        pairs: std::ops::Range<usize>,
+        (xq, i0, n): (&QuantRows, usize, usize),
+        out: &mut [[[f32; 4]; 2]],
+    ) {
         let nb = self.cols / BLOCK;
-        let slots = 2 * nb * p..2 * nb * (p + 1);
+        let slots = 2 * nb * pairs.start..2 * nb * pairs.end;
         let w = WPair {
             qs: &self.qs[slots.start * self.codes.len()..slots.end * self.codes.len()],
             d: &self.d[slots.clone()],
@@ -163,37 +173,35 @@ impl QuantMatrix {
             d: &xq.d[i0 * nb..(i0 + n) * nb],
             s: &xq.s[i0 * nb..(i0 + n) * nb],
         };
+        let out = &mut out[..pairs.len()];
         #[cfg(target_arch = "x86_64")]
         if tier >= Isa::Avx2 {
             let (c, o) = (self.codes, self.offset_code);
             // SAFETY: a tier only runs on a CPU that has its features (`Isa::current`, or
             // `Isa::available` in tests).
-            return unsafe {
-                if tier == Isa::Avx512 {
-                    match n {
-                        1 => x86::pair_dots::<1>(c, o, w, x),
-                        2 => x86::pair_dots::<2>(c, o, w, x),
-                        3 => x86::pair_dots::<3>(c, o, w, x),
-                        _ => x86::pair_dots::<4>(c, o, w, x),
-                    }
-                } else {
-                    match n {
-                        1 => avx2::pair_dots::<1>(c, o, w, x),
-                        2 => avx2::pair_dots::<2>(c, o, w, x),
-                        3 => avx2::pair_dots::<3>(c, o, w, x),
-                        _ => avx2::pair_dots::<4>(c, o, w, x),
-                    }
+            unsafe {
+                match (tier == Isa::Avx512, n) {
+                    (true, 1) => x86::pair_dots::<1>(c, o, w, x, out),
+                    (true, 2) => x86::pair_dots::<2>(c, o, w, x, out),
+                    (true, 3) => x86::pair_dots::<3>(c, o, w, x, out),
+                    (true, _) => x86::pair_dots::<4>(c, o, w, x, out),
+                    (false, 1) => avx2::pair_dots::<1>(c, o, w, x, out),
+                    (false, 2) => avx2::pair_dots::<2>(c, o, w, x, out),
+                    (false, 3) => avx2::pair_dots::<3>(c, o, w, x, out),
+                    (false, _) => avx2::pair_dots::<4>(c, o, w, x, out),
                 }
-            };
+            }
+            return;
         }
         let _ = tier;
-        let mut out = [[0f32; 4]; 2];
-        for (h, o) in out.iter_mut().enumerate() {
-            for (k, o) in o[..n].iter_mut().enumerate() {
-                *o = self.dot_portable(w, h, x, k);
+        let len = out.len();
+        for (j, o) in out.iter_mut().enumerate() {
+            for (h, o) in o.iter_mut().enumerate() {
+                for (k, o) in o[..n].iter_mut().enumerate() {
+                    *o = self.dot_portable(w.pair(j, len), h, x, k);
+                }
             }
         }
-        out
     }
 
     /// Row h of a pair against activation row k of x: the reference arithmetic, lane by lane.
@@ -242,12 +250,26 @@ impl Codes {
     }
 }
 
-/// A pair of weight rows: codes, scales and offsets per (block, row of the pair).
+/// A pair of weight rows (or consecutive pairs): codes, scales and offsets per (pair, block,
+/// row of the pair).
 #[derive(Clone, Copy)]
 struct WPair<'a> {
     qs: &'a [u8],
     d: &'a [f32],
     m: &'a [f32],
+}
+
+impl<'a> WPair<'a> {
+    /// Pair j of `pairs` consecutive pairs.
+    #[inline(always)]
+    fn pair(self, j: usize, pairs: usize) -> WPair<'a> {
+        let (slots, codes) = (self.d.len() / pairs, self.qs.len() / pairs);
+        WPair {
+            qs: &self.qs[j * codes..(j + 1) * codes],
+            d: &self.d[j * slots..(j + 1) * slots],
+            m: &self.m[j * slots..(j + 1) * slots],
+        }
+    }
 }
 
 /// Up to 4 consecutive quantized activation rows.
@@ -273,7 +295,7 @@ pub fn matmul_group(mats: &[&QuantMatrix], x: &[f32], m: usize, outs: &mut [&mut
     let xq = quantize_rows(x, cols);
     let tier = Isa::current();
     // Pairs of rows per task.
-    let chunk = 32;
+    let chunk = CHUNK;
     let tasks: Vec<(usize, usize)> = mats
         .iter()
         .enumerate()
@@ -283,10 +305,11 @@ pub fn matmul_group(mats: &[&QuantMatrix], x: &[f32], m: usize, outs: &mut [&mut
     tasks.into_par_iter().for_each(|(g, p0)| {
         let w = mats[g];
         let p1 = (p0 + chunk).min(w.rows.div_ceil(2));
+        let mut vals = [[[0f32; 4]; 2]; CHUNK];
         for i0 in (0..m).step_by(4) {
             let n = 4.min(m - i0);
-            for p in p0..p1 {
-                let v = w.pair_dots(tier, p, &xq, i0, n);
+            w.pair_dots(tier, p0..p1, (&xq, i0, n), &mut vals);
+            for (p, v) in (p0..p1).zip(vals) {
                 for (r, v) in (2 * p..(2 * p + 2).min(w.rows)).zip(v) {
                     for (k, &v) in v[..n].iter().enumerate() {
                         // SAFETY: (g, i0 + k, r) is written by this task only, inside outs[g].
@@ -353,8 +376,23 @@ mod x86 {
     /// block by block: per half, eight lanes of `vpdpbusd` sums accumulated as
     /// fma(dw·dx, lane, acc), then llama.cpp's horizontal sum plus the offsets' `summs` (two
     /// lanes of a 128-bit fma, one per row).
+    /// `one` for each pair of `w` (consecutive pairs), into `out` (one entry a pair).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
     pub unsafe fn pair_dots<const N: usize>(
+        codes: Codes,
+        offset_code: i32,
+        w: WPair,
+        x: XRows,
+        out: &mut [[[f32; 4]; 2]],
+    ) {
+        let pairs = out.len();
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = one::<N>(codes, offset_code, w.pair(j, pairs), x);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn one<const N: usize>(
         codes: Codes,
         offset_code: i32,
         w: WPair,
@@ -435,25 +473,58 @@ mod avx2 {
         _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
     }
 
-    /// Row h of the pair's block b, its 32 codes in value order.
+    /// The pair's block b: each row's 32 codes in value order (for Q4, from one load of both
+    /// rows' 16 bytes: low nibbles are values 0..16, high nibbles 16..32).
     #[inline(always)]
-    unsafe fn codes(codes: Codes, w: WPair, b: usize, h: usize) -> __m256i {
-        match codes {
-            Codes::Nibbles => {
-                let raw = _mm_loadu_si128(w.qs.as_ptr().add(b * 32 + h * 16).cast());
-                let mask = _mm_set1_epi8(0x0f);
-                let lo = _mm_and_si128(raw, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(raw), mask);
-                _mm256_set_m128i(hi, lo)
-            }
-            Codes::Bytes => _mm256_loadu_si256(w.qs.as_ptr().add(b * 64 + h * 32).cast()),
+    unsafe fn codes<const FMT: u8>(w: WPair, b: usize) -> [__m256i; 2] {
+        if FMT == Q8_0 {
+            let p = w.qs.as_ptr().add(b * 64);
+            return [
+                _mm256_loadu_si256(p.cast()),
+                _mm256_loadu_si256(p.add(32).cast()),
+            ];
+        }
+        let raw = _mm256_loadu_si256(w.qs.as_ptr().add(b * 32).cast());
+        let mask = _mm256_set1_epi8(0x0f);
+        let lo = _mm256_and_si256(raw, mask);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+        [
+            _mm256_permute2x128_si256::<0x20>(lo, hi),
+            _mm256_permute2x128_si256::<0x31>(lo, hi),
+        ]
+    }
+
+    /// The formats, as `one`'s parameter: offsets through `summs`, a fixed offset code, signed
+    /// 8-bit codes.
+    const Q4_1: u8 = 0;
+    const Q4_0: u8 = 1;
+    const Q8_0: u8 = 2;
+
+    /// As `super::x86::pair_dots`, on 256-bit registers: `one` for each pair of `w` (consecutive
+    /// pairs), into `out` (one entry a pair).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pair_dots<const N: usize>(
+        codes: Codes,
+        offset_code: i32,
+        w: WPair,
+        x: XRows,
+        out: &mut [[[f32; 4]; 2]],
+    ) {
+        let pairs = out.len();
+        for (j, o) in out.iter_mut().enumerate() {
+            let w = w.pair(j, pairs);
+            *o = match (codes, offset_code) {
+                (Codes::Bytes, _) => one::<N, Q8_0>(offset_code, w, x),
+                (Codes::Nibbles, 0) => one::<N, Q4_1>(offset_code, w, x),
+                (Codes::Nibbles, _) => one::<N, Q4_0>(offset_code, w, x),
+            };
         }
     }
 
-    /// As `super::x86::pair_dots`, on 256-bit registers, one row of the pair at a time.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn pair_dots<const N: usize>(
-        codes_of: Codes,
+    /// One pair of rows against N activation rows: per block and row, the eight lane sums
+    /// accumulated as fma(dw·dx, lane, acc), then llama.cpp's horizontal sum plus `summs`.
+    #[inline(always)]
+    unsafe fn one<const N: usize, const FMT: u8>(
         offset_code: i32,
         w: WPair,
         x: XRows,
@@ -462,33 +533,35 @@ mod avx2 {
         let cols = nb * BLOCK;
         let ones = _mm256_set1_epi8(1);
         let off = _mm256_set1_epi32(offset_code);
-        let signed = codes_of == Codes::Bytes;
         let mut acc = [[_mm256_setzero_ps(); N]; 2];
         let mut summs = [[0f32; N]; 2];
         for b in 0..nb {
             let mut xv = [_mm256_setzero_si256(); N];
-            for (k, xv) in xv.iter_mut().enumerate() {
-                *xv = _mm256_loadu_si256(x.qs.as_ptr().add(k * cols + b * BLOCK).cast());
+            let mut xd = [_mm256_setzero_ps(); N];
+            for k in 0..N {
+                xv[k] = _mm256_loadu_si256(x.qs.as_ptr().add(k * cols + b * BLOCK).cast());
+                xd[k] = _mm256_broadcast_ss(x.d.get_unchecked(k * nb + b));
             }
-            for h in 0..2 {
+            let u = codes::<FMT>(w, b);
+            for (h, &u) in u.iter().enumerate() {
                 let slot = 2 * b + h;
-                let u = codes(codes_of, w, b, h);
                 // Q8_0: the signed codes u − 128, whose products need no offset step.
                 let q = _mm256_xor_si256(u, _mm256_set1_epi8(-128));
-                let wd = *w.d.get_unchecked(slot);
+                let wd = _mm256_broadcast_ss(w.d.get_unchecked(slot));
                 for k in 0..N {
-                    let dot = if signed {
-                        lanes(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv[k], q))
-                    } else if offset_code != 0 {
-                        let sums = lanes(ones, xv[k]);
-                        _mm256_sub_epi32(lanes(u, xv[k]), _mm256_mullo_epi32(off, sums))
-                    } else {
-                        summs[h][k] =
-                            w.m.get_unchecked(slot)
-                                .mul_add(*x.s.get_unchecked(k * nb + b), summs[h][k]);
-                        lanes(u, xv[k])
+                    let dot = match FMT {
+                        Q8_0 => lanes(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv[k], q)),
+                        Q4_0 => {
+                            let sums = lanes(ones, xv[k]);
+                            _mm256_sub_epi32(lanes(u, xv[k]), _mm256_mullo_epi32(off, sums))
+                        }
+                        _ => {
+                            let (m, s) = (w.m.get_unchecked(slot), x.s.get_unchecked(k * nb + b));
+                            summs[h][k] = m.mul_add(*s, summs[h][k]);
+                            lanes(u, xv[k])
+                        }
                     };
-                    let scale = _mm256_set1_ps(wd * *x.d.get_unchecked(k * nb + b));
+                    let scale = _mm256_mul_ps(wd, xd[k]);
                     acc[h][k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[h][k]);
                 }
             }
@@ -572,9 +645,15 @@ mod tests {
             for tier in Isa::available() {
                 for n in 1..=4 {
                     for i0 in 0..=m - n {
-                        for p in 0..rows.div_ceil(2) {
-                            let got = qm.pair_dots(tier, p, &xq, i0, n);
-                            let want = qm.pair_dots(Isa::Portable, p, &xq, i0, n);
+                        let pairs = rows.div_ceil(2);
+                        let (mut got, mut want) =
+                            (vec![[[0f32; 4]; 2]; pairs], vec![[[0f32; 4]; 2]; pairs]);
+                        qm.pair_dots(tier, 0..pairs, (&xq, i0, n), &mut got);
+                        // The portable path one pair at a time.
+                        for p in 0..pairs {
+                            qm.pair_dots(Isa::Portable, p..p + 1, (&xq, i0, n), &mut want[p..]);
+                        }
+                        for (p, (got, want)) in got.iter().zip(&want).enumerate() {
                             for (h, k) in (0..2).flat_map(|h| (0..n).map(move |k| (h, k))) {
                                 let (g, w) = (got[h][k].to_bits(), want[h][k].to_bits());
                                 assert_eq!(
