@@ -98,6 +98,7 @@ thread_local! {
 
 /// Whether the AVX512-BF16 instructions run the kernels on this thread (else `emulated`).
 #[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn hardware() -> bool {
     #[cfg(test)]
     if FORCE_EMULATION.with(|f| f.get()) {

@@ -1,8 +1,11 @@
 //! The instruction-set tier the kernels run on, chosen once per process: the best this CPU has,
-//! or the one `DECODEX_ISA` names (`portable`, `avx2` or `avx512`), for tests and measurements.
+//! or the one `DECODEX_ISA` names (`portable`, `neon`, `avx2` or `avx512`), for tests and
+//! measurements.
 //!
 //! - `Portable`: the baseline target (SSE2 on x86-64, NEON on aarch64), written so that LLVM
 //!   vectorizes it;
+//! - `Neon` (aarch64): hand-written NEON kernels where the compiler's are not enough (the
+//!   quantized block products);
 //! - `Avx2`: AVX2 + FMA (+ F16C), the ISA of most laptops and desktops;
 //! - `Avx512`: AVX-512 F/BW/VL with VNNI; the bf16 GEMM also needs AVX512-BF16, which it checks
 //!   apart.
@@ -15,10 +18,11 @@ use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
-/// An instruction-set tier, in increasing order of width.
+/// An instruction-set tier; the x86 ones in increasing order of width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     Portable,
+    Neon,
     Avx2,
     Avx512,
 }
@@ -28,6 +32,7 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
+            Isa::Neon => "neon",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
         }
@@ -36,6 +41,7 @@ impl Isa {
     fn parse(s: &str) -> Option<Isa> {
         match s.trim().to_ascii_lowercase().as_str() {
             "portable" | "scalar" => Some(Isa::Portable),
+            "neon" => Some(Isa::Neon),
             "avx2" => Some(Isa::Avx2),
             "avx512" => Some(Isa::Avx512),
             _ => None,
@@ -60,16 +66,22 @@ impl Isa {
                 return Isa::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return Isa::Neon;
+        }
         Isa::Portable
     }
 
     /// Every tier this CPU can run, narrowest first (the ones tests compare).
     pub fn available() -> Vec<Isa> {
         let best = Isa::detected();
-        [Isa::Portable, Isa::Avx2, Isa::Avx512]
-            .into_iter()
-            .filter(|&t| t <= best)
-            .collect()
+        let arch = if cfg!(target_arch = "aarch64") {
+            &[Isa::Portable, Isa::Neon][..]
+        } else {
+            &[Isa::Portable, Isa::Avx2, Isa::Avx512][..]
+        };
+        arch.iter().copied().filter(|&t| t <= best).collect()
     }
 
     /// The tier of this process: `DECODEX_ISA` when set (checked against the CPU), else the
@@ -99,9 +111,9 @@ impl Isa {
         };
         match Isa::parse(&s) {
             None => Err(format!(
-                "DECODEX_ISA={s:?} is not a tier: use portable, avx2 or avx512"
+                "DECODEX_ISA={s:?} is not a tier: use portable, neon, avx2 or avx512"
             )),
-            Some(t) if t > best => Err(format!(
+            Some(t) if !Isa::available().contains(&t) => Err(format!(
                 "DECODEX_ISA={s} asks for a tier this CPU lacks (its best is {}; CPU features: {})",
                 best.name(),
                 cpu_features().join(" ")

@@ -181,14 +181,28 @@ impl QuantMatrix {
             // `Isa::available` in tests).
             unsafe {
                 match (tier == Isa::Avx512, n) {
-                    (true, 1) => x86::pair_dots::<1>(c, o, w, x, out),
-                    (true, 2) => x86::pair_dots::<2>(c, o, w, x, out),
-                    (true, 3) => x86::pair_dots::<3>(c, o, w, x, out),
-                    (true, _) => x86::pair_dots::<4>(c, o, w, x, out),
+                    (true, 1) => avx512::pair_dots::<1>(c, o, w, x, out),
+                    (true, 2) => avx512::pair_dots::<2>(c, o, w, x, out),
+                    (true, 3) => avx512::pair_dots::<3>(c, o, w, x, out),
+                    (true, _) => avx512::pair_dots::<4>(c, o, w, x, out),
                     (false, 1) => avx2::pair_dots::<1>(c, o, w, x, out),
                     (false, 2) => avx2::pair_dots::<2>(c, o, w, x, out),
                     (false, 3) => avx2::pair_dots::<3>(c, o, w, x, out),
                     (false, _) => avx2::pair_dots::<4>(c, o, w, x, out),
+                }
+            }
+            return;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if tier == Isa::Neon {
+            let (c, o) = (self.codes, self.offset_code);
+            // SAFETY: the Neon tier runs only where the CPU has NEON (`Isa::available`).
+            unsafe {
+                match n {
+                    1 => neon::pair_dots::<1>(c, o, w, x, out),
+                    2 => neon::pair_dots::<2>(c, o, w, x, out),
+                    3 => neon::pair_dots::<3>(c, o, w, x, out),
+                    _ => neon::pair_dots::<4>(c, o, w, x, out),
                 }
             }
             return;
@@ -367,235 +381,13 @@ crate::kernels::simd::simd_fn! {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
+mod avx512;
 
-    use super::{Codes, WPair, XRows, BLOCK};
-
-    /// A pair of weight rows (the low and high 256-bit halves) against N activation rows,
-    /// block by block: per half, eight lanes of `vpdpbusd` sums accumulated as
-    /// fma(dw·dx, lane, acc), then llama.cpp's horizontal sum plus the offsets' `summs` (two
-    /// lanes of a 128-bit fma, one per row).
-    /// `one` for each pair of `w` (consecutive pairs), into `out` (one entry a pair).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-    pub unsafe fn pair_dots<const N: usize>(
-        codes: Codes,
-        offset_code: i32,
-        w: WPair,
-        x: XRows,
-        out: &mut [[[f32; 4]; 2]],
-    ) {
-        let pairs = out.len();
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = one::<N>(codes, offset_code, w.pair(j, pairs), x);
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn one<const N: usize>(
-        codes: Codes,
-        offset_code: i32,
-        w: WPair,
-        x: XRows,
-    ) -> [[f32; 4]; 2] {
-        let nb = w.d.len() / 2;
-        let cols = nb * BLOCK;
-        let mask = _mm256_set1_epi8(0x0f);
-        let ones = _mm512_set1_epi8(1);
-        let off = _mm512_set1_epi32(offset_code);
-        // Lanes 0..8 take the pair's first scale, 8..16 its second.
-        let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        let mut acc = [_mm512_setzero_ps(); N];
-        let mut summs = [_mm_setzero_ps(); N];
-        for b in 0..nb {
-            // The two rows' 32 codes each, in value order: [row 0 | row 1].
-            let u = match codes {
-                Codes::Nibbles => {
-                    // [16 bytes of row 0 | 16 bytes of row 1] -> low and high nibbles ->
-                    // [lo 0, hi 0 | lo 1, hi 1].
-                    let raw = _mm256_loadu_si256(w.qs.as_ptr().add(b * 32).cast());
-                    let lo = _mm256_and_si256(raw, mask);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
-                    // [lo0, lo1, hi0, hi1] in 128-bit quarters -> [lo0, hi0, lo1, hi1].
-                    let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-                    _mm512_shuffle_i64x2::<0xd8>(z, z)
-                }
-                Codes::Bytes => _mm512_loadu_si512(w.qs.as_ptr().add(b * 64).cast()),
-            };
-            let dpair = _mm_castpd_ps(_mm_load_sd(w.d.as_ptr().add(2 * b).cast()));
-            let wd = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(dpair));
-            let mpair = _mm_castpd_ps(_mm_load_sd(w.m.as_ptr().add(2 * b).cast()));
-            for k in 0..N {
-                let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                    x.qs.as_ptr().add(k * cols + b * BLOCK).cast(),
-                ));
-                let mut dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xv);
-                if offset_code != 0 {
-                    let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, xv);
-                    dot = _mm512_sub_epi32(dot, _mm512_mullo_epi32(off, sums));
-                } else {
-                    let s = _mm_set1_ps(*x.s.get_unchecked(k * nb + b));
-                    summs[k] = _mm_fmadd_ps(mpair, s, summs[k]);
-                }
-                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(*x.d.get_unchecked(k * nb + b)));
-                acc[k] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[k]);
-            }
-        }
-        let mut out = [[0f32; 4]; 2];
-        for k in 0..N {
-            let mut lanes = [0f32; 16];
-            _mm512_storeu_ps(lanes.as_mut_ptr(), acc[k]);
-            let mut sm = [0f32; 4];
-            _mm_storeu_ps(sm.as_mut_ptr(), summs[k]);
-            for (h, o) in out.iter_mut().enumerate() {
-                let a: &[f32; 8] = lanes[8 * h..8 * h + 8].try_into().unwrap();
-                o[k] = crate::kernels::ggml::hsum8(a) + sm[h];
-            }
-        }
-        out
-    }
-}
-
-/// The AVX2 tier of the products: the same integer lane sums as `vpdpbusd`, from `vpmaddubsw`
-/// (unsigned × signed byte pairs to i16) and `vpmaddwd` (i16 pairs to i32), as llama.cpp's AVX2
-/// build forms them, then the same float steps as the other tiers. No i16 sum saturates: Q4
-/// codes are at most 15, so a pair sums to at most 2·15·127; Q8_0 multiplies signed codes by
-/// the sign trick (|w| times x·sign(w)), at most 2·128·127.
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
+mod avx2;
 
-    use super::{Codes, WPair, XRows, BLOCK};
-
-    /// Eight i32 lanes, lane l = Σ_{j<4} u[4l+j]·x[4l+j] for unsigned u and signed x.
-    #[inline(always)]
-    unsafe fn lanes(u: __m256i, x: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
-    }
-
-    /// Rows H0..H0 + R of the pair's block b, each row's 32 codes in value order (Q4: low
-    /// nibbles are values 0..16, high nibbles 16..32; both rows come from one load).
-    #[inline(always)]
-    unsafe fn codes<const FMT: u8, const H0: usize, const R: usize>(
-        w: WPair,
-        b: usize,
-    ) -> [__m256i; R] {
-        let mut u = [_mm256_setzero_si256(); R];
-        if FMT == Q8_0 {
-            for (h, u) in u.iter_mut().enumerate() {
-                *u = _mm256_loadu_si256(w.qs.as_ptr().add(b * 64 + (H0 + h) * 32).cast());
-            }
-        } else if R == 2 {
-            let raw = _mm256_loadu_si256(w.qs.as_ptr().add(b * 32).cast());
-            let mask = _mm256_set1_epi8(0x0f);
-            let lo = _mm256_and_si256(raw, mask);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
-            u[0] = _mm256_permute2x128_si256::<0x20>(lo, hi);
-            u[R - 1] = _mm256_permute2x128_si256::<0x31>(lo, hi);
-        } else {
-            for (h, u) in u.iter_mut().enumerate() {
-                let raw = _mm_loadu_si128(w.qs.as_ptr().add(b * 32 + (H0 + h) * 16).cast());
-                let mask = _mm_set1_epi8(0x0f);
-                let lo = _mm_and_si128(raw, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(raw), mask);
-                *u = _mm256_set_m128i(hi, lo);
-            }
-        }
-        u
-    }
-
-    /// The formats, as `rows`' parameter: offsets through `summs`, a fixed offset code, signed
-    /// 8-bit codes.
-    const Q4_1: u8 = 0;
-    const Q4_0: u8 = 1;
-    const Q8_0: u8 = 2;
-
-    /// As `super::x86::pair_dots`, on 256-bit registers, into `out` (one entry a pair of
-    /// consecutive pairs of `w`). Up to two activation rows take both weight rows in one pass;
-    /// more take one weight row a pass, so that the accumulators stay in the 16 registers.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn pair_dots<const N: usize>(
-        codes: Codes,
-        offset_code: i32,
-        w: WPair,
-        x: XRows,
-        out: &mut [[[f32; 4]; 2]],
-    ) {
-        let pairs = out.len();
-        for (j, o) in out.iter_mut().enumerate() {
-            let w = w.pair(j, pairs);
-            let off = offset_code;
-            *o = match (codes, offset_code) {
-                (Codes::Bytes, _) => pair::<N, Q8_0>(off, w, x),
-                (Codes::Nibbles, 0) => pair::<N, Q4_1>(off, w, x),
-                (Codes::Nibbles, _) => pair::<N, Q4_0>(off, w, x),
-            };
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn pair<const N: usize, const FMT: u8>(off: i32, w: WPair, x: XRows) -> [[f32; 4]; 2] {
-        if N <= 2 {
-            rows::<N, FMT, 0, 2>(off, w, x)
-        } else {
-            let [r0] = rows::<N, FMT, 0, 1>(off, w, x);
-            let [r1] = rows::<N, FMT, 1, 1>(off, w, x);
-            [r0, r1]
-        }
-    }
-
-    /// Rows H0..H0 + R of a pair against N activation rows: per block and row, the eight lane
-    /// sums accumulated as fma(dw·dx, lane, acc), then llama.cpp's horizontal sum plus `summs`.
-    #[inline(always)]
-    unsafe fn rows<const N: usize, const FMT: u8, const H0: usize, const R: usize>(
-        offset_code: i32,
-        w: WPair,
-        x: XRows,
-    ) -> [[f32; 4]; R] {
-        let nb = w.d.len() / 2;
-        let cols = nb * BLOCK;
-        let ones = _mm256_set1_epi8(1);
-        let off = _mm256_set1_epi32(offset_code);
-        let mut acc = [[_mm256_setzero_ps(); N]; R];
-        let mut summs = [[0f32; N]; R];
-        for b in 0..nb {
-            let u = codes::<FMT, H0, R>(w, b);
-            for (h, &u) in u.iter().enumerate() {
-                let slot = 2 * b + H0 + h;
-                // Q8_0: the signed codes u − 128, whose products need no offset step.
-                let q = _mm256_xor_si256(u, _mm256_set1_epi8(-128));
-                let wd = _mm256_broadcast_ss(w.d.get_unchecked(slot));
-                for k in 0..N {
-                    let xv = _mm256_loadu_si256(x.qs.as_ptr().add(k * cols + b * BLOCK).cast());
-                    let dot = match FMT {
-                        Q8_0 => lanes(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q)),
-                        Q4_0 => {
-                            let sums = lanes(ones, xv);
-                            _mm256_sub_epi32(lanes(u, xv), _mm256_mullo_epi32(off, sums))
-                        }
-                        _ => {
-                            let (m, s) = (w.m.get_unchecked(slot), x.s.get_unchecked(k * nb + b));
-                            summs[h][k] = m.mul_add(*s, summs[h][k]);
-                            lanes(u, xv)
-                        }
-                    };
-                    let xd = _mm256_broadcast_ss(x.d.get_unchecked(k * nb + b));
-                    let scale = _mm256_mul_ps(wd, xd);
-                    acc[h][k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[h][k]);
-                }
-            }
-        }
-        let mut out = [[0f32; 4]; R];
-        for (h, o) in out.iter_mut().enumerate() {
-            for k in 0..N {
-                let mut a = [0f32; 8];
-                _mm256_storeu_ps(a.as_mut_ptr(), acc[h][k]);
-                o[k] = crate::kernels::ggml::hsum8(&a) + summs[h][k];
-            }
-        }
-        out
-    }
-}
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(test)]
 mod tests {
