@@ -10,9 +10,11 @@
 //! - `Avx512`: AVX-512 F/BW/VL with VNNI; the bf16 GEMM also needs AVX512-BF16, which it checks
 //!   apart.
 //!
-//! A tier only reaches a CPU that has it: forcing a tier the CPU lacks is an error at the first
-//! kernel call, not a crash. Every tier computes the same bits for the quantized products and the
-//! element-wise kernels; tests check each tier the CPU has against the portable one.
+//! A tier only reaches a CPU that has it: the CLI refuses a `DECODEX_ISA` the CPU lacks before
+//! anything runs (`Isa::check`); a library caller that skips the check gets a panic naming the
+//! problem at the first kernel call, never an illegal instruction. The quantized products give
+//! the same bits on every tier (tested against the portable one); the element-wise kernels are
+//! one Rust body compiled per tier and are tested per tier against their references.
 
 use std::sync::OnceLock;
 

@@ -32,6 +32,8 @@ unsafe fn codes<const FMT: u8, const H0: usize, const R: usize>(
         let lo = _mm256_and_si256(raw, mask);
         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
         u[0] = _mm256_permute2x128_si256::<0x20>(lo, hi);
+        // `R - 1` is 1 here; spelled so that the R = 1 instance, where this branch is dead,
+        // still compiles.
         u[R - 1] = _mm256_permute2x128_si256::<0x31>(lo, hi);
     } else {
         for (h, u) in u.iter_mut().enumerate() {
