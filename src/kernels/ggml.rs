@@ -6,7 +6,9 @@
 //!
 //! Everything is written lane by lane in portable Rust with `mul_add` for the fused
 //! multiply-adds, in ggml's order of operations, so the bits do not depend on the CPU running
-//! decodex. The products of the quantized matrices are in `nn/quant.rs`.
+//! decodex; the attention's F16 dot also has an AVX2 form that holds the same lanes in
+//! registers (tested equal bit for bit). The products of the quantized matrices are in
+//! `kernels/quant.rs`.
 
 use half::f16;
 
@@ -137,49 +139,128 @@ fn finish(kind: F16Dot, mut acc: [[f32; 16]; 4]) -> f32 {
     reduce16(&acc[0])
 }
 
-simd_fn! {
-    /// a·b for F16 operands (values already rounded through f16) as `kind`'s kernel sums it.
-    /// `Tiny` needs a length that is a multiple of 16.
-    pub fn dot_f16(kind: F16Dot, a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [[0f32; 16]; 4];
-        match kind {
-            F16Dot::Vec => {
-                let n = a.len() / 64 * 64;
-                for (ca, cb) in a[..n].chunks_exact(64).zip(b[..n].chunks_exact(64)) {
-                    for (j, acc) in acc.iter_mut().enumerate() {
-                        for (l, acc) in acc.iter_mut().enumerate() {
-                            *acc = ca[j * 16 + l].mul_add(cb[j * 16 + l], *acc);
-                        }
+/// a·b for F16 operands (values already rounded through f16) as `kind`'s kernel sums it.
+/// `Tiny` needs a length that is a multiple of 16. The AVX2 form gives the same bits (a test).
+pub fn dot_f16(kind: F16Dot, a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::isa::Isa::current() >= crate::kernels::isa::Isa::Avx2 {
+        // SAFETY: the tier runs only on a CPU with AVX2 and FMA.
+        return unsafe { x86::dot_f16(kind, a, b) };
+    }
+    dot_f16_lanes(kind, a, b)
+}
+
+/// `dot_f16` spelled lane by lane.
+fn dot_f16_lanes(kind: F16Dot, a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [[0f32; 16]; 4];
+    match kind {
+        F16Dot::Vec => {
+            let n = a.len() / 64 * 64;
+            for (ca, cb) in a[..n].chunks_exact(64).zip(b[..n].chunks_exact(64)) {
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    for (l, acc) in acc.iter_mut().enumerate() {
+                        *acc = ca[j * 16 + l].mul_add(cb[j * 16 + l], *acc);
                     }
                 }
-                let mut sum = finish(kind, acc) as f64;
+            }
+            let mut sum = finish(kind, acc) as f64;
+            for (x, y) in a[n..].iter().zip(&b[n..]) {
+                sum += (x * y) as f64;
+            }
+            sum as f32
+        }
+        F16Dot::Tiny => {
+            for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+                for (l, acc) in acc[0].iter_mut().enumerate() {
+                    *acc = ca[l].mul_add(cb[l], *acc);
+                }
+            }
+            finish(kind, acc)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::F16Dot;
+
+    /// `hsum8` of a register: (h4+h0, h5+h1, h6+h2, h7+h3), then (g0+g2) + (g1+g3).
+    #[inline(always)]
+    unsafe fn hsum8(h: __m256) -> f32 {
+        let g = _mm_add_ps(_mm256_extractf128_ps::<1>(h), _mm256_castps256_ps128(h));
+        let t = _mm_add_ps(g, _mm_movehl_ps(g, g));
+        _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
+    }
+
+    /// `super::dot_f16_lanes` on eight registers: register i holds values 8i..8i + 8 of each
+    /// 64 (accumulator i / 2, lanes 8·(i % 2)..), so each lane's sums are the same.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f16(kind: F16Dot, a: &[f32], b: &[f32]) -> f32 {
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let ld = |p: *const f32, i: usize| _mm256_loadu_ps(p.add(i));
+        match kind {
+            F16Dot::Vec => {
+                let n = a.len().min(b.len()) / 64 * 64;
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for c in (0..n).step_by(64) {
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm256_fmadd_ps(ld(pa, c + 8 * i), ld(pb, c + 8 * i), *acc);
+                    }
+                }
+                // ggml's sum[0] += sum[2], sum[1] += sum[3], sum[0] += sum[1], per half.
+                let lo =
+                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+                let hi =
+                    _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+                let mut sum = hsum8(_mm256_add_ps(hi, lo)) as f64;
                 for (x, y) in a[n..].iter().zip(&b[n..]) {
                     sum += (x * y) as f64;
                 }
                 sum as f32
             }
             F16Dot::Tiny => {
-                for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
-                    for (l, acc) in acc[0].iter_mut().enumerate() {
-                        *acc = ca[l].mul_add(cb[l], *acc);
-                    }
+                let n = a.len().min(b.len()) / 16 * 16;
+                let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                for c in (0..n).step_by(16) {
+                    lo = _mm256_fmadd_ps(ld(pa, c), ld(pb, c), lo);
+                    hi = _mm256_fmadd_ps(ld(pa, c + 8), ld(pb, c + 8), hi);
                 }
-                finish(kind, acc)
+                hsum8(_mm256_add_ps(hi, lo))
             }
         }
     }
 }
 
+thread_local! {
+    /// `mix_f16`'s accumulators, kept between calls (one a head and layer in each step).
+    static MIX: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// out = Σⱼ w[j]·v[j] over value rows v[j] (each out.len() long) at cache positions
+/// first + j, with the weights rounded to f16: the F16 product of the attention weights and
+/// the values, position j in the lane and accumulator `kind`'s kernel gives it (ggml's rows
+/// start at cache position 0; positions not given have weight 0 and leave sums unchanged).
+pub fn mix_f16(kind: F16Dot, out: &mut [f32], w: &[f32], v: &[f32], first: usize) {
+    // [accumulator][lane][d]: four accumulators for `Vec`, one for `Tiny`; then 16 rows of
+    // lane sums.
+    let accumulators = if kind == F16Dot::Vec { 4 } else { 1 };
+    MIX.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        buf.resize((accumulators + 1) * 16 * out.len(), 0.0);
+        mix_f16_in(kind, out, w, v, first, &mut buf);
+    });
+}
+
 simd_fn! {
-    /// out = Σⱼ w[j]·v[j] over value rows v[j] (each out.len() long) at cache positions
-    /// first + j, with the weights rounded to f16: the F16 product of the attention weights and
-    /// the values, position j in the lane and accumulator `kind`'s kernel gives it (ggml's rows
-    /// start at cache position 0; positions not given have weight 0 and leave sums unchanged).
-    pub fn mix_f16(kind: F16Dot, out: &mut [f32], w: &[f32], v: &[f32], first: usize) {
+    /// `mix_f16` in `buf` (zeros): the weighted rows into their (accumulator, lane) rows, then
+    /// ggml's reduction of the lanes done row-wise, for every d at once (the same additions as
+    /// `finish` per d).
+    fn mix_f16_in(kind: F16Dot, out: &mut [f32], w: &[f32], v: &[f32], first: usize, buf: &mut [f32]) {
         let hd = out.len();
-        // [accumulator][lane][d]: four accumulators for `Vec`, one for `Tiny`.
-        let accumulators = if kind == F16Dot::Vec { 4 } else { 1 };
-        let mut acc = vec![0f32; accumulators * 16 * hd];
+        let (acc, sums) = buf.split_at_mut(buf.len() - 16 * hd);
         for (j, (&w, vj)) in w.iter().zip(v.chunks_exact(hd)).enumerate() {
             let (pos, w) = (first + j, round_f16(w));
             let slot = match kind {
@@ -190,14 +271,35 @@ simd_fn! {
                 *a = x.mul_add(w, *a);
             }
         }
-        for (d, o) in out.iter_mut().enumerate() {
-            let mut lanes = [[0f32; 16]; 4];
-            for (j, lanes) in lanes.iter_mut().enumerate().take(accumulators) {
-                for (l, x) in lanes.iter_mut().enumerate() {
-                    *x = acc[(j * 16 + l) * hd + d];
+        let acc: &[f32] = acc;
+        let row = |s: usize| &acc[s * hd..(s + 1) * hd];
+        for (l, y) in sums.chunks_exact_mut(hd).enumerate() {
+            match kind {
+                // (sum[0] + sum[2]) + (sum[1] + sum[3]) per lane.
+                F16Dot::Vec => {
+                    let (a0, a1, a2, a3) =
+                        (row(l), row(16 + l), row(32 + l), row(48 + l));
+                    for ((((y, a0), a1), a2), a3) in y.iter_mut().zip(a0).zip(a1).zip(a2).zip(a3) {
+                        *y = (a0 + a2) + (a1 + a3);
+                    }
                 }
+                F16Dot::Tiny => y.copy_from_slice(row(l)),
             }
-            *o = finish(kind, lanes);
+        }
+        // `reduce16` row-wise: lanes l + 8 and l, then `hsum8`'s tree.
+        let (lo, hi) = sums.split_at_mut(8 * hd);
+        for (a, b) in lo.iter_mut().zip(hi.iter()) {
+            *a += b;
+        }
+        let (lo, hi) = lo.split_at_mut(4 * hd);
+        for (a, b) in lo.iter_mut().zip(hi.iter()) {
+            *a += b;
+        }
+        let (g0, rest) = lo.split_at(hd);
+        let (g1, rest) = rest.split_at(hd);
+        let (g2, g3) = rest.split_at(hd);
+        for ((((o, g0), g1), g2), g3) in out.iter_mut().zip(g0).zip(g1).zip(g2).zip(g3) {
+            *o = (g0 + g2) + (g1 + g3);
         }
     }
 }
@@ -296,6 +398,55 @@ mod tests {
         }
         let got = dot_f16(F16Dot::Tiny, &a[..32], &b[..32]);
         assert_eq!(got.to_bits(), reduce16(&lanes).to_bits());
+    }
+
+    /// The AVX2 dot equals the lane-by-lane one bit for bit, with and without leftovers; a
+    /// mix of 64-wide rows equals the mixes of its columns one at a time.
+    #[test]
+    fn f16_products_agree_across_forms() {
+        let vals = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    round_f16(
+                        (((i as u32).wrapping_mul(2654435761) ^ seed) % 2000) as f32 / 997.0 - 1.0,
+                    )
+                })
+                .collect()
+        };
+        for n in [16, 48, 64, 128, 130, 190, 256] {
+            let (a, b) = (vals(n, 7), vals(n, 11));
+            for kind in [F16Dot::Vec, F16Dot::Tiny] {
+                let n16 = n / 16 * 16;
+                let want = dot_f16_lanes(kind, &a[..n16], &b[..n16]);
+                assert_eq!(
+                    dot_f16(kind, &a[..n16], &b[..n16]).to_bits(),
+                    want.to_bits()
+                );
+                #[cfg(target_arch = "x86_64")]
+                if crate::kernels::isa::Isa::available().contains(&crate::kernels::isa::Isa::Avx2) {
+                    let got = unsafe { x86::dot_f16(kind, &a[..n16], &b[..n16]) };
+                    assert_eq!(got.to_bits(), want.to_bits(), "{kind:?} {n}");
+                }
+            }
+        }
+        let (hd, n) = (64, 77);
+        let (w, v) = (vals(n, 3), vals(n * hd, 5));
+        for kind in [F16Dot::Vec, F16Dot::Tiny] {
+            for first in [0, 5, 16, 40] {
+                let mut out = vec![0f32; hd];
+                mix_f16(kind, &mut out, &w, &v, first);
+                for d in 0..hd {
+                    let col: Vec<f32> = (0..n).map(|j| v[j * hd + d]).collect();
+                    let mut one = [0f32];
+                    mix_f16(kind, &mut one, &w, &col, first);
+                    assert_eq!(
+                        out[d].to_bits(),
+                        one[0].to_bits(),
+                        "{kind:?} first {first} d {d}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

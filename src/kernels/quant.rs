@@ -49,9 +49,11 @@ pub struct QuantMatrix {
     codes: Codes,
     /// Codes per (pair, block, row of the pair): 16 or 32 bytes each.
     qs: Vec<u8>,
-    /// Scale and offset per (pair, block, row of the pair).
-    d: Vec<f32>,
-    m: Vec<f32>,
+    /// Scales and offsets as the file's f16 bits, per (pair, block): [d0, d1, m0, m1] for the
+    /// pair's rows 0 and 1 (m is 0 where `offset_code` stands for it). Kept as f16, as GGUF
+    /// keeps them, so that decoding streams no more weight bytes than llama.cpp does (f32
+    /// would add a fifth to Q4's 20 bytes a block); f16 to f32 is exact.
+    dm: Vec<u16>,
     /// The fixed offset code folded into the integer sums (Q4_0: 8, Q8_0: 128), or 0 for Q4_1,
     /// whose stored offsets go through `summs`.
     offset_code: i32,
@@ -96,27 +98,22 @@ impl QuantMatrix {
             cols,
             codes,
             qs: vec![0; slots * code_len],
-            d: vec![0.0; slots],
-            m: vec![0.0; slots],
+            dm: vec![0; 2 * slots],
             offset_code,
         };
-        let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
+        let bits = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
         for (i, blk) in data.chunks_exact(bytes_per_block).enumerate() {
-            let slot = out.slot(i / nb, i % nb);
-            let d = half(blk);
-            out.d[slot] = d;
+            let (r, b) = (i / nb, i % nb);
+            let (slot, dm) = (out.slot(r, b), out.dm_at(r, b));
+            out.dm[dm] = bits(blk);
             let qs = &mut out.qs[slot * code_len..(slot + 1) * code_len];
             match q.dtype() {
-                GgmlDType::Q4_0 => {
-                    out.m[slot] = -8.0 * d;
-                    qs.copy_from_slice(&blk[2..18]);
-                }
+                GgmlDType::Q4_0 => qs.copy_from_slice(&blk[2..18]),
                 GgmlDType::Q4_1 => {
-                    out.m[slot] = half(&blk[2..4]);
+                    out.dm[dm + 2] = bits(&blk[2..4]);
                     qs.copy_from_slice(&blk[4..20]);
                 }
                 _ => {
-                    out.m[slot] = -128.0 * d;
                     for (q, &b) in qs.iter_mut().zip(&blk[2..34]) {
                         *q = b ^ 0x80;
                     }
@@ -132,13 +129,24 @@ impl QuantMatrix {
         ((r / 2) * (self.cols / BLOCK) + b) * 2 + r % 2
     }
 
+    /// Where the scale of block b of row r is kept in `dm` (its offset two further).
+    #[inline(always)]
+    fn dm_at(&self, r: usize, b: usize) -> usize {
+        ((r / 2) * (self.cols / BLOCK) + b) * 4 + r % 2
+    }
+
     /// Row r of the matrix as f32 (an embedding lookup): d·u + m per block, as llama.cpp's
     /// `dequantize_row_*` (d·u is exact, so there is one rounding).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let code_len = self.codes.len();
         for (b, vals) in out.chunks_exact_mut(BLOCK).enumerate() {
-            let slot = self.slot(r, b);
-            let (d, m) = (self.d[slot], self.m[slot]);
+            let (slot, at) = (self.slot(r, b), self.dm_at(r, b));
+            let d = f32_of(self.dm[at]);
+            // Q4_0 and Q8_0: m = −o·d, exact (o is a power of two).
+            let m = match self.offset_code {
+                0 => f32_of(self.dm[at + 2]),
+                o => -(o as f32) * d,
+            };
             let q = &self.qs[slot * code_len..(slot + 1) * code_len];
             for (j, v) in vals.iter_mut().enumerate() {
                 *v = d * self.codes.code(q, j) as f32 + m;
@@ -165,8 +173,7 @@ impl QuantMatrix {
         let slots = 2 * nb * pairs.start..2 * nb * pairs.end;
         let w = WPair {
             qs: &self.qs[slots.start * self.codes.len()..slots.end * self.codes.len()],
-            d: &self.d[slots.clone()],
-            m: &self.m[slots],
+            dm: &self.dm[2 * slots.start..2 * slots.end],
         };
         let x = XRows {
             qs: &xq.qs[i0 * self.cols..(i0 + n) * self.cols],
@@ -229,7 +236,7 @@ impl QuantMatrix {
             let slot = 2 * b + h;
             let q = &w.qs[slot * code_len..(slot + 1) * code_len];
             let xb = &xq[b * BLOCK..(b + 1) * BLOCK];
-            let scale = w.d[slot] * xd[b];
+            let scale = f32_of(w.dm[4 * b + h]) * xd[b];
             for (l, acc) in acc.iter_mut().enumerate() {
                 let lane: i32 = (4 * l..4 * l + 4)
                     .map(|j| (self.codes.code(q, j) as i32 - self.offset_code) * xb[j] as i32)
@@ -237,7 +244,7 @@ impl QuantMatrix {
                 *acc = scale.mul_add(lane as f32, *acc);
             }
             if self.offset_code == 0 {
-                summs = w.m[slot].mul_add(xs[b], summs);
+                summs = f32_of(w.dm[4 * b + 2 + h]).mul_add(xs[b], summs);
             }
         }
         crate::kernels::ggml::hsum8(&acc) + summs
@@ -264,25 +271,35 @@ impl Codes {
     }
 }
 
-/// A pair of weight rows (or consecutive pairs): codes, scales and offsets per (pair, block,
-/// row of the pair).
+/// The f32 value of f16 bits.
+#[inline(always)]
+fn f32_of(bits: u16) -> f32 {
+    f16::from_bits(bits).to_f32()
+}
+
+/// A pair of weight rows (or consecutive pairs): codes per (pair, block, row of the pair),
+/// f16 scales and offsets per (pair, block) as [d0, d1, m0, m1].
 #[derive(Clone, Copy)]
 struct WPair<'a> {
     qs: &'a [u8],
-    d: &'a [f32],
-    m: &'a [f32],
+    dm: &'a [u16],
 }
 
 impl<'a> WPair<'a> {
     /// Pair j of `pairs` consecutive pairs.
     #[inline(always)]
     fn pair(self, j: usize, pairs: usize) -> WPair<'a> {
-        let (slots, codes) = (self.d.len() / pairs, self.qs.len() / pairs);
+        let (dm, codes) = (self.dm.len() / pairs, self.qs.len() / pairs);
         WPair {
             qs: &self.qs[j * codes..(j + 1) * codes],
-            d: &self.d[j * slots..(j + 1) * slots],
-            m: &self.m[j * slots..(j + 1) * slots],
+            dm: &self.dm[j * dm..(j + 1) * dm],
         }
+    }
+
+    /// Blocks per row.
+    #[inline(always)]
+    fn blocks(self) -> usize {
+        self.dm.len() / 4
     }
 }
 
@@ -323,11 +340,12 @@ pub fn matmul_group(mats: &[&QuantMatrix], x: &[f32], m: usize, outs: &mut [&mut
         for i0 in (0..m).step_by(4) {
             let n = 4.min(m - i0);
             w.pair_dots(tier, p0..p1, (&xq, i0, n), &mut vals);
-            for (p, v) in (p0..p1).zip(vals) {
-                for (r, v) in (2 * p..(2 * p + 2).min(w.rows)).zip(v) {
-                    for (k, &v) in v[..n].iter().enumerate() {
+            // Row by row of the output, so that the writes run along it.
+            for k in 0..n {
+                for (p, v) in (p0..p1).zip(&vals) {
+                    for (r, v) in (2 * p..(2 * p + 2).min(w.rows)).zip(v) {
                         // SAFETY: (g, i0 + k, r) is written by this task only, inside outs[g].
-                        unsafe { *ptrs[g].get().add((i0 + k) * w.rows + r) = v };
+                        unsafe { *ptrs[g].get().add((i0 + k) * w.rows + r) = v[k] };
                     }
                 }
             }

@@ -56,7 +56,7 @@ const Q8_0: u8 = 2;
 /// As `super::avx512::pair_dots`, on 256-bit registers, into `out` (one entry a pair of
 /// consecutive pairs of `w`). Up to two activation rows take both weight rows in one pass;
 /// more take one weight row a pass, so that the accumulators stay in the 16 registers.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn pair_dots<const N: usize>(
     codes: Codes,
     offset_code: i32,
@@ -89,41 +89,67 @@ unsafe fn pair<const N: usize, const FMT: u8>(off: i32, w: WPair, x: XRows) -> [
 
 /// Rows H0..H0 + R of a pair against N activation rows: per block and row, the eight lane
 /// sums accumulated as fma(dw·dx, lane, acc), then llama.cpp's horizontal sum plus `summs`.
+/// The pair's f16 [d0, d1, m0, m1] of a block convert in one step; its lanes times dx give both
+/// rows' scales, and Q4_1's offsets accumulate lane-wise, fma(m, s, summs), in lanes 2 and 3.
 #[inline(always)]
 unsafe fn rows<const N: usize, const FMT: u8, const H0: usize, const R: usize>(
     offset_code: i32,
     w: WPair,
     x: XRows,
 ) -> [[f32; 4]; R] {
-    let nb = w.d.len() / 2;
+    let nb = w.blocks();
     let cols = nb * BLOCK;
     let ones = _mm256_set1_epi8(1);
     let off = _mm256_set1_epi32(offset_code);
     let mut acc = [[_mm256_setzero_ps(); N]; R];
-    let mut summs = [[0f32; N]; R];
+    // Q4_1's Σ m·s per activation row: both rows' in lanes 2 and 3 (two rows a pass), or the
+    // pass's row in a scalar (one row a pass, where the per-row steps leave the k loop).
+    let mut summs = [_mm_setzero_ps(); N];
+    let mut summ = [0f32; N];
     for b in 0..nb {
         let u = codes::<FMT, H0, R>(w, b);
-        for (h, &u) in u.iter().enumerate() {
-            let slot = 2 * b + H0 + h;
-            // Q8_0: the signed codes u − 128, whose products need no offset step.
-            let q = _mm256_xor_si256(u, _mm256_set1_epi8(-128));
-            let wd = _mm256_broadcast_ss(w.d.get_unchecked(slot));
-            for k in 0..N {
-                let xv = _mm256_loadu_si256(x.qs.as_ptr().add(k * cols + b * BLOCK).cast());
+        // Q8_0: the signed codes u − 128, whose products need no offset step.
+        let q = u.map(|u| _mm256_xor_si256(u, _mm256_set1_epi8(-128)));
+        let dm = _mm_cvtph_ps(_mm_loadl_epi64(w.dm.as_ptr().add(4 * b).cast()));
+        // One row a pass: its scale broadcast and its offset, once a block.
+        let (wd, m) = match H0 {
+            0 => (
+                _mm256_broadcastss_ps(dm),
+                _mm_cvtss_f32(_mm_movehl_ps(dm, dm)),
+            ),
+            _ => {
+                let odd = _mm_movehdup_ps(dm);
+                (
+                    _mm256_broadcastss_ps(odd),
+                    _mm_cvtss_f32(_mm_movehl_ps(odd, odd)),
+                )
+            }
+        };
+        for k in 0..N {
+            let xv = _mm256_loadu_si256(x.qs.as_ptr().add(k * cols + b * BLOCK).cast());
+            let (xd, xs) = (x.d.get_unchecked(k * nb + b), x.s.get_unchecked(k * nb + b));
+            // Both rows' scales dw·dx from one product: lanes 0 and 1.
+            let scales = _mm_mul_ps(dm, _mm_set1_ps(*xd));
+            if FMT == Q4_1 {
+                match R {
+                    2 => summs[k] = _mm_fmadd_ps(dm, _mm_set1_ps(*xs), summs[k]),
+                    _ => summ[k] = m.mul_add(*xs, summ[k]),
+                }
+            }
+            for h in 0..R {
+                let scale = match (R, h) {
+                    (2, 0) => _mm256_broadcastss_ps(scales),
+                    (2, _) => _mm256_broadcastss_ps(_mm_movehdup_ps(scales)),
+                    _ => _mm256_mul_ps(wd, _mm256_broadcast_ss(xd)),
+                };
                 let dot = match FMT {
-                    Q8_0 => lanes(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q)),
+                    Q8_0 => lanes(_mm256_sign_epi8(q[h], q[h]), _mm256_sign_epi8(xv, q[h])),
                     Q4_0 => {
                         let sums = lanes(ones, xv);
-                        _mm256_sub_epi32(lanes(u, xv), _mm256_mullo_epi32(off, sums))
+                        _mm256_sub_epi32(lanes(u[h], xv), _mm256_mullo_epi32(off, sums))
                     }
-                    _ => {
-                        let (m, s) = (w.m.get_unchecked(slot), x.s.get_unchecked(k * nb + b));
-                        summs[h][k] = m.mul_add(*s, summs[h][k]);
-                        lanes(u, xv)
-                    }
+                    _ => lanes(u[h], xv),
                 };
-                let xd = _mm256_broadcast_ss(x.d.get_unchecked(k * nb + b));
-                let scale = _mm256_mul_ps(wd, xd);
                 acc[h][k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[h][k]);
             }
         }
@@ -131,9 +157,11 @@ unsafe fn rows<const N: usize, const FMT: u8, const H0: usize, const R: usize>(
     let mut out = [[0f32; 4]; R];
     for (h, o) in out.iter_mut().enumerate() {
         for k in 0..N {
-            let mut a = [0f32; 8];
+            let (mut a, mut sm) = ([0f32; 8], [0f32; 4]);
             _mm256_storeu_ps(a.as_mut_ptr(), acc[h][k]);
-            o[k] = crate::kernels::ggml::hsum8(&a) + summs[h][k];
+            _mm_storeu_ps(sm.as_mut_ptr(), summs[k]);
+            let summ = if R == 2 { sm[2 + h] } else { summ[k] };
+            o[k] = crate::kernels::ggml::hsum8(&a) + summ;
         }
     }
     out

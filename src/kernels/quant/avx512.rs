@@ -10,7 +10,7 @@ use super::{Codes, WPair, XRows, BLOCK};
 /// fma(dw·dx, lane, acc), then llama.cpp's horizontal sum plus the offsets' `summs` (two
 /// lanes of a 128-bit fma, one per row).
 /// `one` for each pair of `w` (consecutive pairs), into `out` (one entry a pair).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
 pub unsafe fn pair_dots<const N: usize>(
     codes: Codes,
     offset_code: i32,
@@ -26,7 +26,7 @@ pub unsafe fn pair_dots<const N: usize>(
 
 #[inline(always)]
 unsafe fn one<const N: usize>(codes: Codes, offset_code: i32, w: WPair, x: XRows) -> [[f32; 4]; 2] {
-    let nb = w.d.len() / 2;
+    let nb = w.blocks();
     let cols = nb * BLOCK;
     let mask = _mm256_set1_epi8(0x0f);
     let ones = _mm512_set1_epi8(1);
@@ -50,9 +50,10 @@ unsafe fn one<const N: usize>(codes: Codes, offset_code: i32, w: WPair, x: XRows
             }
             Codes::Bytes => _mm512_loadu_si512(w.qs.as_ptr().add(b * 64).cast()),
         };
-        let dpair = _mm_castpd_ps(_mm_load_sd(w.d.as_ptr().add(2 * b).cast()));
-        let wd = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(dpair));
-        let mpair = _mm_castpd_ps(_mm_load_sd(w.m.as_ptr().add(2 * b).cast()));
+        // The pair's f16 [d0, d1, m0, m1].
+        let dm = _mm_cvtph_ps(_mm_loadl_epi64(w.dm.as_ptr().add(4 * b).cast()));
+        let wd = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(dm));
+        let mpair = _mm_movehl_ps(dm, dm);
         for k in 0..N {
             let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(
                 x.qs.as_ptr().add(k * cols + b * BLOCK).cast(),

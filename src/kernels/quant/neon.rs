@@ -45,7 +45,7 @@ pub unsafe fn pair_dots<const N: usize>(
     out: &mut [[[f32; 4]; 2]],
 ) {
     let pairs = out.len();
-    let nb = w.d.len() / pairs / 2;
+    let nb = w.dm.len() / pairs / 4;
     let cols = nb * BLOCK;
     let summs_on = codes_of == Codes::Nibbles && offset_code == 0;
     for (j, o) in out.iter_mut().enumerate() {
@@ -54,9 +54,9 @@ pub unsafe fn pair_dots<const N: usize>(
             let mut acc = [[vdupq_n_f32(0.0); 2]; N];
             let mut summs = [0f32; N];
             for b in 0..nb {
-                let slot = 2 * b + h;
                 let q = codes(codes_of, offset_code, w, b, h);
-                let wd = *w.d.get_unchecked(slot);
+                let wd = super::f32_of(*w.dm.get_unchecked(4 * b + h));
+                let m = super::f32_of(*w.dm.get_unchecked(4 * b + 2 + h));
                 for k in 0..N {
                     let xp = x.qs.as_ptr().add(k * cols + b * BLOCK);
                     let l0 = lanes4(q[0], vld1q_s8(xp));
@@ -65,8 +65,7 @@ pub unsafe fn pair_dots<const N: usize>(
                     acc[k][0] = vfmaq_f32(acc[k][0], scale, vcvtq_f32_s32(l0));
                     acc[k][1] = vfmaq_f32(acc[k][1], scale, vcvtq_f32_s32(l1));
                     if summs_on {
-                        let (m, s) = (w.m.get_unchecked(slot), x.s.get_unchecked(k * nb + b));
-                        summs[k] = m.mul_add(*s, summs[k]);
+                        summs[k] = m.mul_add(*x.s.get_unchecked(k * nb + b), summs[k]);
                     }
                 }
             }
