@@ -641,12 +641,10 @@ fn attend_ggml(
     first: usize,
     kind: F16Dot,
 ) {
-    let mut s: Vec<f32> = k
-        .chunks_exact(qv.len())
-        .map(|kj| ggml::dot_f16(kind, kj, qv))
-        .collect();
+    let mut s = vec![0f32; k.len() / qv.len()];
+    ggml::dots_f16(kind, k, qv, &mut s);
     ggml::soft_max(&mut s, first, scale);
-    ggml::mix_f16(kind, o, &s, v, first);
+    ggml::mix_f16(kind, o, &mut s, v, first);
 }
 
 #[cfg(test)]

@@ -20,6 +20,17 @@ pub fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
+/// `round_f16` of every value, with F16C's conversions where the tier has them (the same
+/// rounding, to nearest even).
+pub fn round_f16_all(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::isa::Isa::current() >= crate::kernels::isa::Isa::Avx2 {
+        // SAFETY: the AVX2 tier requires F16C (`Isa::detected`).
+        return unsafe { x86::round_f16_all(xs) };
+    }
+    xs.iter_mut().for_each(|x| *x = round_f16(*x));
+}
+
 /// llama.cpp's `hsum_float_8`: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
 #[inline(always)]
 pub fn hsum8(a: &[f32; 8]) -> f32 {
@@ -150,6 +161,18 @@ pub fn dot_f16(kind: F16Dot, a: &[f32], b: &[f32]) -> f32 {
     dot_f16_lanes(kind, a, b)
 }
 
+/// `dot_f16(kind, key, q)` for each key (rows of q.len()), into `out`.
+pub fn dots_f16(kind: F16Dot, keys: &[f32], q: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::isa::Isa::current() >= crate::kernels::isa::Isa::Avx2 {
+        // SAFETY: the tier runs only on a CPU with AVX2 and FMA.
+        return unsafe { x86::dots_f16(kind, keys, q, out) };
+    }
+    for (o, k) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
+        *o = dot_f16_lanes(kind, k, q);
+    }
+}
+
 /// `dot_f16` spelled lane by lane.
 fn dot_f16_lanes(kind: F16Dot, a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [[0f32; 16]; 4];
@@ -186,6 +209,18 @@ mod x86 {
 
     use super::F16Dot;
 
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn round_f16_all(xs: &mut [f32]) {
+        let mut chunks = xs.chunks_exact_mut(8);
+        for c in &mut chunks {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(c.as_ptr()));
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+        for x in chunks.into_remainder() {
+            *x = super::round_f16(*x);
+        }
+    }
+
     /// `hsum8` of a register: (h4+h0, h5+h1, h6+h2, h7+h3), then (g0+g2) + (g1+g3).
     #[inline(always)]
     unsafe fn hsum8(h: __m256) -> f32 {
@@ -194,8 +229,17 @@ mod x86 {
         _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
     }
 
+    /// `dot_f16` of each key (rows of q.len()) with q, into `out`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dots_f16(kind: F16Dot, keys: &[f32], q: &[f32], out: &mut [f32]) {
+        for (o, k) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
+            *o = dot_f16(kind, k, q);
+        }
+    }
+
     /// `super::dot_f16_lanes` on eight registers: register i holds values 8i..8i + 8 of each
     /// 64 (accumulator i / 2, lanes 8·(i % 2)..), so each lane's sums are the same.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f16(kind: F16Dot, a: &[f32], b: &[f32]) -> f32 {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -239,10 +283,11 @@ thread_local! {
 }
 
 /// out = Σⱼ w[j]·v[j] over value rows v[j] (each out.len() long) at cache positions
-/// first + j, with the weights rounded to f16: the F16 product of the attention weights and
+/// first + j, the weights rounded to f16 here: the F16 product of the attention weights and
 /// the values, position j in the lane and accumulator `kind`'s kernel gives it (ggml's rows
 /// start at cache position 0; positions not given have weight 0 and leave sums unchanged).
-pub fn mix_f16(kind: F16Dot, out: &mut [f32], w: &[f32], v: &[f32], first: usize) {
+pub fn mix_f16(kind: F16Dot, out: &mut [f32], w: &mut [f32], v: &[f32], first: usize) {
+    round_f16_all(w);
     // [accumulator][lane][d]: four accumulators for `Vec`, one for `Tiny`; then 16 rows of
     // lane sums.
     let accumulators = if kind == F16Dot::Vec { 4 } else { 1 };
@@ -255,20 +300,36 @@ pub fn mix_f16(kind: F16Dot, out: &mut [f32], w: &[f32], v: &[f32], first: usize
 }
 
 simd_fn! {
-    /// `mix_f16` in `buf` (zeros): the weighted rows into their (accumulator, lane) rows, then
+    /// `mix_f16` in `buf` (zeros), for weights that are f16 values: the weighted rows into their (accumulator, lane) rows, then
     /// ggml's reduction of the lanes done row-wise, for every d at once (the same additions as
     /// `finish` per d).
     fn mix_f16_in(kind: F16Dot, out: &mut [f32], w: &[f32], v: &[f32], first: usize, buf: &mut [f32]) {
         let hd = out.len();
         let (acc, sums) = buf.split_at_mut(buf.len() - 16 * hd);
-        for (j, (&w, vj)) in w.iter().zip(v.chunks_exact(hd)).enumerate() {
-            let (pos, w) = (first + j, round_f16(w));
-            let slot = match kind {
-                F16Dot::Vec => (pos / 16) % 4 * 16 + pos % 16,
-                F16Dot::Tiny => pos % 16,
-            };
-            for (a, &x) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(vj) {
-                *a = x.mul_add(w, *a);
+        // Position pos goes to accumulator row pos mod S (ggml's lane and accumulator), in
+        // position order. Row by row, 32 values of d at a time held in registers.
+        let rows = if kind == F16Dot::Vec { 64 } else { 16 };
+        let n = w.len().min(v.len() / hd);
+        if hd.is_multiple_of(32) {
+            for (slot, a) in acc.chunks_exact_mut(hd).enumerate().take(rows) {
+                let j0 = (slot + rows - first % rows) % rows;
+                for d0 in (0..hd).step_by(32) {
+                    let mut r = [0f32; 32];
+                    for j in (j0..n).step_by(rows) {
+                        let vj = &v[j * hd + d0..j * hd + d0 + 32];
+                        for (r, &x) in r.iter_mut().zip(vj) {
+                            *r = x.mul_add(w[j], *r);
+                        }
+                    }
+                    a[d0..d0 + 32].copy_from_slice(&r);
+                }
+            }
+        } else {
+            for (j, (&w, vj)) in w.iter().zip(v.chunks_exact(hd)).enumerate() {
+                let slot = (first + j) % rows;
+                for (a, &x) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(vj) {
+                    *a = x.mul_add(w, *a);
+                }
             }
         }
         let acc: &[f32] = acc;
@@ -377,7 +438,7 @@ mod tests {
             );
             // The same sum as a mix of 128 one-value rows, against weights that are f16 already.
             let mut out = [0f32];
-            mix_f16(kind, &mut out, &b, &a, 0);
+            mix_f16(kind, &mut out, &mut b.clone(), &a, 0);
             assert_eq!(
                 out[0].to_bits(),
                 dot_f16(kind, &a, &b).to_bits(),
@@ -434,11 +495,11 @@ mod tests {
         for kind in [F16Dot::Vec, F16Dot::Tiny] {
             for first in [0, 5, 16, 40] {
                 let mut out = vec![0f32; hd];
-                mix_f16(kind, &mut out, &w, &v, first);
+                mix_f16(kind, &mut out, &mut w.clone(), &v, first);
                 for d in 0..hd {
                     let col: Vec<f32> = (0..n).map(|j| v[j * hd + d]).collect();
                     let mut one = [0f32];
-                    mix_f16(kind, &mut one, &w, &col, first);
+                    mix_f16(kind, &mut one, &mut w.clone(), &col, first);
                     assert_eq!(
                         out[d].to_bits(),
                         one[0].to_bits(),

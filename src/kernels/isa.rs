@@ -89,6 +89,7 @@ impl Isa {
     /// The tier of this process: `DECODEX_ISA` when set (checked against the CPU), else the
     /// detected one. Panics with the reason when `DECODEX_ISA` is invalid; `Isa::check` lets a
     /// command report that as an error before any kernel runs.
+    #[inline]
     pub fn current() -> Isa {
         match Isa::check() {
             Ok(t) => t,

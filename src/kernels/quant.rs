@@ -27,7 +27,7 @@ use super::isa::Isa;
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
 
-/// Pairs of weight rows per parallel task of `matmul_group`.
+/// The most pairs of weight rows per parallel task of `matmul_group`.
 const CHUNK: usize = 32;
 
 /// How the codes of a row are stored.
@@ -325,8 +325,10 @@ pub fn matmul_group(mats: &[&QuantMatrix], x: &[f32], m: usize, outs: &mut [&mut
     }
     let xq = quantize_rows(x, cols);
     let tier = Isa::current();
-    // Pairs of rows per task.
-    let chunk = CHUNK;
+    // Pairs of rows per task: up to CHUNK, and at least eight tasks a thread where the
+    // matrices have the pairs, so that no thread waits long on another's last task.
+    let pairs: usize = mats.iter().map(|w| w.rows.div_ceil(2)).sum();
+    let chunk = (pairs / (8 * rayon::current_num_threads())).clamp(4, CHUNK);
     let tasks: Vec<(usize, usize)> = mats
         .iter()
         .enumerate()

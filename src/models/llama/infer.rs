@@ -294,8 +294,8 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         rope(&mut k, nkv, hd, model.rope, cos, sin, pos, exact);
         if exact {
             // llama.cpp's f16 KV cache, and the query rounded to f16 for the product with it.
-            for v in q.iter_mut().chain(k.iter_mut()).chain(v.iter_mut()) {
-                *v = ggml::round_f16(*v);
+            for x in [&mut q, &mut k, &mut v] {
+                ggml::round_f16_all(x);
             }
         }
         // Append k and v at positions start..start + t of each (row, kv head).
