@@ -8,6 +8,12 @@ use std::arch::x86_64::*;
 
 use super::{Codes, WPair, XRows, BLOCK};
 
+/// How far ahead of the block being read the weights are prefetched, in bytes of codes
+/// (the scales as many blocks ahead): decoding streams every weight once from memory, and
+/// the hardware prefetchers alone left the loads waiting (on a Zen 3 EPYC, 2 threads:
+/// 86 → 100 tokens/s at 1-2 KiB).
+const PREFETCH: usize = 2048;
+
 /// Eight i32 lanes, lane l = Σ_{j<4} u[4l+j]·x[4l+j] for unsigned u and signed x.
 #[inline(always)]
 unsafe fn lanes(u: __m256i, x: __m256i) -> __m256i {
@@ -106,7 +112,14 @@ unsafe fn rows<const N: usize, const FMT: u8, const H0: usize, const R: usize>(
     // pass's row in a scalar (one row a pass, where the per-row steps leave the k loop).
     let mut summs = [_mm_setzero_ps(); N];
     let mut summ = [0f32; N];
+    // Bytes of codes per block of the pair.
+    let per_block = if FMT == Q8_0 { 64 } else { 32 };
     for b in 0..nb {
+        // Past the pair's end the addresses run into the next pairs of the task (a prefetch
+        // never faults).
+        let ahead = b + PREFETCH / per_block;
+        _mm_prefetch::<_MM_HINT_T0>(w.qs.as_ptr().wrapping_add(ahead * per_block).cast());
+        _mm_prefetch::<_MM_HINT_T0>(w.dm.as_ptr().wrapping_add(4 * ahead).cast());
         let u = codes::<FMT, H0, R>(w, b);
         // Q8_0: the signed codes u − 128, whose products need no offset step.
         let q = u.map(|u| _mm256_xor_si256(u, _mm256_set1_epi8(-128)));
