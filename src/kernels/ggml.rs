@@ -102,6 +102,18 @@ pub fn expf(x: f32) -> f32 {
     scalef(j, n)
 }
 
+/// x = expf(x − mx) for every value, eight lanes at a time on the AVX2 tier (the same
+/// steps; a group with an exponent outside the normal range goes lane by lane).
+#[inline(always)]
+fn exp_shifted(xs: &mut [f32], mx: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::isa::Isa::current() >= crate::kernels::isa::Isa::Avx2 {
+        // SAFETY: the tier runs only on a CPU with AVX2 and FMA.
+        return unsafe { x86::exp_shifted(xs, mx) };
+    }
+    xs.iter_mut().for_each(|x| *x = expf(*x - mx));
+}
+
 /// `vscalefps` for an integral n with |n| ≤ 192: j·2ⁿ, rounded once.
 #[inline(always)]
 fn scalef(j: f32, n: f32) -> f32 {
@@ -114,12 +126,21 @@ fn scalef(j: f32, n: f32) -> f32 {
     }
 }
 
-simd_fn! {
-    /// `ggml_vec_swiglu_f32`: silu(g)·u with silu(g) = g / (1 + expf(−g)).
-    pub fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
-        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-            *o = (g / (1.0 + expf(0.0 - g))) * u;
-        }
+/// `ggml_vec_swiglu_f32`: silu(g)·u with silu(g) = g / (1 + expf(−g)); eight lanes at a
+/// time on the AVX2 tier (the same steps).
+pub fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::isa::Isa::current() >= crate::kernels::isa::Isa::Avx2 {
+        // SAFETY: the tier runs only on a CPU with AVX2 and FMA.
+        return unsafe { x86::swiglu(out, gate, up) };
+    }
+    swiglu_lanes(out, gate, up)
+}
+
+/// `swiglu` lane by lane.
+fn swiglu_lanes(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = (g / (1.0 + expf(0.0 - g))) * u;
     }
 }
 
@@ -221,6 +242,79 @@ mod x86 {
         }
     }
 
+    /// `super::expf` in eight lanes, where every lane's exponent is in −126..=127 (else
+    /// `None`: the caller goes lane by lane).
+    #[inline(always)]
+    unsafe fn expf8(x: __m256) -> Option<__m256> {
+        use super::{EXP_C, EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_SHIFT};
+        let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+        let r = c(EXP_SHIFT);
+        let n = _mm256_sub_ps(_mm256_fmadd_ps(x, c(EXP_LOG2E), r), r);
+        let neg = _mm256_xor_ps(n, _mm256_set1_ps(-0.0));
+        let b = _mm256_fmadd_ps(neg, c(EXP_LN2_LO), _mm256_fmadd_ps(neg, c(EXP_LN2_HI), x));
+        let u = _mm256_mul_ps(b, b);
+        let p = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(c(EXP_C[0]), b, c(EXP_C[1])),
+                u,
+                _mm256_fmadd_ps(c(EXP_C[2]), b, c(EXP_C[3])),
+            ),
+            u,
+            _mm256_fmadd_ps(c(EXP_C[4]), b, _mm256_set1_ps(1.0)),
+        );
+        // j·2ⁿ by the exponent bits.
+        let normal = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GE_OQ>(n, _mm256_set1_ps(-126.0)),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_set1_ps(127.0)),
+        );
+        if _mm256_movemask_ps(normal) != 0xff {
+            return None;
+        }
+        let e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+        Some(_mm256_mul_ps(
+            p,
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e)),
+        ))
+    }
+
+    /// `super::expf` of x − mx for every value.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_shifted(xs: &mut [f32], mx: f32) {
+        let mxv = _mm256_set1_ps(mx);
+        let mut chunks = xs.chunks_exact_mut(8);
+        for ch in &mut chunks {
+            match expf8(_mm256_sub_ps(_mm256_loadu_ps(ch.as_ptr()), mxv)) {
+                Some(e) => _mm256_storeu_ps(ch.as_mut_ptr(), e),
+                None => ch.iter_mut().for_each(|v| *v = super::expf(*v - mx)),
+            }
+        }
+        for v in chunks.into_remainder() {
+            *v = super::expf(*v - mx);
+        }
+    }
+
+    /// `super::swiglu` eight lanes at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
+        let n = out.len().min(gate.len()).min(up.len()) / 8 * 8;
+        let one = _mm256_set1_ps(1.0);
+        for i in (0..n).step_by(8) {
+            let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+            let o = match expf8(_mm256_sub_ps(_mm256_setzero_ps(), g)) {
+                Some(e) => {
+                    let silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
+                    _mm256_mul_ps(silu, _mm256_loadu_ps(up.as_ptr().add(i)))
+                }
+                None => {
+                    super::swiglu_lanes(&mut out[i..i + 8], &gate[i..i + 8], &up[i..i + 8]);
+                    continue;
+                }
+            };
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), o);
+        }
+        super::swiglu_lanes(&mut out[n..], &gate[n..], &up[n..]);
+    }
+
     /// `hsum8` of a register: (h4+h0, h5+h1, h6+h2, h7+h3), then (g0+g2) + (g1+g3).
     #[inline(always)]
     unsafe fn hsum8(h: __m256) -> f32 {
@@ -277,6 +371,32 @@ mod x86 {
     }
 }
 
+/// Accumulator row r of `mix_f16_in` (rows of `acc`): Σ w[j]·v[j] over the positions
+/// first + j ≡ r (mod rows) in order, W values of d at a time in registers (each value row
+/// read once).
+#[inline(always)]
+fn mix_rows<const W: usize>(
+    acc: &mut [f32],
+    w: &[f32],
+    v: &[f32],
+    (first, n, rows): (usize, usize, usize),
+) {
+    let hd = acc.len() / rows.max(1);
+    for (slot, a) in acc.chunks_exact_mut(hd).enumerate().take(rows) {
+        let j0 = (slot + rows - first % rows) % rows;
+        for d0 in (0..hd).step_by(W) {
+            let mut r = [0f32; W];
+            for j in (j0..n).step_by(rows) {
+                let vj = &v[j * hd + d0..j * hd + d0 + W];
+                for (r, &x) in r.iter_mut().zip(vj) {
+                    *r = x.mul_add(w[j], *r);
+                }
+            }
+            a[d0..d0 + W].copy_from_slice(&r);
+        }
+    }
+}
+
 thread_local! {
     /// `mix_f16`'s accumulators, kept between calls (one a head and layer in each step).
     static MIX: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -307,23 +427,13 @@ simd_fn! {
         let hd = out.len();
         let (acc, sums) = buf.split_at_mut(buf.len() - 16 * hd);
         // Position pos goes to accumulator row pos mod S (ggml's lane and accumulator), in
-        // position order. Row by row, 32 values of d at a time held in registers.
+        // position order (`mix_rows`).
         let rows = if kind == F16Dot::Vec { 64 } else { 16 };
         let n = w.len().min(v.len() / hd);
-        if hd.is_multiple_of(32) {
-            for (slot, a) in acc.chunks_exact_mut(hd).enumerate().take(rows) {
-                let j0 = (slot + rows - first % rows) % rows;
-                for d0 in (0..hd).step_by(32) {
-                    let mut r = [0f32; 32];
-                    for j in (j0..n).step_by(rows) {
-                        let vj = &v[j * hd + d0..j * hd + d0 + 32];
-                        for (r, &x) in r.iter_mut().zip(vj) {
-                            *r = x.mul_add(w[j], *r);
-                        }
-                    }
-                    a[d0..d0 + 32].copy_from_slice(&r);
-                }
-            }
+        if hd.is_multiple_of(64) {
+            mix_rows::<64>(acc, w, v, (first, n, rows));
+        } else if hd.is_multiple_of(32) {
+            mix_rows::<32>(acc, w, v, (first, n, rows));
         } else {
             for (j, (&w, vj)) in w.iter().zip(v.chunks_exact(hd)).enumerate() {
                 let slot = (first + j) % rows;
@@ -376,9 +486,7 @@ simd_fn! {
             *s *= scale;
             mx = mx.max(*s);
         }
-        for s in scores.iter_mut() {
-            *s = expf(*s - mx);
-        }
+        exp_shifted(scores, mx);
         let mut sum = 0f64;
         let end = first + scores.len();
         let mut c0 = first / 16 * 16;
@@ -490,22 +598,57 @@ mod tests {
                 }
             }
         }
-        let (hd, n) = (64, 77);
-        let (w, v) = (vals(n, 3), vals(n * hd, 5));
-        for kind in [F16Dot::Vec, F16Dot::Tiny] {
-            for first in [0, 5, 16, 40] {
-                let mut out = vec![0f32; hd];
-                mix_f16(kind, &mut out, &mut w.clone(), &v, first);
-                for d in 0..hd {
-                    let col: Vec<f32> = (0..n).map(|j| v[j * hd + d]).collect();
-                    let mut one = [0f32];
-                    mix_f16(kind, &mut one, &mut w.clone(), &col, first);
-                    assert_eq!(
-                        out[d].to_bits(),
-                        one[0].to_bits(),
-                        "{kind:?} first {first} d {d}"
-                    );
+        for (hd, n) in [(64, 77), (96, 40), (24, 20)] {
+            let (w, v) = (vals(n, 3), vals(n * hd, 5));
+            for kind in [F16Dot::Vec, F16Dot::Tiny] {
+                for first in [0, 5, 16, 40] {
+                    let mut out = vec![0f32; hd];
+                    mix_f16(kind, &mut out, &mut w.clone(), &v, first);
+                    for d in 0..hd {
+                        let col: Vec<f32> = (0..n).map(|j| v[j * hd + d]).collect();
+                        let mut one = [0f32];
+                        mix_f16(kind, &mut one, &mut w.clone(), &col, first);
+                        assert_eq!(
+                            out[d].to_bits(),
+                            one[0].to_bits(),
+                            "{kind:?} first {first} d {d}"
+                        );
+                    }
                 }
+            }
+        }
+    }
+
+    /// The eight-lane expf (and swiglu) equals the lane-by-lane one, bit for bit, over the whole range
+    /// (subnormal and infinite results and NaN included).
+    #[test]
+    fn exp_shifted_equals_expf() {
+        let mut xs: Vec<f32> = (-9000..=9000).map(|i| i as f32 * 0.0137).collect();
+        xs.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            88.7,
+            -103.9,
+        ]);
+        for mx in [0.0, 3.5, -2.25] {
+            let mut got = xs.clone();
+            exp_shifted(&mut got, mx);
+            let (mut sw, mut want_sw) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
+            let up: Vec<f32> = xs.iter().map(|x| x * 0.5 - mx).collect();
+            swiglu(&mut sw, &xs, &up);
+            swiglu_lanes(&mut want_sw, &xs, &up);
+            for (g, w) in sw.iter().zip(&want_sw) {
+                assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()));
+            }
+            for (x, g) in xs.iter().zip(&got) {
+                let want = expf(x - mx);
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "{x}"
+                );
             }
         }
     }
