@@ -296,7 +296,8 @@ impl<'a> WPair<'a> {
         }
     }
 
-    /// Blocks per row.
+    /// Blocks per row (the x86 kernels' loop bound).
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn blocks(self) -> usize {
         self.dm.len() / 4
