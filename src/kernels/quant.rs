@@ -65,6 +65,9 @@ struct QuantRows {
     qs: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// `s` by block: st[b·(m + 3) + i] = s of row i's block b (three zeros after each block's
+    /// m rows, so that four consecutive rows load as one vector).
+    st: Vec<f32>,
 }
 
 impl QuantMatrix {
@@ -179,6 +182,8 @@ impl QuantMatrix {
             qs: &xq.qs[i0 * self.cols..(i0 + n) * self.cols],
             d: &xq.d[i0 * nb..(i0 + n) * nb],
             s: &xq.s[i0 * nb..(i0 + n) * nb],
+            st: &xq.st[i0..],
+            st_stride: xq.st.len() / nb.max(1),
         };
         let out = &mut out[..pairs.len()];
         #[cfg(target_arch = "x86_64")]
@@ -310,6 +315,9 @@ struct XRows<'a> {
     qs: &'a [i8],
     d: &'a [f32],
     s: &'a [f32],
+    /// `QuantRows::st` from the first of the rows, and its stride per block.
+    st: &'a [f32],
+    st_stride: usize,
 }
 
 /// outs[g] (m, mats[g].rows) = x (m, cols) @ mats[g]ᵀ for matrices that share their input (a
@@ -376,12 +384,21 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantRows {
         qs: vec![0; x.len()],
         d: Vec::with_capacity(nb),
         s: Vec::with_capacity(nb),
+        st: Vec::new(),
     };
     debug_assert_eq!(cols % BLOCK, 0);
     for (blk, q) in x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)) {
         let (d, sum) = quantize_block(blk, q);
         out.d.push(f16::from_f32(d).to_f32());
         out.s.push(f16::from_f32(d * sum as f32).to_f32());
+    }
+    let (per_row, m) = (cols / BLOCK, x.len() / cols.max(1));
+    let stride = m + 3;
+    out.st = vec![0.0; per_row * stride];
+    for (i, row) in out.s.chunks_exact(per_row.max(1)).enumerate() {
+        for (b, &v) in row.iter().enumerate() {
+            out.st[b * stride + i] = v;
+        }
     }
     out
 }

@@ -108,10 +108,10 @@ unsafe fn rows<const N: usize, const FMT: u8, const H0: usize, const R: usize>(
     let ones = _mm256_set1_epi8(1);
     let off = _mm256_set1_epi32(offset_code);
     let mut acc = [[_mm256_setzero_ps(); N]; R];
-    // Q4_1's Σ m·s per activation row: both rows' in lanes 2 and 3 (two rows a pass), or the
-    // pass's row in a scalar (one row a pass, where the per-row steps leave the k loop).
+    // Q4_1's Σ m·s per activation row: with two rows a pass, both rows' in lanes 2 and 3 of
+    // a register per activation row; with one, the activation rows' in the lanes of one.
     let mut summs = [_mm_setzero_ps(); N];
-    let mut summ = [0f32; N];
+    let mut summ4 = _mm_setzero_ps();
     // Bytes of codes per block of the pair.
     let per_block = if FMT == Q8_0 { 64 } else { 32 };
     for b in 0..nb {
@@ -138,16 +138,17 @@ unsafe fn rows<const N: usize, const FMT: u8, const H0: usize, const R: usize>(
                 )
             }
         };
+        if FMT == Q4_1 && R == 1 {
+            let s = _mm_loadu_ps(x.st.as_ptr().add(b * x.st_stride));
+            summ4 = _mm_fmadd_ps(_mm_set1_ps(m), s, summ4);
+        }
         for k in 0..N {
             let xv = _mm256_loadu_si256(x.qs.as_ptr().add(k * cols + b * BLOCK).cast());
             let (xd, xs) = (x.d.get_unchecked(k * nb + b), x.s.get_unchecked(k * nb + b));
             // Both rows' scales dw·dx from one product: lanes 0 and 1.
             let scales = _mm_mul_ps(dm, _mm_set1_ps(*xd));
-            if FMT == Q4_1 {
-                match R {
-                    2 => summs[k] = _mm_fmadd_ps(dm, _mm_set1_ps(*xs), summs[k]),
-                    _ => summ[k] = m.mul_add(*xs, summ[k]),
-                }
+            if FMT == Q4_1 && R == 2 {
+                summs[k] = _mm_fmadd_ps(dm, _mm_set1_ps(*xs), summs[k]);
             }
             for h in 0..R {
                 let scale = match (R, h) {
@@ -173,7 +174,9 @@ unsafe fn rows<const N: usize, const FMT: u8, const H0: usize, const R: usize>(
             let (mut a, mut sm) = ([0f32; 8], [0f32; 4]);
             _mm256_storeu_ps(a.as_mut_ptr(), acc[h][k]);
             _mm_storeu_ps(sm.as_mut_ptr(), summs[k]);
-            let summ = if R == 2 { sm[2 + h] } else { summ[k] };
+            let mut s4 = [0f32; 4];
+            _mm_storeu_ps(s4.as_mut_ptr(), summ4);
+            let summ = if R == 2 { sm[2 + h] } else { s4[k] };
             o[k] = crate::kernels::ggml::hsum8(&a) + summ;
         }
     }
