@@ -351,12 +351,22 @@ pub fn matmul_group(mats: &[&QuantMatrix], x: &[f32], m: usize, outs: &mut [&mut
         for i0 in (0..m).step_by(4) {
             let n = 4.min(m - i0);
             w.pair_dots(tier, p0..p1, (&xq, i0, n), &mut vals);
-            // Row by row of the output, so that the writes run along it.
+            // Row by row of the output, so that the writes run along it: rows 2·p0..r1 of
+            // output row i0 + k, written by this task only, inside outs[g].
+            let r1 = (2 * p1).min(w.rows);
             for k in 0..n {
-                for (p, v) in (p0..p1).zip(&vals) {
-                    for (r, v) in (2 * p..(2 * p + 2).min(w.rows)).zip(v) {
-                        // SAFETY: (g, i0 + k, r) is written by this task only, inside outs[g].
-                        unsafe { *ptrs[g].get().add((i0 + k) * w.rows + r) = v[k] };
+                // SAFETY: the range lies inside outs[g] (its length is m · w.rows, checked
+                // above), and no other task writes it.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        ptrs[g].get().add((i0 + k) * w.rows + 2 * p0),
+                        r1 - 2 * p0,
+                    )
+                };
+                for (d, v) in dst.chunks_mut(2).zip(&vals) {
+                    d[0] = v[0][k];
+                    if let Some(d1) = d.get_mut(1) {
+                        *d1 = v[1][k];
                     }
                 }
             }
