@@ -14,6 +14,13 @@ use half::f16;
 
 use crate::kernels::simd::simd_fn;
 
+/// Whether this process runs the AVX2 forms below (the `avx2` and `avx512` tiers).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn avx2() -> bool {
+    crate::kernels::isa::Isa::current() >= crate::kernels::isa::Isa::Avx2
+}
+
 /// f32 through f16 and back, rounding to nearest even (ggml's `GGML_CPU_FP32_TO_FP16`).
 #[inline(always)]
 pub fn round_f16(x: f32) -> f32 {
@@ -24,7 +31,7 @@ pub fn round_f16(x: f32) -> f32 {
 /// rounding, to nearest even).
 pub fn round_f16_all(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa::Isa::current() >= crate::kernels::isa::Isa::Avx2 {
+    if avx2() {
         // SAFETY: the AVX2 tier requires F16C (`Isa::detected`).
         return unsafe { x86::round_f16_all(xs) };
     }
@@ -107,7 +114,7 @@ pub fn expf(x: f32) -> f32 {
 #[inline(always)]
 fn exp_shifted(xs: &mut [f32], mx: f32) {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa::Isa::current() >= crate::kernels::isa::Isa::Avx2 {
+    if avx2() {
         // SAFETY: the tier runs only on a CPU with AVX2 and FMA.
         return unsafe { x86::exp_shifted(xs, mx) };
     }
@@ -130,7 +137,7 @@ fn scalef(j: f32, n: f32) -> f32 {
 /// time on the AVX2 tier (the same steps).
 pub fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa::Isa::current() >= crate::kernels::isa::Isa::Avx2 {
+    if avx2() {
         // SAFETY: the tier runs only on a CPU with AVX2 and FMA.
         return unsafe { x86::swiglu(out, gate, up) };
     }
@@ -171,21 +178,12 @@ fn finish(kind: F16Dot, mut acc: [[f32; 16]; 4]) -> f32 {
     reduce16(&acc[0])
 }
 
-/// a·b for F16 operands (values already rounded through f16) as `kind`'s kernel sums it.
-/// `Tiny` needs a length that is a multiple of 16. The AVX2 form gives the same bits (a test).
-pub fn dot_f16(kind: F16Dot, a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa::Isa::current() >= crate::kernels::isa::Isa::Avx2 {
-        // SAFETY: the tier runs only on a CPU with AVX2 and FMA.
-        return unsafe { x86::dot_f16(kind, a, b) };
-    }
-    dot_f16_lanes(kind, a, b)
-}
-
-/// `dot_f16(kind, key, q)` for each key (rows of q.len()), into `out`.
+/// key·q for each key (rows of q.len(), F16 values already rounded through f16) as `kind`'s
+/// kernel sums it, into `out`. `Tiny` needs a length that is a multiple of 16. The AVX2 form
+/// gives the same bits (a test).
 pub fn dots_f16(kind: F16Dot, keys: &[f32], q: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa::Isa::current() >= crate::kernels::isa::Isa::Avx2 {
+    if avx2() {
         // SAFETY: the tier runs only on a CPU with AVX2 and FMA.
         return unsafe { x86::dots_f16(kind, keys, q, out) };
     }
@@ -194,7 +192,7 @@ pub fn dots_f16(kind: F16Dot, keys: &[f32], q: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `dot_f16` spelled lane by lane.
+/// One of `dots_f16`'s products, spelled lane by lane.
 fn dot_f16_lanes(kind: F16Dot, a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [[0f32; 16]; 4];
     match kind {
@@ -323,7 +321,7 @@ mod x86 {
         _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
     }
 
-    /// `dot_f16` of each key (rows of q.len()) with q, into `out`.
+    /// `super::dots_f16`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dots_f16(kind: F16Dot, keys: &[f32], q: &[f32], out: &mut [f32]) {
         for (o, k) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
@@ -511,6 +509,13 @@ simd_fn! {
 mod tests {
     use super::*;
 
+    /// One key's product with q through `dots_f16` (the tier's form).
+    fn dot_f16(kind: F16Dot, key: &[f32], q: &[f32]) -> f32 {
+        let mut out = [0f32];
+        dots_f16(kind, key, q, &mut out);
+        out[0]
+    }
+
     #[test]
     fn expf_is_accurate_and_handles_the_ends() {
         for i in -8700..=8800 {
@@ -593,6 +598,7 @@ mod tests {
                 );
                 #[cfg(target_arch = "x86_64")]
                 if crate::kernels::isa::Isa::available().contains(&crate::kernels::isa::Isa::Avx2) {
+                    // SAFETY: the CPU has AVX2 and FMA.
                     let got = unsafe { x86::dot_f16(kind, &a[..n16], &b[..n16]) };
                     assert_eq!(got.to_bits(), want.to_bits(), "{kind:?} {n}");
                 }

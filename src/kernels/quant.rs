@@ -66,7 +66,8 @@ struct QuantRows {
     d: Vec<f32>,
     s: Vec<f32>,
     /// `s` by block: st[b·(m + 3) + i] = s of row i's block b (three zeros after each block's
-    /// m rows, so that four consecutive rows load as one vector).
+    /// m rows, so that four consecutive rows load as one vector); empty for fewer than three
+    /// rows, where the AVX2 kernel does not read it.
     st: Vec<f32>,
 }
 
@@ -402,7 +403,12 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantRows {
         out.d.push(f16::from_f32(d).to_f32());
         out.s.push(f16::from_f32(d * sum as f32).to_f32());
     }
+    // The AVX2 kernel reads the by-block copy for three or more rows only: none for
+    // decoding's one or two.
     let (per_row, m) = (cols / BLOCK, x.len() / cols.max(1));
+    if m < 3 {
+        return out;
+    }
     let stride = m + 3;
     out.st = vec![0.0; per_row * stride];
     for (i, row) in out.s.chunks_exact(per_row.max(1)).enumerate() {

@@ -168,14 +168,14 @@ unsafe fn rows<const N: usize, const FMT: u8, const H0: usize, const R: usize>(
             }
         }
     }
+    let mut s4 = [0f32; 4];
+    _mm_storeu_ps(s4.as_mut_ptr(), summ4);
     let mut out = [[0f32; 4]; R];
     for (h, o) in out.iter_mut().enumerate() {
         for k in 0..N {
             let (mut a, mut sm) = ([0f32; 8], [0f32; 4]);
             _mm256_storeu_ps(a.as_mut_ptr(), acc[h][k]);
             _mm_storeu_ps(sm.as_mut_ptr(), summs[k]);
-            let mut s4 = [0f32; 4];
-            _mm_storeu_ps(s4.as_mut_ptr(), summ4);
             let summ = if R == 2 { sm[2 + h] } else { s4[k] };
             o[k] = crate::kernels::ggml::hsum8(&a) + summ;
         }
