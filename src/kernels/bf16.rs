@@ -52,7 +52,7 @@ unsafe impl Sync for Mat {}
 
 impl Mat {
     /// The sub-matrix starting at (i, j).
-    fn at(self, i: usize, j: usize) -> Mat {
+    pub(super) fn at(self, i: usize, j: usize) -> Mat {
         Mat {
             // wrapping_add: pointer arithmetic only; every element read is inside the matrix.
             ptr: self.ptr.wrapping_add(i * self.rs + j * self.cs),

@@ -1,4 +1,5 @@
-//! Matrix products: f32 through `gemm`, or with bf16 inputs and f32 sums through `bf16`.
+//! Matrix products: f32 through `sgemm` (AVX2 tier) or `gemm` (the others), or with bf16 inputs
+//! and f32 sums through `bf16`.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -96,12 +97,28 @@ pub fn matmul(
     matmul_with(Precision::F32, (m, n, k), dst, accumulate, a, b, scale)
 }
 
-/// dst (m, n) = [dst +] scale · a (m, k) @ b (k, n), over rayon's pool (gemm splits the work
-/// when the pool has more than one thread). Transposed operands are read in place. With
-/// `Precision::Bf16` a and b are rounded to bf16 and the products summed in f32 by `bf16::gemm`
-/// (AVX512-BF16, or its software emulation on other CPUs).
+/// dst (m, n) = [dst +] scale · a (m, k) @ b (k, n), over rayon's pool. Transposed operands
+/// are read in place. With `Precision::Bf16` a and b are rounded to bf16 and the products
+/// summed in f32 by `bf16::gemm` (AVX512-BF16, or its software emulation on other CPUs).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_with(
+    prec: Precision,
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Op,
+    b: Op,
+    scale: f32,
+) {
+    let tasks = rayon::current_num_threads();
+    product(prec, dims, dst, accumulate, a, b, scale, tasks)
+}
+
+/// `matmul_with` split into at most `tasks` parallel tasks (1: on the calling thread). f32
+/// products go to `sgemm` on the AVX2 tier, else to the `gemm` crate, which picks its kernels
+/// by the CPU's features.
+#[allow(clippy::too_many_arguments)]
+fn product(
     prec: Precision,
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -109,6 +126,7 @@ pub fn matmul_with(
     a: Op,
     b: Op,
     scale: f32,
+    tasks: usize,
 ) {
     assert!(dst.len() >= m * n, "matmul destination too small");
     let (a, b) = (a.strided(m, k), b.strided(k, n));
@@ -117,13 +135,18 @@ pub fn matmul_with(
         // SAFETY: as below.
         return unsafe { bf16::gemm((m, n, k), dst.as_mut_ptr(), n, beta, a, b, scale) };
     }
-    let par = match rayon::current_num_threads() {
+    let dst = dst.as_mut_ptr();
+    // SAFETY: `strided` checked that both operands hold their matrices and the assert above
+    // that dst holds (m, n); `dst` is borrowed mutably, so it aliases neither operand.
+    if super::sgemm::serves() {
+        // `serves` also checked the CPU's tier.
+        return unsafe { super::sgemm::gemm((m, n, k), dst, n, accumulate, a, b, scale, tasks) };
+    }
+    let par = match tasks {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),
     };
-    // SAFETY: `strided` checked that both operands hold their matrices and the assert above
-    // that dst holds (m, n); `dst` is borrowed mutably, so it aliases neither operand.
-    unsafe { gemm_raw((m, n, k), dst.as_mut_ptr(), n, accumulate, a, b, scale, par) }
+    unsafe { gemm_raw((m, n, k), dst, n, accumulate, a, b, scale, par) }
 }
 
 /// Backward of out (N, OC) = inp (N, IC) @ w (IC, OC) + bias, given dout: dinp = dout @ wᵀ

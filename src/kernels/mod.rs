@@ -4,7 +4,8 @@
 //! columns instead, so that no thread-local partial sums, and no allocation, are needed.
 //!
 //! - `simd`: scalar math written so LLVM vectorizes it, and `simd_fn!`, the runtime ISA choice;
-//! - `matmul` (f32 through `gemm`, or bf16 through `bf16`), `embed`, `norm` (LayerNorm, RMSNorm),
+//! - `matmul` (f32 through `sgemm` on the AVX2 tier and the `gemm` crate elsewhere, or bf16
+//!   through `bf16`), `embed`, `norm` (LayerNorm, RMSNorm),
 //!   `act` (GELU, SwiGLU), `attention` (FlashAttention-style, causal), `loss` (cross-entropy);
 //! - llama.cpp-exact numerics as named variants: `ggml` (its RMSNorm, RoPE, f16 dots, expf) and
 //!   `quant` (GGUF Q4_0/Q4_1/Q8_0 matrix-vector products).
@@ -19,6 +20,7 @@ pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod quant;
+mod sgemm;
 pub mod simd;
 #[cfg(test)]
 mod tests;
