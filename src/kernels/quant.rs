@@ -316,8 +316,11 @@ struct XRows<'a> {
     qs: &'a [i8],
     d: &'a [f32],
     s: &'a [f32],
-    /// `QuantRows::st` from the first of the rows, and its stride per block.
+    /// `QuantRows::st` from the first of the rows, and its stride per block (read by the AVX2
+    /// kernel only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     st: &'a [f32],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     st_stride: usize,
 }
 
