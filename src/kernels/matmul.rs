@@ -99,26 +99,11 @@ pub fn matmul(
 
 /// dst (m, n) = [dst +] scale · a (m, k) @ b (k, n), over rayon's pool. Transposed operands
 /// are read in place. With `Precision::Bf16` a and b are rounded to bf16 and the products
-/// summed in f32 by `bf16::gemm` (AVX512-BF16, or its software emulation on other CPUs).
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_with(
-    prec: Precision,
-    dims: (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    a: Op,
-    b: Op,
-    scale: f32,
-) {
-    let tasks = rayon::current_num_threads();
-    product(prec, dims, dst, accumulate, a, b, scale, tasks)
-}
-
-/// `matmul_with` split into at most `tasks` parallel tasks (1: on the calling thread). f32
+/// summed in f32 by `bf16::gemm` (AVX512-BF16, or its software emulation on other CPUs); f32
 /// products go to `sgemm` on the AVX2 tier, else to the `gemm` crate, which picks its kernels
 /// by the CPU's features.
 #[allow(clippy::too_many_arguments)]
-fn product(
+pub fn matmul_with(
     prec: Precision,
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -126,7 +111,6 @@ fn product(
     a: Op,
     b: Op,
     scale: f32,
-    tasks: usize,
 ) {
     assert!(dst.len() >= m * n, "matmul destination too small");
     let (a, b) = (a.strided(m, k), b.strided(k, n));
@@ -135,7 +119,7 @@ fn product(
         // SAFETY: as below.
         return unsafe { bf16::gemm((m, n, k), dst.as_mut_ptr(), n, beta, a, b, scale) };
     }
-    let dst = dst.as_mut_ptr();
+    let (dst, tasks) = (dst.as_mut_ptr(), rayon::current_num_threads());
     // SAFETY: `strided` checked that both operands hold their matrices and the assert above
     // that dst holds (m, n); `dst` is borrowed mutably, so it aliases neither operand.
     if super::sgemm::serves() {

@@ -158,27 +158,16 @@ unsafe fn serial(
     alpha: f32,
 ) {
     if k == 0 {
-        for i in 0..m {
-            let row = std::slice::from_raw_parts_mut(c.add(i * ldc), n);
-            if !accumulate {
-                row.fill(0.0);
+        // An empty sum: C stays, or becomes zero.
+        if !accumulate {
+            for i in 0..m {
+                std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(0.0);
             }
         }
         return;
     }
-    BUFFERS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bufs) => blocks((m, n, k), c, ldc, accumulate, a, b, alpha, &mut bufs),
-        Err(_) => blocks(
-            (m, n, k),
-            c,
-            ldc,
-            accumulate,
-            a,
-            b,
-            alpha,
-            &mut Buffers::default(),
-        ),
-    })
+    // `blocks` calls nothing that could re-enter this thread's buffers.
+    BUFFERS.with_borrow_mut(|bufs| blocks((m, n, k), c, ldc, accumulate, a, b, alpha, bufs))
 }
 
 /// The blocked loops of `serial`, with this thread's buffers.
@@ -298,23 +287,20 @@ unsafe fn pack_b(dst: *mut f32, b: Mat, kc: usize, cols: usize) {
                 std::slice::from_raw_parts_mut(d.add(kk * NR + w), NR - w).fill(0.0);
             }
         }
-        if b.rs == 1 && w == NR {
-            // Columns of B contiguous (a transposed operand): 8 × 8 blocks transposed in
-            // registers.
+        if b.rs == 1 {
+            // Columns of B contiguous (a transposed operand): a full panel's first kc / 8 · 8
+            // rows as 8 × 8 blocks transposed in registers, the rest column by column.
             #[cfg(target_arch = "x86_64")]
-            let done = x86::pack_columns(d, src, kc);
+            let done = if w == NR {
+                x86::pack_columns(d, src, kc)
+            } else {
+                0
+            };
             #[cfg(not(target_arch = "x86_64"))]
             let done = 0;
             for j in 0..w {
                 let s = src.ptr.add(j * b.cs);
                 for kk in done..kc {
-                    *d.add(kk * NR + j) = *s.add(kk);
-                }
-            }
-        } else if b.rs == 1 {
-            for j in 0..w {
-                let s = src.ptr.add(j * b.cs);
-                for kk in 0..kc {
                     *d.add(kk * NR + j) = *s.add(kk);
                 }
             }
@@ -540,8 +526,9 @@ mod x86 {
         // C's tile is written at the end: ask for its lines now, so that the stores do not
         // wait on memory.
         for i in 0..rows {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast());
+            // wrapping_add: a partial tile's row may end before its 16th column.
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc).cast());
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + NR - 1).cast());
         }
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         let (mut a, mut b) = (a, b);
