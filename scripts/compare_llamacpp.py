@@ -20,7 +20,12 @@ and greedy continuations.
       llama.cpp's own under the other KV cache type: mean |Δlogit| and how many steps pick the
       same top token. This measures the numeric gap without the compounding of free decoding.
 
-KV_TYPE=0 runs llama.cpp with an f32 KV cache instead of its default f16 (1).
+  python3 scripts/compare_llamacpp.py agree
+      how many of the greedy continuations equal tests/fixtures/smollm2_llamacpp.json (this
+      build and settings against the committed fixture), and where each first departs.
+
+KV_TYPE=0 runs llama.cpp with an f32 KV cache instead of its default f16 (1). FLASH_ATTN=1 runs
+it with flash attention (`-fa on`; llama-cpp-python's default, used for the fixtures, is off).
 
 Needs: pip install llama-cpp-python==0.3.36 (compiles llama.cpp; set
 CMAKE_ARGS="-DGGML_NATIVE=ON"), and scripts/fetch_models.sh for the model.
@@ -42,8 +47,9 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def load(threads):
     models = os.environ.get("DECODEX_MODELS", os.path.expanduser("~/.cache/decodex/models"))
     kv = int(os.environ.get("KV_TYPE", "1"))
+    fa = os.environ.get("FLASH_ATTN", "0") == "1"
     return Llama(model_path=os.path.join(models, GGUF), n_threads=threads, n_threads_batch=threads,
-                 n_ctx=1024, n_batch=512, verbose=False, type_k=kv, type_v=kv)
+                 n_ctx=1024, n_batch=512, verbose=False, type_k=kv, type_v=kv, flash_attn=fa)
 
 
 def last_logits(llm):
@@ -114,7 +120,7 @@ def top_logits(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["speed", "greedy", "logits", "teacher"])
+    ap.add_argument("what", choices=["speed", "greedy", "agree", "logits", "teacher"])
     ap.add_argument("--decodex", help="teacher: the folder of decodex's logits")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=128)
@@ -126,6 +132,17 @@ def main():
     if args.what == "logits":
         return top_logits(args)
     llm = load(args.threads)
+    if args.what == "agree":
+        fx = json.loads((ROOT / "tests/fixtures/smollm2_generate.json").read_text())
+        cpp = json.loads((ROOT / "tests/fixtures/smollm2_llamacpp.json").read_text())
+        same = 0
+        for c, want in zip(fx["cases"], cpp["cases"]):
+            got = greedy(llm, c["input_ids"], 32, fx["eos_token_id"])
+            first = next((i for i, (a, b) in enumerate(zip(got, want["greedy"])) if a != b), None)
+            same += got == want["greedy"]
+            print(repr(c["prompt"]), "identical" if got == want["greedy"] else f"departs at token {first}")
+        print(f"{same} of {len(fx['cases'])} identical")
+        return
     if args.what == "greedy":
         fx = json.loads((ROOT / "tests/fixtures/smollm2_generate.json").read_text())
         eos = fx["eos_token_id"]

@@ -228,13 +228,16 @@ fn plot_names_the_line_and_file_of_bad_metrics() {
 #[test]
 fn bench_refuses_zero_counts_long_prompts_and_empty_inputs() {
     let d = tempfile::tempdir().unwrap();
-    for flag in ["--prompt-tokens", "--new-tokens", "--reps"] {
-        refused(
-            &decodex(&["bench", "decode", "--model", NO_MODEL, flag, "0"]),
-            &["--prompt-tokens, --new-tokens and --reps must be at least 1"],
-        );
+    let zero = "--reps must be at least 1, and --prompt-tokens or --new-tokens too";
+    for flags in [
+        &["--reps", "0"][..],
+        &["--prompt-tokens", "0", "--new-tokens", "0"],
+    ] {
+        let mut a = vec!["bench", "decode", "--model", NO_MODEL];
+        a.extend_from_slice(flags);
+        refused(&decodex(&a), &[zero]);
     }
-    // llama_tiny attends over 64 positions.
+    // llama_tiny attends over 64 positions; each test runs after the depth.
     let llama = common::tiny_llama(d.path(), "llama", common::LLAMA_CHARS);
     refused(
         &decodex(&[
@@ -246,8 +249,10 @@ fn bench_refuses_zero_counts_long_prompts_and_empty_inputs() {
             "60",
             "--new-tokens",
             "8",
+            "--depth",
+            "8",
         ]),
-        &["60 prompt tokens", "context of 64"],
+        &["depth 8 + 60 prompt tokens", "context of 64"],
     );
     refused(
         &decodex(&[
@@ -288,14 +293,16 @@ fn bench_refuses_zero_counts_long_prompts_and_empty_inputs() {
 }
 
 /// `bench decode` used to check the context against prompt + max(new, 32) tokens even without
-/// `--beam`, refusing "40 prompt tokens + 8 new exceed the context of 64" (48 fit in 64). Now
-/// it checks prompt + new, and with `--beam` the beam's own 32 new tokens after at most 32 of
-/// the prompt: llama_tiny's 64 positions hold 40 + 24 (and the beam's 32 + 32), not 40 + 25.
+/// `--beam`, refusing "40 prompt tokens + 8 new exceed the context of 64" (48 fit in 64). Its
+/// tests are llama-bench's now, each after `--depth` tokens: the prompt test needs depth +
+/// prompt positions, the generation test depth + new, and `--beam` the beam's own 32 new tokens
+/// after at most 32 of the prompt: llama_tiny's 64 positions hold depth 24 + 40 (and the beam's
+/// 32 + 32), not depth 25 + 40.
 #[test]
 fn bench_decode_checks_the_context_it_will_use() {
     let d = tempfile::tempdir().unwrap();
     let llama = common::tiny_llama(d.path(), "llama", common::LLAMA_CHARS);
-    let bench = |new: &str, extra: &[&str]| {
+    let bench = |depth: &str, extra: &[&str]| {
         let mut a = vec![
             "bench",
             "decode",
@@ -304,7 +311,9 @@ fn bench_decode_checks_the_context_it_will_use() {
             "--prompt-tokens",
             "40",
             "--new-tokens",
-            new,
+            "24",
+            "--depth",
+            depth,
             "--reps",
             "1",
             "--json",
@@ -332,7 +341,7 @@ fn bench_decode_checks_the_context_it_will_use() {
     }
     refused(
         &bench("25", &[]),
-        &["40 prompt tokens + 25 new", "context of 64"],
+        &["depth 25 + 40 prompt tokens", "context of 64"],
     );
 }
 

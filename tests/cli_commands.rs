@@ -671,6 +671,31 @@ fn bench_decode_reports_what_it_measured() {
         assert!(x.is_finite() && x > 0.0, "{k}: {v}");
     }
     assert!(v["beam4_tokens_per_sec"].is_null(), "{v}");
+    // llama-bench's `-p 0 -n 5 -d 8`: the generation test alone, after 8 tokens.
+    let a = [
+        "--threads",
+        "1",
+        "bench",
+        "decode",
+        "--model",
+        s(&m),
+        "--prompt-tokens",
+        "0",
+        "--new-tokens",
+        "5",
+        "--depth",
+        "8",
+        "--reps",
+        "1",
+        "--json",
+    ];
+    let d = &json_lines(&decodex(&a), "bench decode --depth")[0];
+    assert_eq!(d["depth"].as_u64(), Some(8), "{d}");
+    assert!(d["prompt_tokens_per_sec"].is_null(), "{d}");
+    assert!(
+        d["decode_tokens_per_sec"].as_f64().unwrap_or(0.0) > 0.0,
+        "{d}"
+    );
     let b = run(true);
     let x = b["beam4_tokens_per_sec"].as_f64().unwrap_or(f64::NAN);
     assert!(x.is_finite() && x > 0.0, "{b}");

@@ -208,7 +208,20 @@ fn beam_search_matches_transformers() {
 /// The target is the first 16 tokens on 8 of 10.
 #[test]
 fn quantized_greedy_agrees_with_llama_cpp() {
-    let m = Llama::from_gguf(&common::smollm2(), false, &Device::Cpu).unwrap();
+    // The fixtures are llama.cpp's without flash attention (llama-cpp-python's default), which
+    // `flash_attn = false` reproduces bit for bit: all 10 continuations.
+    assert_eq!(greedy_agreement(false), 10);
+    // With flash attention (decodex's default, as llama.cpp's), the arithmetic is llama.cpp's
+    // `-fa on` (`kernels::kv_attention`'s transcription test), whose f16 accumulator moves the
+    // logits by ~1e-3: llama.cpp's own `-fa on` run departs from these fixtures too (on
+    // "Le chat est sur la" at the first token, as decodex does). Shown, not asserted.
+    println!("with flash attention: {} of 10", greedy_agreement(true));
+}
+
+/// How many of the 10 greedy continuations equal llama.cpp's fixture.
+fn greedy_agreement(flash_attn: bool) -> usize {
+    let mut m = Llama::from_gguf(&common::smollm2(), false, &Device::Cpu).unwrap();
+    m.flash_attn = flash_attn;
     let fx = fixture("smollm2_generate.json");
     let cpp = fixture("smollm2_llamacpp.json");
     let eos = fx["eos_token_id"].as_u64().unwrap() as u32;
@@ -242,7 +255,7 @@ fn quantized_greedy_agrees_with_llama_cpp() {
         }
     }
     println!("{agree} of 10 continuations identical to llama.cpp's");
-    assert_eq!(agree, 10);
+    agree
 }
 
 /// Along llama.cpp's greedy continuations (295 steps over the 10 prompts), the quantized
@@ -250,7 +263,9 @@ fn quantized_greedy_agrees_with_llama_cpp() {
 /// (`scripts/compare_llamacpp.py logits`): same ids in the same order, same f32 values.
 #[test]
 fn quantized_logits_equal_llama_cpp_bit_for_bit() {
-    let m = Llama::from_gguf(&common::smollm2(), false, &Device::Cpu).unwrap();
+    let mut m = Llama::from_gguf(&common::smollm2(), false, &Device::Cpu).unwrap();
+    // llama.cpp's fixtures were made without flash attention.
+    m.flash_attn = false;
     let fx = fixture("smollm2_generate.json");
     let cpp = fixture("smollm2_llamacpp.json");
     let top = fixture("smollm2_llamacpp_logits.json");

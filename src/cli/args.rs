@@ -24,6 +24,18 @@ pub struct ModelArgs {
     /// --adapter).
     #[arg(long)]
     pub dequantize: bool,
+    /// A quantized GGUF model's attention: llama.cpp's flash attention (`on`, its default on a
+    /// CPU: tiled prompts) or its attention without (`off`); each is reproduced bit for bit
+    /// (docs/decoding.md).
+    #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
+    pub flash_attn: OnOff,
+}
+
+/// A switch spelled as llama.cpp spells its own (`-fa on|off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// How tokens are chosen.

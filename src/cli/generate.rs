@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use decodex::decode::bench::{self, BEAM_NEW, BEAM_PROMPT};
 use decodex::decode::generate::{check_context, generate, GenerateOptions};
 use decodex::decode::{self, BeamConfig, SamplingConfig};
-use decodex::models::pretrained::{self, Pretrained};
+use decodex::models::pretrained::{self, Network, Pretrained};
 
 use super::args::{self, given, DecodingArgs, ModelArgs, StrategyArg};
 use super::commands::emit;
@@ -215,19 +215,18 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
 /// The model of --model, --dequantize and --adapter (with another tokenizer).
 fn load(m: &ModelArgs, tokenizer: Option<&Path>) -> Result<Pretrained> {
     let adapter = m.adapter.as_deref();
-    Ok(pretrained::load_with_adapter(
-        &m.model,
-        m.dequantize,
-        tokenizer,
-        adapter,
-    )?)
+    let mut model = pretrained::load_with_adapter(&m.model, m.dequantize, tokenizer, adapter)?;
+    if let Network::Llama(l) = &mut model.network {
+        l.flash_attn = m.flash_attn == args::OnOff::On;
+    }
+    Ok(model)
 }
 
 /// `decodex bench decode`.
 pub fn bench_decode(a: &BenchDecodeArgs, json_out: bool) -> Result<()> {
-    let (prompt_tokens, new_tokens, reps) = (a.prompt_tokens, a.new_tokens, a.reps);
-    if prompt_tokens == 0 || new_tokens == 0 || reps == 0 {
-        bail!("--prompt-tokens, --new-tokens and --reps must be at least 1");
+    let (prompt_tokens, new_tokens, depth, reps) = (a.prompt_tokens, a.new_tokens, a.depth, a.reps);
+    if prompt_tokens + new_tokens == 0 || reps == 0 {
+        bail!("--reps must be at least 1, and --prompt-tokens or --new-tokens too");
     }
     if a.num_beams == 0 {
         bail!("--num-beams must be at least 1 (1: no beam search)");
@@ -236,46 +235,78 @@ pub fn bench_decode(a: &BenchDecodeArgs, json_out: bool) -> Result<()> {
     let path = a.model.model.as_path();
     let model = load(&a.model, None)?;
     let context = model.context_len();
-    check_context("prompt tokens", prompt_tokens, new_tokens, context)?;
+    bench::check_context(model.decoder(), depth, prompt_tokens, new_tokens)?;
     if beams.is_some() {
         check_context(
             "prompt tokens for --num-beams",
-            prompt_tokens.min(BEAM_PROMPT),
+            prompt_tokens.clamp(1, BEAM_PROMPT),
             BEAM_NEW,
             context,
         )?;
     }
-    // A prompt of real text: the start of Tiny Shakespeare when the data folder is there.
+    // Real text: Tiny Shakespeare when the data folder is there, repeated as often as the
+    // depth and prompt need.
     let corpus =
         decodex::train::config::resolve_data_path(Path::new("lm/tinyshakespeare/input.txt"));
     let text = std::fs::read_to_string(&corpus)
         .unwrap_or_else(|_| "The quick brown fox jumps over the lazy dog. ".repeat(400));
-    let mut ids = model.tokenizer.encode(&text[..text.len().min(20_000)])?;
-    ids.truncate(prompt_tokens);
-    if ids.len() < prompt_tokens {
-        bail!("the benchmark text is too short for {prompt_tokens} prompt tokens");
+    let need = depth + prompt_tokens.max(1);
+    let piece = model.tokenizer.encode(&text[..text.len().min(20_000)])?;
+    if piece.is_empty() {
+        bail!("the benchmark text gives no tokens");
     }
+    let ids: Vec<u32> = piece.iter().copied().cycle().take(need).collect();
     let m = model.decoder();
-    let r = bench::bench_decode(m, &ids, new_tokens, reps)?;
+    // Progress on stderr, in text mode, once a prompt or fill has taken 2 seconds.
+    let started = std::cell::Cell::new(None::<std::time::Instant>);
+    let progress = |done: usize, total: usize| {
+        if json_out || total <= 512 {
+            return;
+        }
+        let t0 = *started.get().get_or_insert_with(std::time::Instant::now);
+        if done < total && t0.elapsed().as_secs_f64() > 2.0 {
+            eprint!("\rprompt: {done} of {total} tokens");
+        } else if done >= total {
+            if t0.elapsed().as_secs_f64() > 2.0 {
+                eprintln!("\rprompt: {total} of {total} tokens");
+            }
+            started.set(None);
+        }
+    };
+    let r = bench::bench_decode(m, &ids, (depth, prompt_tokens, new_tokens), reps, &progress)?;
     let beam_tps = beams.map(|n| bench::bench_beam(m, &ids, n)).transpose()?;
     let rss = decodex::train::bench::peak_rss_mb();
     let threads = rayon::current_num_threads();
     let v = super::commands::with_isa(
         json!({"model": path, "threads": threads, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
-                   "reps": r.reps, "prompt_tokens_per_sec": r.prompt_tokens_per_sec,
+                   "depth": r.depth, "reps": r.reps, "prompt_tokens_per_sec": r.prompt_tokens_per_sec,
                    "decode_tokens_per_sec": r.decode_tokens_per_sec,
                    "num_beams": a.num_beams, "beam_tokens_per_sec": beam_tps,
                    "beam4_tokens_per_sec": beam_tps.filter(|_| a.num_beams == 4),
                    "peak_rss_mb": rss}),
     );
+    let at = if depth > 0 {
+        format!(" @ d{depth}")
+    } else {
+        String::new()
+    };
+    let mut parts = Vec::new();
+    if let Some(pp) = r.prompt_tokens_per_sec {
+        parts.push(format!("prompt {pp:.1} tokens/s (pp{prompt_tokens}{at})"));
+    }
+    if let Some(tg) = r.decode_tokens_per_sec {
+        parts.push(format!("decode {tg:.1} tokens/s (tg{new_tokens}{at})"));
+    }
+    if let Some(b) = beam_tps {
+        parts.push(format!(
+            "beam search ({} beams, {BEAM_NEW} tokens) {b:.1} tokens/s",
+            a.num_beams
+        ));
+    }
     let human = format!(
-        "{} tier, {threads} threads: prompt {:.1} tokens/s (pp{}), decode {:.1} tokens/s (tg{}){}, peak RSS {rss:.0} MiB",
+        "{} tier, {threads} threads: {}, peak RSS {rss:.0} MiB",
         decodex::kernels::Isa::current().name(),
-        r.prompt_tokens_per_sec,
-        r.prompt_tokens,
-        r.decode_tokens_per_sec,
-        r.new_tokens,
-        beam_tps.map(|b| format!(", beam search ({} beams, {BEAM_NEW} tokens) {b:.1} tokens/s", a.num_beams)).unwrap_or_default()
+        parts.join(", ")
     );
     emit(json_out, v, &human)
 }

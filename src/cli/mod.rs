@@ -286,12 +286,15 @@ pub enum BenchCmd {
 pub struct BenchDecodeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Tokens in the prompt processed in one forward pass.
+    /// The prompt test: a prompt of N tokens (llama-bench's `-p`); 0 skips it.
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub prompt_tokens: usize,
-    /// Tokens generated one at a time after it.
+    /// The generation test: N tokens generated one at a time (llama-bench's `-n`); 0 skips it.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub new_tokens: usize,
+    /// Tokens already in the cache before each test, untimed (llama-bench's `-d`).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub depth: usize,
     /// Timed repetitions.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub reps: usize,

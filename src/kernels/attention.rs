@@ -1,12 +1,10 @@
 //! Attention kernels: causal multi-head self-attention for training, FlashAttention style, in
-//! f32 or bf16, with its backward; the bidirectional attention of packed sequences (encoders);
-//! and the decoding step's grouped-query attention over a key/value cache (f32, or llama.cpp's
-//! numerics).
+//! f32 or bf16, with its backward; and the bidirectional attention of packed sequences
+//! (encoders). Attention over a key/value cache (decoding) is `kv_attention`.
 
 use rayon::prelude::*;
 
 use super::bf16::{self, Causal, Panels};
-use super::ggml::{self, F16Dot};
 use super::matmul::{gemm_raw, rm, Strided, SERIAL};
 use super::simd::{self, simd_fn};
 use super::{add_assign, Precision, SyncPtr};
@@ -558,93 +556,6 @@ simd_fn! {
             }
         }
     }
-}
-
-/// Causal grouped-query attention of the t new positions of each row against a key/value cache
-/// (a decoding step): out (rows·t, nh·hd) from q (rows·t, nh·hd) and the cached k, v (row, kv
-/// head, cap, hd); a row's first `pads[row]` positions are padding. `exact`: llama.cpp's
-/// numerics (F16 products, ggml's softmax).
-#[allow(clippy::too_many_arguments)]
-pub fn cached_attention(
-    out: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    (t, start): (usize, usize),
-    (nh, nkv, hd, cap): (usize, usize, usize, usize),
-    pads: &[usize],
-    exact: bool,
-) {
-    let scale = 1.0 / (hd as f32).sqrt();
-    let group = nh / nkv;
-    // One task per (row, position, head): disjoint hd-wide slices of out; on this thread when
-    // the whole is too small to be worth waking the pool.
-    let work = out.len() * (start + t);
-    let one = |(idx, o): (usize, &mut [f32])| {
-        let (r, head) = (idx / nh, idx % nh);
-        let (b, p) = (r / t, start + r % t);
-        let kh = head / group;
-        let qv = &q[idx * hd..(idx + 1) * hd];
-        // Keys from the row's first real token (a padding query attends to itself only).
-        let first = if p < pads[b] { p } else { pads[b] };
-        let (lo, hi) = (
-            (b * nkv + kh) * cap * hd + first * hd,
-            (b * nkv + kh) * cap * hd + (p + 1) * hd,
-        );
-        if exact {
-            // ggml's kernels differ between one query row (decoding) and several (a prompt).
-            let kind = if t == 1 { F16Dot::Vec } else { F16Dot::Tiny };
-            attend_ggml(o, qv, &k[lo..hi], &v[lo..hi], scale, first, kind);
-        } else {
-            attend(o, qv, &k[lo..hi], &v[lo..hi], scale);
-        }
-    };
-    // The exact kernels cost more per value: hand them to the pool sooner.
-    if work < if exact { 1 << 14 } else { 1 << 17 } {
-        out.chunks_mut(hd).enumerate().for_each(one);
-    } else {
-        out.par_chunks_mut(hd).enumerate().for_each(one);
-    }
-}
-
-simd_fn! {
-    /// One query against its keys and values (keys × hd each, contiguous): o = softmax(q·kᵀ ·
-    /// scale) v.
-    fn attend(o: &mut [f32], qv: &[f32], k: &[f32], v: &[f32], scale: f32) {
-        let hd = qv.len();
-        let mut s: Vec<f32> = k.chunks_exact(hd).map(|kj| simd::dot(qv, kj) * scale).collect();
-        let mx = simd::max(&s);
-        let mut sum = 0f32;
-        for x in s.iter_mut() {
-            *x = simd::exp(*x - mx);
-            sum += *x;
-        }
-        o.fill(0.0);
-        for (&w, vj) in s.iter().zip(v.chunks_exact(hd)) {
-            let w = w / sum;
-            for (o, &x) in o.iter_mut().zip(vj) {
-                *o += w * x;
-            }
-        }
-    }
-}
-
-/// `attend` as llama.cpp computes it without flash attention, for keys and values at cache
-/// positions first.. (f16 values): the scores are F16 products, then ggml's softmax, and the
-/// output the F16 product of the weights and the values.
-fn attend_ggml(
-    o: &mut [f32],
-    qv: &[f32],
-    k: &[f32],
-    v: &[f32],
-    scale: f32,
-    first: usize,
-    kind: F16Dot,
-) {
-    let mut s = vec![0f32; k.len() / qv.len()];
-    ggml::dots_f16(kind, k, qv, &mut s);
-    ggml::soft_max(&mut s, first, scale);
-    ggml::mix_f16(kind, o, &mut s, v, first);
 }
 
 #[cfg(test)]

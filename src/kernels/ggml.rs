@@ -47,7 +47,7 @@ pub fn hsum8(a: &[f32; 8]) -> f32 {
 
 /// GCC's `_mm512_reduce_add_ps`: the two halves added, then the same tree as `hsum8`.
 #[inline(always)]
-fn reduce16(a: &[f32; 16]) -> f32 {
+pub(crate) fn reduce16(a: &[f32; 16]) -> f32 {
     let mut h = [0f32; 8];
     for (i, h) in h.iter_mut().enumerate() {
         *h = a[i + 8] + a[i];
@@ -112,7 +112,7 @@ pub fn expf(x: f32) -> f32 {
 /// x = expf(x − mx) for every value, eight lanes at a time on the AVX2 tier (the same
 /// steps; a group with an exponent outside the normal range goes lane by lane).
 #[inline(always)]
-fn exp_shifted(xs: &mut [f32], mx: f32) {
+pub(crate) fn exp_shifted(xs: &mut [f32], mx: f32) {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: the tier runs only on a CPU with AVX2 and FMA.

@@ -6,7 +6,9 @@
 //! - `simd`: scalar math written so LLVM vectorizes it, and `simd_fn!`, the runtime ISA choice;
 //! - `matmul` (f32 through `sgemm` on the AVX2 tier and the `gemm` crate elsewhere, or bf16
 //!   through `bf16`), `embed`, `norm` (LayerNorm, RMSNorm),
-//!   `act` (GELU, SwiGLU), `attention` (FlashAttention-style, causal), `loss` (cross-entropy);
+//!   `act` (GELU, SwiGLU), `attention` (FlashAttention-style, causal), `kv_attention` (over a
+//!   key/value cache, in f32 or llama.cpp's numerics with and without flash attention), `loss`
+//!   (cross-entropy);
 //! - llama.cpp-exact numerics as named variants: `ggml` (its RMSNorm, RoPE, f16 dots, expf) and
 //!   `quant` (GGUF Q4_0/Q4_1/Q8_0 matrix-vector products).
 
@@ -16,6 +18,7 @@ pub mod bf16;
 pub mod embed;
 pub mod ggml;
 pub mod isa;
+pub mod kv_attention;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
@@ -26,10 +29,11 @@ pub mod simd;
 mod tests;
 
 pub use act::{bias_gelu_forward, swiglu_backward, swiglu_forward};
-pub use attention::{attention_backward, attention_forward, cached_attention, packed_attention};
+pub use attention::{attention_backward, attention_forward, packed_attention};
 pub use attention::{AttShape, ATT_TILE};
 pub use embed::{encoder_backward, encoder_forward, rope_tables, RopeAngles};
 pub use isa::Isa;
+pub use kv_attention::{kv_attention, KvNumerics, KvPages, KvShape, KvValue, KV_PAGE};
 pub use loss::{cross_entropy_backward, cross_entropy_forward};
 pub use matmul::{col_sum, linear_backward, matmul, matmul_with, mul_assign, Op};
 pub use norm::{layernorm_backward, layernorm_forward, rmsnorm_backward, rmsnorm_forward};

@@ -1,10 +1,11 @@
 //! Llama inference on flat f32 buffers: the function of `Llama::forward`, without a candle op per
 //! step (each would cost an allocation and a thread-pool hand-off, which dominate at batch 1).
-//! The weights are the model's own tensors, read in place. The KV cache holds, per layer,
-//! (row, kv head, position, head_dim) in one buffer that grows by doubling, so a step appends
-//! without copying the past.
+//! The weights are the model's own tensors, read in place. The KV cache is paged (pages of
+//! `KV_PAGE` positions), so a step appends without copying the past; a long prompt goes through
+//! in pieces of `PREFILL_CHUNK` tokens.
 
 use candle_core::{Device, Storage, Tensor};
+use half::f16;
 use rayon::prelude::*;
 
 use super::{Linear, Llama, LlamaConfig, RopeStyle};
@@ -12,19 +13,19 @@ use crate::error::{Error, Result};
 use crate::kernels::ggml;
 use crate::kernels::quant::{matmul_group, QuantMatrix};
 use crate::kernels::simd::{self, simd_fn};
-use crate::kernels::{cached_attention, rmsnorm_forward, swiglu_forward};
+use crate::kernels::{kv_attention, KvNumerics, KvPages, KvShape, KvValue, KV_PAGE};
 use crate::kernels::{matmul, Op};
+use crate::kernels::{rmsnorm_forward, swiglu_forward};
 
-/// The key/value cache of `step`, for `rows` sequences at the same position.
+/// The key/value cache of `step`, for `rows` sequences at the same position: per layer, pages of
+/// `KV_PAGE` positions (`kernels::kv_attention`), f16 values for the quantized model (llama.cpp's
+/// cache) and f32 otherwise. It grows a page at a time, never copying what it holds.
 #[derive(Debug, Clone)]
 pub struct Cache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    store: Store,
     rows: usize,
     /// Positions held (the same for every row).
     pub pos: usize,
-    /// Positions each (row, head) has room for.
-    cap: usize,
     /// Values per (row, head, position): head_dim; and kv heads.
     hd: usize,
     nkv: usize,
@@ -33,14 +34,98 @@ pub struct Cache {
     pads: Vec<usize>,
 }
 
+/// Keys and values of every layer: [layer][page], each page (rows, kv heads, KV_PAGE, hd).
+#[derive(Debug, Clone)]
+struct Pages<T> {
+    k: Vec<Vec<Vec<T>>>,
+    v: Vec<Vec<Vec<T>>>,
+}
+
+#[derive(Debug, Clone)]
+enum Store {
+    F32(Pages<f32>),
+    F16(Pages<f16>),
+}
+
+/// Runs `$body` with `$p` bound to the cache's pages, whatever their value type.
+macro_rules! with_pages {
+    ($store:expr, $p:ident => $body:expr) => {
+        match $store {
+            Store::F32($p) => $body,
+            Store::F16($p) => $body,
+        }
+    };
+}
+
+impl<T: KvValue> Pages<T> {
+    fn new(layers: usize) -> Self {
+        Pages {
+            k: vec![Vec::new(); layers],
+            v: vec![Vec::new(); layers],
+        }
+    }
+
+    /// Adds pages of `page_len` values until every layer holds `pages` of them.
+    fn grow(&mut self, pages: usize, page_len: usize) {
+        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
+            while layer.len() < pages {
+                layer.push(vec![T::default(); page_len]);
+            }
+        }
+    }
+
+    /// Writes `src` (rows·t, nkv·hd: rows of t positions from `start`) into layer l's keys
+    /// (`values` false) or values.
+    fn append(&mut self, l: usize, values: bool, src: &[f32], (t, start, nkv, hd): Dims) {
+        let pages = if values {
+            &mut self.v[l]
+        } else {
+            &mut self.k[l]
+        };
+        for (r, row) in src.chunks_exact(nkv * hd).enumerate() {
+            let (b, p) = (r / t, start + r % t);
+            let page = &mut pages[p / KV_PAGE];
+            for (kh, head) in row.chunks_exact(hd).enumerate() {
+                let at = ((b * nkv + kh) * KV_PAGE + p % KV_PAGE) * hd;
+                T::narrow(head, &mut page[at..at + hd]);
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let values: usize = self.k.iter().chain(&self.v).flatten().map(Vec::len).sum();
+        values * std::mem::size_of::<T>()
+    }
+
+    /// Keeps rows `rows` (of `old` rows) of the positions held, in that order.
+    fn select(&mut self, rows: &[usize], (nkv, hd): (usize, usize)) {
+        let per_row = nkv * KV_PAGE * hd;
+        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
+            for page in layer.iter_mut() {
+                let mut out = vec![T::default(); rows.len() * per_row];
+                for (dst, &r) in out.chunks_exact_mut(per_row).zip(rows) {
+                    dst.copy_from_slice(&page[r * per_row..(r + 1) * per_row]);
+                }
+                *page = out;
+            }
+        }
+    }
+}
+
+/// (t, start, nkv, hd) of an append.
+type Dims = (usize, usize, usize, usize);
+
 impl Cache {
-    pub fn new(cfg: &LlamaConfig, rows: usize) -> Self {
+    /// An empty cache for `rows` sequences; `f16` values (llama.cpp's cache) or f32.
+    pub fn new(cfg: &LlamaConfig, rows: usize, f16: bool) -> Self {
+        let layers = cfg.num_hidden_layers;
         Cache {
-            k: vec![Vec::new(); cfg.num_hidden_layers],
-            v: vec![Vec::new(); cfg.num_hidden_layers],
+            store: match f16 {
+                true => Store::F16(Pages::new(layers)),
+                false => Store::F32(Pages::new(layers)),
+            },
             rows,
             pos: 0,
-            cap: 0,
             hd: cfg.head_dim(),
             nkv: cfg.n_kv_heads(),
             pads: vec![0; rows],
@@ -59,48 +144,27 @@ impl Cache {
         Ok(())
     }
 
-    /// Grows the room per (row, head) to at least `need` positions, keeping what is held.
+    /// Makes room for `need` positions per (row, head).
     fn reserve(&mut self, need: usize) {
-        if need <= self.cap {
-            return;
-        }
-        let cap = need.max(2 * self.cap).max(64);
-        let (old, hd, heads) = (self.cap, self.hd, self.rows * self.nkv);
-        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            let mut grown = vec![0f32; heads * cap * hd];
-            for h in 0..heads {
-                let len = self.pos * hd;
-                grown[h * cap * hd..h * cap * hd + len]
-                    .copy_from_slice(&buf[h * old * hd..h * old * hd + len]);
-            }
-            *buf = grown;
-        }
-        self.cap = cap;
+        let page_len = self.rows * self.nkv * KV_PAGE * self.hd;
+        with_pages!(&mut self.store, p => p.grow(need.div_ceil(KV_PAGE), page_len));
     }
 
-    /// Keeps rows `rows` of the cache, in that order (repeats allowed). Only the positions held
-    /// are copied; an identity selection copies nothing.
+    /// Keeps rows `rows` of the cache, in that order (repeats allowed); an identity selection
+    /// copies nothing.
     pub fn select_rows(&mut self, rows: &[usize]) {
         if rows.len() == self.rows && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return;
         }
-        let (cap, hd, nkv) = (self.cap, self.hd, self.nkv);
-        let (per_head, used) = (cap * hd, self.pos * hd);
-        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            if buf.is_empty() {
-                continue;
-            }
-            let mut out = vec![0f32; rows.len() * nkv * per_head];
-            for (dst_row, &r) in rows.iter().enumerate() {
-                for h in 0..nkv {
-                    let (src, dst) = ((r * nkv + h) * per_head, (dst_row * nkv + h) * per_head);
-                    out[dst..dst + used].copy_from_slice(&buf[src..src + used]);
-                }
-            }
-            *buf = out;
-        }
+        let dims = (self.nkv, self.hd);
+        with_pages!(&mut self.store, p => p.select(rows, dims));
         self.pads = rows.iter().map(|&r| self.pads[r]).collect();
         self.rows = rows.len();
+    }
+
+    /// Bytes the cache holds.
+    pub fn bytes(&self) -> usize {
+        with_pages!(&self.store, p => p.bytes())
     }
 }
 
@@ -228,6 +292,11 @@ fn rope(
     }
 }
 
+/// Query positions per pass of a prompt (llama.cpp's micro-batch, 512 tokens): a long prompt
+/// goes through the model in pieces of this many tokens over all rows, so that its activations
+/// stay those of one piece, whatever its length.
+pub const PREFILL_CHUNK: usize = 512;
+
 /// Feeds `tokens` ((batch, len) row-major) after the cache's positions; returns the logits of
 /// the last position of each row, (batch, vocab).
 pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> Result<Vec<f32>> {
@@ -240,15 +309,35 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
             cache.rows
         )));
     }
-    let start = cache.pos;
-    if start + t > cfg.max_position_embeddings {
+    if cache.pos + t > cfg.max_position_embeddings {
         return Err(Error::Invalid(format!(
             "{} positions exceed the model's context of {}",
-            start + t,
+            cache.pos + t,
             cfg.max_position_embeddings
         )));
     }
-    cache.reserve(start + t);
+    cache.reserve(cache.pos + t);
+    let piece = (PREFILL_CHUNK / batch).max(1);
+    let mut c0 = 0;
+    loop {
+        let n = piece.min(t - c0);
+        let ids: Vec<u32> = (0..batch)
+            .flat_map(|b| tokens[b * t + c0..b * t + c0 + n].iter().copied())
+            .collect();
+        let x = layers(model, &ids, batch, cache)?;
+        c0 += n;
+        if c0 == t {
+            return logits(model, &x, batch);
+        }
+    }
+}
+
+/// Runs `tokens` ((batch, t), positions cache.pos.. of each row, room reserved) through the
+/// blocks, appending their keys and values; returns the hidden states (batch·t, hidden).
+fn layers(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> Result<Vec<f32>> {
+    let cfg = &model.cfg;
+    let t = tokens.len() / batch;
+    let start = cache.pos;
     let (c, nh, nkv, hd) = (
         cfg.hidden_size,
         cfg.num_attention_heads,
@@ -270,9 +359,14 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         vec![0f32; n * inter],
     );
     let (cos, sin) = (&model.cos_table, &model.sin_table);
-    let cap = cache.cap;
-    // The quantized model computes as llama.cpp does (see `Llama::quantized`).
+    // The quantized model computes as llama.cpp does (see `Llama::quantized`), its attention
+    // with or without flash attention (`Llama::flash_attn`).
     let exact = model.quantized;
+    let how = match (exact, model.flash_attn) {
+        (false, _) => KvNumerics::F32,
+        (true, true) => KvNumerics::GgmlFlash,
+        (true, false) => KvNumerics::Ggml,
+    };
     let norm = |out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &Tensor| {
         with_f32(w, |w| match exact {
             true => ggml::rms_norm(out, x, w, eps),
@@ -292,25 +386,22 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         let pos = |r: usize| (start + r % t).saturating_sub(pads[r / t]);
         rope(&mut q, nh, hd, model.rope, cos, sin, pos, exact);
         rope(&mut k, nkv, hd, model.rope, cos, sin, pos, exact);
-        if exact {
-            // llama.cpp's f16 KV cache, and the query rounded to f16 for the product with it.
-            for x in [&mut q, &mut k, &mut v] {
-                ggml::round_f16_all(x);
-            }
-        }
         // Append k and v at positions start..start + t of each (row, kv head).
-        for (buf, src) in [(&mut cache.k[l], &k), (&mut cache.v[l], &v)] {
-            for r in 0..n {
-                let (b, p) = (r / t, start + r % t);
-                for kh in 0..nkv {
-                    let dst = ((b * nkv + kh) * cap + p) * hd;
-                    buf[dst..dst + hd]
-                        .copy_from_slice(&src[(r * nkv + kh) * hd..(r * nkv + kh + 1) * hd]);
-                }
-            }
-        }
-        let (kl, vl, shape) = (&cache.k[l], &cache.v[l], (nh, nkv, hd, cap));
-        cached_attention(&mut att, &q, kl, vl, (t, start), shape, &cache.pads, exact);
+        let dims = (t, start, nkv, hd);
+        let shape = KvShape {
+            batch,
+            t,
+            start,
+            nh,
+            nkv,
+            hd,
+        };
+        with_pages!(&mut cache.store, p => {
+            p.append(l, false, &k, dims);
+            p.append(l, true, &v, dims);
+            let view = |pages| KvPages { pages, nkv, hd };
+            kv_attention(&mut att, &q, view(&p.k[l]), view(&p.v[l]), shape, &cache.pads, how);
+        });
         apply(&block.o, &att, n, &mut tmp)?;
         x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
         norm(&mut h, &mut rstd, &x, &block.mlp_norm)?;
@@ -323,14 +414,26 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
     }
     cache.pos += t;
+    Ok(x)
+}
+
+/// The logits (batch, vocab) of the last position of each row of the hidden states x.
+fn logits(model: &Llama, x: &[f32], batch: usize) -> Result<Vec<f32>> {
+    let (c, t) = (
+        model.cfg.hidden_size,
+        x.len() / model.cfg.hidden_size / batch,
+    );
+    let eps = model.cfg.rms_norm_eps as f32;
     // Only the last position of each row needs logits.
     let last: Vec<f32> = (0..batch)
         .flat_map(|b| x[((b + 1) * t - 1) * c..(b + 1) * t * c].iter().copied())
         .collect();
     let mut normed = vec![0f32; batch * c];
-    let mut rs = vec![0f32; batch];
-    norm(&mut normed, &mut rs, &last, &model.norm)?;
-    let mut logits = vec![0f32; batch * cfg.vocab_size];
+    with_f32(&model.norm, |w| match model.quantized {
+        true => ggml::rms_norm(&mut normed, &last, w, eps),
+        false => rmsnorm_forward(&mut normed, &mut vec![0f32; batch], &last, w, eps, c),
+    })?;
+    let mut logits = vec![0f32; batch * model.cfg.vocab_size];
     apply(&model.head, &normed, batch, &mut logits)?;
     Ok(logits)
 }

@@ -194,6 +194,10 @@ pub struct Llama {
     /// f64 RMSNorm sums, ggml's rotary tables and expf, an f16 KV cache and f16 attention
     /// products; otherwise it computes in f32 as `transformers` does.
     pub quantized: bool,
+    /// The quantized path's attention: llama.cpp's flash attention (`-fa on`, the default, as
+    /// llama.cpp's `auto` resolves on a CPU) or its attention without (`-fa off`); see
+    /// `kernels::kv_attention`.
+    pub flash_attn: bool,
 }
 
 /// The candle forward's key/value cache: k and v of each layer, (batch, kv heads, positions,
@@ -448,6 +452,7 @@ impl Llama {
             rope,
             device: device.clone(),
             quantized,
+            flash_attn: true,
         })
     }
 
@@ -562,7 +567,11 @@ impl Decoder for Llama {
     }
 
     fn new_cache(&self, batch: usize) -> Result<Cache> {
-        Ok(Cache::new(infer::Cache::new(&self.cfg, batch)))
+        Ok(Cache::new(infer::Cache::new(
+            &self.cfg,
+            batch,
+            self.quantized,
+        )))
     }
 
     fn step(&self, tokens: &[u32], batch: usize, cache: &mut Cache) -> Result<Vec<f32>> {
