@@ -6,12 +6,13 @@
 #   scripts/eval_translation.sh RUN_DIR [SOURCE REFERENCE]
 #
 # SOURCE and REFERENCE default to RUN_DIR/test.src and RUN_DIR/test.ref, which training writes
-# for configs with a test set. DECODEX overrides the binary (default target/release/decodex).
+# for configs with a test set. DECODEX overrides the binary (default: decodex on the PATH, else
+# target/release/decodex).
 set -euo pipefail
 run=${1:?usage: scripts/eval_translation.sh RUN_DIR [SOURCE REFERENCE]}
 src=${2:-$run/test.src}
 ref=${3:-$run/test.ref}
-bin=${DECODEX:-target/release/decodex}
+bin=${DECODEX:-$(command -v decodex || echo target/release/decodex)}
 for beam in 1 5; do
   hyp="$run/test.beam$beam.hyp"
   start=$(date +%s.%N)

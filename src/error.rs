@@ -26,8 +26,13 @@ pub enum Error {
     /// An invalid argument, setting or state: the message says which and how to fix it.
     #[error("{0}")]
     Invalid(String),
+    /// A checkpoint or model file that cannot be read; the advice depends on where such a file
+    /// comes from (a GGUF file is downloaded, a checkpoint trained).
     #[error(
-        "{path}: checkpoint is truncated or corrupt ({msg}); re-train or restore it from a backup"
+        "{path}: {} is truncated or corrupt ({}); {}",
+        corrupt_what(path),
+        first_line(msg),
+        corrupt_advice(path)
     )]
     CorruptCheckpoint { path: PathBuf, msg: String },
     #[error("{path}: unsupported model: {msg}")]
@@ -67,6 +72,35 @@ pub enum Error {
     TokenizerLib(String),
 }
 
+/// What a corrupt file is called: a downloaded GGUF model file, or a checkpoint.
+fn corrupt_what(path: &std::path::Path) -> &'static str {
+    if is_gguf(path) {
+        "the GGUF file"
+    } else {
+        "the checkpoint"
+    }
+}
+
+/// What to do about a corrupt file.
+fn corrupt_advice(path: &std::path::Path) -> &'static str {
+    if is_gguf(path) {
+        "download it again (scripts/fetch_models.sh fetches and checks the SmolLM2 GGUF)"
+    } else {
+        "re-train it or restore it from a backup"
+    }
+}
+
+fn is_gguf(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The first line of a message from another library (candle's may go on with a backtrace),
+/// so that what is wrapped around it stays on one line.
+fn first_line(msg: &str) -> &str {
+    msg.lines().next().unwrap_or("").trim_end()
+}
+
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -77,8 +111,54 @@ impl Error {
     }
 }
 
+/// The temporary files and folders being written now (`.NAME.tmpPID…` beside their targets),
+/// which an interrupted process removes before it exits ([`remove_temp_paths`]).
+static TEMP_PATHS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A temporary path registered for removal on interruption while this guard lives. Dropping it
+/// only unregisters the path: the writer renames or removes it itself.
+#[derive(Debug)]
+pub struct TempPath(std::path::PathBuf);
+
+impl TempPath {
+    /// Registers `path` (before it is created, so that no moment leaves it unregistered).
+    pub fn register(path: &std::path::Path) -> Self {
+        if let Ok(mut paths) = TEMP_PATHS.lock() {
+            paths.push(path.to_path_buf());
+        }
+        TempPath(path.to_path_buf())
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if let Ok(mut paths) = TEMP_PATHS.lock() {
+            if let Some(i) = paths.iter().rposition(|p| *p == self.0) {
+                paths.swap_remove(i);
+            }
+        }
+    }
+}
+
+/// Removes every registered temporary file and folder: what a signal handler calls before the
+/// process exits, so that an interrupted run leaves no `.NAME.tmpPID` behind.
+pub fn remove_temp_paths() {
+    // A writer holding the lock at the signal cannot be waited for; its path is skipped.
+    let Ok(paths) = TEMP_PATHS.try_lock() else {
+        return;
+    };
+    for p in paths.iter() {
+        if p.is_dir() {
+            let _ = std::fs::remove_dir_all(p);
+        } else {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename, so a
-/// reader never sees a half-written file and a failed write leaves the old file in place.
+/// reader never sees a half-written file and a failed write leaves the old file in place. The
+/// temporary file is registered ([`TempPath`]): an interrupted process removes it.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path
@@ -94,6 +174,7 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp{}-{n}", std::process::id()));
+    let _registered = TempPath::register(&tmp);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -90,21 +90,25 @@ fn tokenizer_refuses_missing_empty_or_non_utf8_corpora_and_bad_vocab_sizes() {
     );
     absent(&fresh);
 
-    // An existing tokenizer.json survives every failed run.
+    // An existing tokenizer.json survives every failed run, --force or not.
     let kept = p("tokenizer.json");
     let old = existing(&kept);
     std::fs::write(p("latin1.txt"), b"caf\xe9 au lait\n".repeat(50)).unwrap();
     refused(
-        &train(&p("latin1.txt"), &kept, &["--kind", "char"]),
+        &train(&p("latin1.txt"), &kept, &["--kind", "char", "--force"]),
         &["latin1.txt", "UTF-8"],
     );
     std::fs::write(p("c.txt"), "the quick brown fox\n".repeat(50)).unwrap();
     refused(
-        &train(&p("c.txt"), &kept, &["--kind", "bpe"]),
+        &train(&p("c.txt"), &kept, &["--kind", "bpe", "--force"]),
         &["--vocab-size", "required"],
     );
     refused(
-        &train(&p("c.txt"), &kept, &["--kind", "bpe", "--vocab-size", "0"]),
+        &train(
+            &p("c.txt"),
+            &kept,
+            &["--kind", "bpe", "--vocab-size", "0", "--force"],
+        ),
         &["vocab_size 0", "257"],
     );
     unchanged(&kept, &old);
@@ -192,9 +196,10 @@ fn plot_refuses_missing_or_malformed_metrics_and_unknown_image_types() {
         &["loss.jpg", ".png or .svg"],
     );
     absent(&p("loss.jpg"));
-    // An earlier plot survives a failed one.
+    // An earlier plot survives a failed one, even with --force.
     let old = existing(&png);
-    refused(&plot(&p("other.jsonl"), &png), &["other.jsonl"]);
+    let forced = decodex(&["plot", s(&p("other.jsonl")), "--out", s(&png), "--force"]);
+    refused(&forced, &["other.jsonl"]);
     unchanged(&png, &old);
 }
 
@@ -833,7 +838,7 @@ fn logits_refuses_missing_models_empty_or_unknown_text_and_adapters_on_gpt() {
     let out = p("logits.safetensors");
     let old = existing(&out);
     refused(
-        &logits(Path::new(NO_MODEL), "hi", &out, &[]),
+        &logits(Path::new(NO_MODEL), "hi", &out, &["--force"]),
         &[NO_MODEL, "not found"],
     );
     unchanged(&out, &old);
@@ -896,6 +901,7 @@ fn summarize_refuses_malformed_records_and_bad_flags_before_loading() {
             s(input),
             "--out",
             s(&out),
+            "--force",
         ];
         a.extend_from_slice(extra);
         decodex(&a)
@@ -1028,4 +1034,168 @@ fn quickstart_refuses_zero_iterations_and_missing_presets() {
         &["nope.toml", "No such file"],
     );
     absent(&out);
+}
+
+// --- empty inputs and existing outputs ----------------------------------------------------
+
+/// An empty `--prompts` file and empty `--hyp`/`--ref` files used to exit 0 (with no output,
+/// or a score of nothing; sacreBLEU refuses them): each is one error line naming the file.
+#[test]
+fn empty_prompt_and_hypothesis_files_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n);
+    std::fs::write(p("empty.jsonl"), "").unwrap();
+    std::fs::write(p("blank.jsonl"), "\n  \n").unwrap();
+    std::fs::write(p("empty.txt"), "").unwrap();
+    std::fs::write(p("one.txt"), "a cat\n").unwrap();
+    let run = common::trained_model(d.path(), 2);
+    for f in ["empty.jsonl", "blank.jsonl"] {
+        refused(
+            &decodex(&["generate", "--model", s(&run), "--prompts", s(&p(f))]),
+            &[f, "no prompts"],
+        );
+    }
+    for metric in ["bleu", "rouge"] {
+        let eval =
+            |hyp: &str, r: &str| decodex(&["eval", metric, "--hyp", s(&p(hyp)), "--ref", s(&p(r))]);
+        refused(&eval("empty.txt", "empty.txt"), &["empty.txt", "empty"]);
+        refused(&eval("empty.txt", "one.txt"), &["empty.txt", "empty"]);
+        refused(&eval("one.txt", "empty.txt"), &["empty.txt", "0 lines"]);
+    }
+}
+
+/// `embed` used to overwrite its output silently while `index build` refused an existing
+/// folder: every command that writes refuses an existing output (a file, or a folder that is
+/// not empty) unless --force, before loading anything, and leaves it as it was.
+#[test]
+fn every_writing_command_refuses_an_existing_output_unless_forced() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n);
+    let run = common::trained_model(d.path(), 2);
+    let corpus = p("c.txt");
+    std::fs::write(p("texts.txt"), "one text\nanother text\n").unwrap();
+    std::fs::write(
+        p("docs.jsonl"),
+        "{\"document\": \"a b\", \"summary\": \"a\"}\n",
+    )
+    .unwrap();
+    let cfg = p("ok.toml");
+    let (file, dir) = (p("taken.npy"), p("taken"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("keep.txt"), "keep").unwrap();
+    let (texts, docs, metrics, v) = (
+        p("texts.txt"),
+        p("docs.jsonl"),
+        run.join("metrics.jsonl"),
+        p("v.npy"),
+    );
+    // (the arguments before --out, the output)
+    let cases: Vec<(Vec<&str>, &Path)> = vec![
+        (
+            vec![
+                "tokenizer",
+                "train",
+                "--input",
+                s(&corpus),
+                "--kind",
+                "char",
+            ],
+            &file,
+        ),
+        (
+            vec!["data", "prepare", "--input", s(&corpus), "--kind", "char"],
+            &dir,
+        ),
+        (vec!["train", "--config", s(&cfg)], &dir),
+        (vec!["export", "--model", s(&run)], &dir),
+        (vec!["plot", s(&metrics)], &file),
+        (vec!["logits", "--model", s(&run), "--text", "ab"], &file),
+        (
+            vec!["embed", "--model", s(&run), "--input", s(&texts)],
+            &file,
+        ),
+        (
+            vec!["index", "build", "--model", s(&run), "--input", s(&texts)],
+            &dir,
+        ),
+        (
+            vec!["summarize", "--model", NO_MODEL, "--input", s(&docs)],
+            &file,
+        ),
+        (
+            vec!["merge", "--model", NO_MODEL, "--adapter", NO_MODEL],
+            &dir,
+        ),
+        (
+            vec!["finetune", "--model", NO_MODEL, "--input", s(&docs)],
+            &dir,
+        ),
+    ];
+    let keep = std::fs::read(dir.join("keep.txt")).unwrap();
+    for (before, out) in &cases {
+        let old = existing(&file);
+        let mut args = before.clone();
+        args.extend(["--out", s(out)]);
+        refused(&decodex(&args), &[s(out), "already exists", "--force"]);
+        unchanged(&file, &old);
+        assert_eq!(
+            std::fs::read(dir.join("keep.txt")).unwrap(),
+            keep,
+            "{args:?}"
+        );
+    }
+    // translate's --attention-png too (checked before the model loads).
+    let old = existing(&file);
+    refused(
+        &decodex(&[
+            "translate",
+            "--model",
+            NO_MODEL,
+            "--input",
+            s(&corpus),
+            "--attention-png",
+            s(&file),
+        ]),
+        &[s(&file), "already exists", "--force"],
+    );
+    unchanged(&file, &old);
+    // --force overwrites a file and writes into a folder.
+    let out = decodex(&[
+        "embed",
+        "--model",
+        s(&run),
+        "--input",
+        s(&texts),
+        "--out",
+        s(&v),
+    ]);
+    assert!(out.status.success());
+    let again = |force: &[&str]| {
+        let mut a = vec!["embed", "--model", s(&run), "--input", s(&corpus), "--out"];
+        a.push(s(&v));
+        a.extend(force);
+        decodex(&a)
+    };
+    let before = std::fs::read(&v).unwrap();
+    refused(&again(&[]), &["v.npy", "already exists"]);
+    assert_eq!(std::fs::read(&v).unwrap(), before);
+    assert!(again(&["--force"]).status.success());
+    assert_ne!(std::fs::read(&v).unwrap(), before);
+    let built = decodex(&[
+        "index",
+        "build",
+        "--model",
+        s(&run),
+        "--input",
+        s(&texts),
+        "--out",
+        s(&dir),
+        "--force",
+        "--json",
+    ]);
+    assert_eq!(common::json_of(&built, "index build --force")["count"], 2);
+    assert!(
+        !dir.join("keep.txt").exists(),
+        "the old folder was replaced"
+    );
 }

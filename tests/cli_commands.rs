@@ -811,3 +811,75 @@ fn quickstart_trains_samples_and_continues() {
     assert_eq!(resumed[0]["step"], 3);
     assert!((resumed[0]["lr"].as_f64().unwrap() - 3e-3 / 101.0).abs() < 1e-12);
 }
+
+/// `generate --chat` used to print the whole rendered template and a score with beam search
+/// but only the reply with greedy search: with --chat, text mode prints the reply only, for
+/// every strategy (and for batches).
+#[test]
+fn chat_prints_the_reply_only_whatever_the_strategy() {
+    let d = tempfile::tempdir().unwrap();
+    let model = common::tiny_llama(d.path(), "chatty", common::LLAMA_CHARS);
+    let template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}\
+                    {% if add_generation_prompt %}<assistant>{% endif %}";
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        json!({ "chat_template": template }).to_string(),
+    )
+    .unwrap();
+    let prompts = d.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "\"hello there\"\n\"how are you\"\n").unwrap();
+    let base = [
+        "generate",
+        "--model",
+        s(&model),
+        "--chat",
+        "--max-new-tokens",
+        "6",
+    ];
+    let strategies: [&[&str]; 4] = [
+        &["--prompt", "hello there", "--strategy", "greedy"],
+        &[
+            "--prompt",
+            "hello there",
+            "--strategy",
+            "beam",
+            "--num-beams",
+            "2",
+        ],
+        &[
+            "--prompt",
+            "hello there",
+            "--strategy",
+            "sample",
+            "--seed",
+            "3",
+        ],
+        &[
+            "--prompts",
+            s(&prompts),
+            "--strategy",
+            "greedy",
+            "--batch-size",
+            "2",
+        ],
+    ];
+    for extra in strategies {
+        let run = |json: bool| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            if json {
+                a.push("--json");
+            }
+            decodex(&a)
+        };
+        let replies: Vec<String> = json_lines(&run(true), "generate --chat --json")
+            .iter()
+            .map(|v| v["text"].as_str().unwrap().to_string())
+            .collect();
+        let out = run(false);
+        assert!(out.status.success(), "{extra:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let expected: String = replies.iter().map(|r| format!("{r}\n")).collect();
+        assert_eq!(stdout, expected, "{extra:?}: the reply only");
+    }
+}

@@ -168,6 +168,7 @@ fn tokenizer_model_vocab_mismatch() {
         "char",
         "--out",
         tok.to_str().unwrap(),
+        "--force",
     ]);
     assert!(
         out.status.success(),
@@ -377,4 +378,51 @@ fn kernel_tier_is_reported_and_checked() {
     let best = run("", &["--version"]);
     let text = String::from_utf8_lossy(&best.stdout);
     assert!(text.contains("isa "), "{text}");
+}
+
+/// GGUF errors used to end in an unclosed parenthesis (candle's message went on over more
+/// lines) and to advise "re-train or restore it from a backup" for a downloaded file.
+#[test]
+fn gguf_errors_are_one_closed_sentence_that_advises_a_new_download() {
+    let d = tmp();
+    let cut = d.path().join("model.gguf");
+    let cases: [&[u8]; 3] = [b"GGUF but not really", b"hi\n", b"GGUF\x03\x00\x00\x00"];
+    for bytes in cases {
+        std::fs::write(&cut, bytes).unwrap();
+        let out = decodex(&[
+            "generate",
+            "--model",
+            cut.to_str().unwrap(),
+            "--prompt",
+            "a",
+        ]);
+        assert_clear_error(
+            &out,
+            &["model.gguf", "truncated or corrupt", "download it again"],
+        );
+        let line = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+        assert_eq!(
+            line.matches('(').count(),
+            line.matches(')').count(),
+            "unbalanced parentheses: {line}"
+        );
+        assert!(!line.contains("re-train"), "{line}");
+    }
+}
+
+/// A bad `--out` path is named with the operating system's reason, not called a config error.
+#[test]
+fn a_bad_out_path_is_named_as_such() {
+    let d = tmp();
+    let cfg = common::write_config(d.path(), "ok.toml", "", "", &[]);
+    let blocked = d.path().join("c.txt").join("run");
+    let out = decodex(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        blocked.to_str().unwrap(),
+    ]);
+    assert_clear_error(&out, &["c.txt/run", "Not a directory"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("config"));
 }

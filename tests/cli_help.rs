@@ -224,3 +224,53 @@ fn old_spellings_still_parse() {
         &["/nonexistent.json"],
     );
 }
+
+/// The top-level help used to say that `eval` gives perplexity, BLEU and chrF only and that
+/// `generate` reads "a model directory", and `summarize --help` offered answer's --question and
+/// --context.
+#[test]
+fn help_texts_say_what_each_command_takes() {
+    let top = help(&[]);
+    let line = |name: &str| {
+        top.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{top}"))
+            .to_string()
+    };
+    let eval = line("eval");
+    let subs = subcommands(&help(&["eval".into()]));
+    assert_eq!(
+        subs,
+        ["perplexity", "bleu", "rouge", "squad", "retrieval", "sts"],
+        "eval's metrics changed: update its description"
+    );
+    for metric in [
+        "perplexity",
+        "BLEU",
+        "chrF",
+        "ROUGE",
+        "SQuAD",
+        "nDCG@10",
+        "STS",
+    ] {
+        assert!(eval.contains(metric), "eval's line lacks {metric}: {eval}");
+    }
+    let generate = line("generate");
+    assert!(
+        generate.contains("GGUF") && !generate.contains("model directory"),
+        "{generate}"
+    );
+    let summarize = help(&["summarize".into()]);
+    for f in ["--question", "--context"] {
+        assert!(
+            !summarize.contains(f),
+            "summarize --help offers {f}\n{summarize}"
+        );
+    }
+    let answer = help(&["answer".into()]);
+    assert!(answer.contains("--question") && answer.contains("--context"));
+    common::assert_clear_error(
+        &common::decodex(&["summarize", "--model", "/x", "--question", "q"]),
+        &["--question"],
+    );
+}

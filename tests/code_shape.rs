@@ -119,3 +119,29 @@ fn the_scanner_measures_functions() {
     let with_tests = "fn a() {}\n#[cfg(test)]\nmod tests {\n}\n";
     assert_eq!(non_test_lines(with_tests), ["fn a() {}"]);
 }
+
+/// Two ignored tests in `src/data/mod.rs` once read a fixed absolute path instead of
+/// `DECODEX_DATA`, and an example wrote to a fixed /tmp folder: no string literal in the code,
+/// the tests, the examples or the benches names a folder of one machine.
+#[test]
+fn no_fixed_machine_paths() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    for dir in ["src", "tests", "examples", "benches"] {
+        for f in common::rust_files(&root.join(dir)) {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                let code = line.trim_start();
+                if code.starts_with("//") {
+                    continue;
+                }
+                for top in ["tmp", "home", "root", "work", "Users", "mnt"] {
+                    if line.contains(&format!("\"/{top}/")) {
+                        found.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "fixed paths:\n{}", found.join("\n"));
+}

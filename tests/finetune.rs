@@ -280,6 +280,7 @@ fn bad_input_is_one_clear_line() {
             "--json",
             "--eval",
             eval.to_str().unwrap(),
+            "--force",
         ];
         a.extend_from_slice(extra);
         event(&lines(&run(&train, &a)), "start")["train"].clone()
@@ -361,4 +362,59 @@ fn bad_input_is_one_clear_line() {
         "2",
     ]);
     assert_clear_error(&out, &["adapter_model.safetensors", "another base model"]);
+}
+
+/// `finetune` used to print JSON (its data report) without --json: text mode prints human
+/// lines only, and --json one JSON object per line.
+#[test]
+fn finetune_prints_json_only_with_json() {
+    let tmp = tmpdir("text-mode");
+    let base = tiny_model(&tmp);
+    let (data, eval) = write_data(&tmp);
+    let args = |out: &Path| {
+        let mut a: Vec<String> = [
+            "finetune",
+            "--base",
+            base.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--eval",
+            eval.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "2",
+            "--batch-tokens",
+            "64",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push("--rank".into());
+        a.push("4".into());
+        a
+    };
+    let text_args = args(&tmp.join("text"));
+    let out = decodex(&text_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    for l in stdout.lines().chain(stderr.lines()) {
+        assert!(!l.contains('{'), "JSON in text mode: {l}");
+    }
+    assert!(stderr.contains("examples from"), "{stderr}");
+    let mut json_args = args(&tmp.join("json"));
+    json_args.push("--json".into());
+    let lines = lines(&decodex(
+        &json_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert_eq!(lines.first().unwrap()["event"], "start");
+    assert_eq!(lines.last().unwrap()["event"], "done");
+    let _ = std::fs::remove_dir_all(&tmp);
 }

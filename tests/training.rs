@@ -34,6 +34,7 @@ fn resume_is_exact(extra_model: &str, extra_train: &str) {
         out: d.path().join("full"),
         max_iters: None,
         resume: false,
+        overwrite: false,
     });
     let split = d.path().join("split");
     let first = losses(&TrainOptions {
@@ -41,12 +42,14 @@ fn resume_is_exact(extra_model: &str, extra_train: &str) {
         out: split.clone(),
         max_iters: Some(17),
         resume: false,
+        overwrite: false,
     });
     let second = losses(&TrainOptions {
         config: cfg,
         out: split,
         max_iters: None,
         resume: true,
+        overwrite: false,
     });
     assert_eq!(first.len(), 17);
     assert_eq!(second.first().map(|s| s.0), Some(18));
@@ -97,12 +100,14 @@ fn fast_and_candle_paths_train_alike() {
         out: d.path().join("a"),
         max_iters: Some(10),
         resume: false,
+        overwrite: false,
     });
     let b = losses(&TrainOptions {
         config: candle_cfg,
         out: d.path().join("b"),
         max_iters: Some(10),
         resume: false,
+        overwrite: false,
     });
     assert_eq!(a.len(), 10, "fast path steps");
     assert_eq!(b.len(), 10, "candle path steps");
@@ -125,6 +130,7 @@ fn a_short_run_learns() {
         out: d.path().join("r"),
         max_iters: None,
         resume: false,
+        overwrite: false,
     });
     let first = l.first().unwrap().1;
     let last_val = l.iter().rev().find_map(|s| s.2).unwrap();
@@ -159,6 +165,7 @@ fn init_from_starts_from_the_checkpoint_with_its_tokenizer() {
         out: base.clone(),
         max_iters: None,
         resume: false,
+        overwrite: false,
     });
     // Lower-cased text: a char tokenizer trained on it would have a smaller vocabulary.
     let task = d.path().join("task.txt");
@@ -184,6 +191,7 @@ fn init_from_starts_from_the_checkpoint_with_its_tokenizer() {
         out: ft.clone(),
         max_iters: None,
         resume: false,
+        overwrite: false,
     });
     assert_eq!(l.len(), 1);
     let read = |dir: &std::path::Path, f: &str| std::fs::read(dir.join(f)).unwrap();
@@ -204,6 +212,7 @@ fn init_from_starts_from_the_checkpoint_with_its_tokenizer() {
         out: d.path().join("scratch"),
         max_iters: None,
         resume: false,
+        overwrite: false,
     });
     assert!(
         l[0].1 < s[0].1 - 0.3,
@@ -230,6 +239,7 @@ fn init_from_starts_from_the_checkpoint_with_its_tokenizer() {
         out: g.clone(),
         max_iters: Some(1),
         resume: false,
+        overwrite: false,
     });
     assert_eq!(read(&g, "tokenizer.json"), read(&base, "tokenizer.json"));
     assert_ne!(
@@ -248,6 +258,7 @@ fn init_from_another_architecture_is_a_clear_error() {
         out: base.clone(),
         max_iters: Some(2),
         resume: false,
+        overwrite: false,
     });
     let wide = task_config(
         d.path(),
@@ -262,6 +273,7 @@ fn init_from_another_architecture_is_a_clear_error() {
             out: d.path().join("wide"),
             max_iters: None,
             resume: false,
+            overwrite: false,
         },
         |_| {},
     )

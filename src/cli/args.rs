@@ -3,7 +3,7 @@
 //! states which of the decoding flags it takes and their defaults in a [`Profile`]; the others
 //! are hidden from its help and refused before any model loads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::{Arg, Args, ValueEnum};
@@ -36,6 +36,98 @@ pub struct ModelArgs {
 pub enum OnOff {
     On,
     Off,
+}
+
+// `--force`, taken by every command that writes an output. (No doc comment: on a flattened
+// struct it would become the command's description.)
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct Force {
+    /// Overwrite the output if it exists (without it, an existing file or non-empty folder is
+    /// refused and left as it is).
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl Force {
+    /// Refuses an existing output `path` (a file, or a folder that is not empty) unless
+    /// --force; `flag` names the option that gave it.
+    pub fn check(self, path: &Path, flag: &str) -> Result<()> {
+        if !self.force && occupied(path) {
+            bail!(
+                "{}: already exists; pass --force to overwrite it or choose another {flag}",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// [`Force::check`] for a run that `--resume` can continue: nothing to check when resuming.
+    pub fn check_run(self, out: &Path, resume: bool) -> Result<()> {
+        if !resume && !self.force && occupied(out) {
+            bail!(
+                "{}: already exists; pass --resume to continue the run there, --force to start over, or choose another --out",
+                out.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` is a file, or a folder with anything in it.
+fn occupied(path: &Path) -> bool {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(_) => path.exists(),
+    }
+}
+
+// The prompt: `--prompt TEXT` or `--prompt-file PATH`, at most one of them. (No doc comment:
+// on a flattened struct it would become the command's description.)
+#[derive(Args, Debug, Clone, Default)]
+pub struct PromptArgs {
+    /// The prompt, used as is unless --chat.
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from this UTF-8 file (`-`: standard input), for prompts longer than one
+    /// command-line argument may be (128 KiB); one final newline is dropped.
+    #[arg(long, value_name = "PATH")]
+    pub prompt_file: Option<PathBuf>,
+}
+
+impl PromptArgs {
+    /// Whether a prompt was given (by either flag).
+    pub fn given(&self) -> bool {
+        self.prompt.is_some() || self.prompt_file.is_some()
+    }
+
+    /// The prompt of --prompt, or the text of --prompt-file; `None` when neither was given.
+    pub fn read(&self) -> Result<Option<String>> {
+        let Some(path) = &self.prompt_file else {
+            return Ok(self.prompt.clone());
+        };
+        let bytes = if path.as_os_str() == "-" {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                .map_err(|e| anyhow::anyhow!("--prompt-file -: reading standard input: {e}"))?;
+            b
+        } else {
+            std::fs::read(path).map_err(|e| decodex::error::Error::io(path, e))?
+        };
+        let mut text = String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: the prompt is not valid UTF-8 (first bad byte at offset {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })?;
+        if text.ends_with('\n') {
+            text.pop();
+            if text.ends_with('\r') {
+                text.pop();
+            }
+        }
+        Ok(Some(text))
+    }
 }
 
 /// How tokens are chosen.
@@ -143,8 +235,10 @@ pub struct DecodingArgs {
     /// Token ids never generated (repeatable).
     #[arg(long, value_name = "ID", visible_alias = "ban")]
     pub suppress_tokens: Vec<u32>,
-    /// Stop when this string is generated (repeatable); the text is cut before it.
-    #[arg(long, value_name = "TEXT", visible_alias = "stop")]
+    /// Stop when this string is generated (repeatable); the text is cut before it. The escapes
+    /// \n, \t, \\ and \" stand for a newline, a tab, a backslash and a quote, so that
+    /// `--stop "\n\n"` stops at a blank line.
+    #[arg(long, value_name = "TEXT", visible_alias = "stop", value_parser = unescape)]
     pub stop_strings: Vec<String>,
     /// Random seed of sampling (return sequence or line i uses seed + i).
     #[arg(long, value_name = "N")]
@@ -168,6 +262,32 @@ pub struct DecodingArgs {
     /// Diverse beam search: the penalty per token another group already chose at a step.
     #[arg(long, value_name = "X")]
     pub diversity_penalty: Option<f32>,
+}
+
+/// A flag value with the escapes \n, \t, \\ and \" turned into the characters they stand for
+/// (the shell passes `"\n"` as a backslash and an n). Any other backslash is refused.
+pub fn unescape(s: &str) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        out.push(match chars.next() {
+            Some('n') => '\n',
+            Some('t') => '\t',
+            Some('\\') => '\\',
+            Some('"') => '"',
+            Some(other) => {
+                return Err(format!(
+                    "unknown escape \\{other} (known: \\n, \\t, \\\\, \\\"; write \\\\ for a backslash)"
+                ))
+            }
+            None => return Err("a lone backslash at the end (write \\\\ for a backslash)".into()),
+        });
+    }
+    Ok(out)
 }
 
 /// The decoding flags one command takes (by id, the field name) with their default values.
@@ -313,6 +433,15 @@ mod tests {
 
     /// Every decoding flag is listed by `set` (so `check_profile` sees it) and every profile
     /// names only decoding flags.
+    #[test]
+    fn unescape_turns_escapes_into_characters() {
+        assert_eq!(unescape(r"\n\n").unwrap(), "\n\n");
+        assert_eq!(unescape(r#"a\tb\\c\"d"#).unwrap(), "a\tb\\c\"d");
+        assert_eq!(unescape("plain ü").unwrap(), "plain ü");
+        assert!(unescape(r"\q").unwrap_err().contains("unknown escape \\q"));
+        assert!(unescape("end\\").unwrap_err().contains("lone backslash"));
+    }
+
     #[test]
     fn profiles_and_set_cover_the_decoding_flags() {
         let cmd = DecodingArgs::augment_args(Command::new("x"));

@@ -35,6 +35,7 @@ pub fn dispatch(cmd: Command, json: bool) -> Result<()> {
         Command::Chat(a) => super::generate::chat(&a, json),
         Command::Export(a) => export(&a, json),
         Command::Plot(a) => {
+            a.force.check(&a.out, "--out")?;
             let logs = decodex::plot::read_metrics(&a.metrics)?;
             decodex::plot::plot_losses(&logs, &a.title, &a.out)?;
             emit(
@@ -237,10 +238,12 @@ fn tokenizer(t: TokenizerCmd, json: bool) -> Result<()> {
             kind: k,
             vocab_size,
             out,
+            force,
         } => {
             if k == Kind::Bpe && vocab_size.is_none() {
                 bail!("--vocab-size is required with --kind bpe");
             }
+            force.check(&out, "--out")?;
             let text = data::read_corpus(&input)?;
             let tok = match k {
                 Kind::Char => Tokenizer::train_char(&text)?,
@@ -283,10 +286,12 @@ fn data_cmd(d: DataCmd, json: bool) -> Result<()> {
         val_input,
         val_fraction,
         out,
+        force,
     } = d;
     if k == Some(Kind::Bpe) && vocab_size.is_none() {
         bail!("--vocab-size is required with --kind bpe");
     }
+    force.check(&out, "--out")?;
     let r = data::prepare(&PrepareOptions {
         input,
         val_input,
@@ -314,6 +319,7 @@ fn export(a: &ExportArgs, json: bool) -> Result<()> {
     let (model, out) = (a.model.as_path(), a.out.as_path());
     let super::ExportFormat::Hf = a.format;
     check_out_is_not(out, model)?;
+    a.force.check(out, "--out")?;
     let loaded = checkpoint::load_model(model)?;
     checkpoint::save_model(
         out,
@@ -356,6 +362,7 @@ fn logits(a: &LogitsArgs, json: bool) -> Result<()> {
         bail!("--dequantize does not apply to `decodex logits`: it runs every model in f32");
     }
     let (model, text, out) = (a.model.model.as_path(), a.text.as_str(), a.out.as_path());
+    a.force.check(out, "--out")?;
     let adapter = a.model.adapter.as_deref();
     let device = Device::Cpu;
     let is_llama = model.is_file()

@@ -9,11 +9,11 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use decodex::decode::bench::{self, BEAM_NEW, BEAM_PROMPT};
-use decodex::decode::generate::{check_context, generate, GenerateOptions};
+use decodex::decode::generate::{check_context, generate, GenerateOptions, Generated};
 use decodex::decode::{self, BeamConfig, SamplingConfig};
 use decodex::models::pretrained::{self, Network, Pretrained};
 
-use super::args::{self, given, DecodingArgs, ModelArgs, StrategyArg};
+use super::args::{self, given, DecodingArgs, ModelArgs, PromptArgs, StrategyArg};
 use super::commands::emit;
 use super::BenchDecodeArgs;
 
@@ -22,11 +22,10 @@ use super::BenchDecodeArgs;
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The prompt, used as is unless --chat.
-    #[arg(long, conflicts_with = "prompts")]
-    pub prompt: Option<String>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     /// A JSONL file of prompts: one JSON string, or object with a "prompt" field, per line.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prompt", "prompt_file"])]
     pub prompts: Option<PathBuf>,
     /// Format the prompt as a user message with the model's chat template.
     #[arg(long)]
@@ -148,14 +147,14 @@ fn plan(a: &GenerateArgs) -> Result<GenerateOptions> {
         batch_size: a.batch_size,
         logprobs: a.logprobs,
         stream: !a.json,
-        echo: !a.chat && a.prompt.is_some(),
+        echo: !a.chat && a.prompt.given(),
     })
 }
 
-/// The prompts of --prompt or --prompts.
+/// The prompts of --prompt, --prompt-file or --prompts.
 fn prompts(a: &GenerateArgs) -> Result<Vec<String>> {
-    let list = match (&a.prompt, &a.prompts) {
-        (Some(p), _) => vec![p.clone()],
+    let list = match (a.prompt.read()?, &a.prompts) {
+        (Some(p), _) => vec![p],
         (None, Some(file)) => {
             let text =
                 std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
@@ -176,9 +175,15 @@ fn prompts(a: &GenerateArgs) -> Result<Vec<String>> {
                     ),
                 }
             }
+            if out.is_empty() {
+                bail!(
+                    "{}: no prompts (the file is empty); give one JSON string or {{\"prompt\": ...}} per line",
+                    file.display()
+                );
+            }
             out
         }
-        (None, None) => bail!("pass --prompt TEXT or --prompts FILE.jsonl"),
+        (None, None) => bail!("pass --prompt TEXT, --prompt-file PATH or --prompts FILE.jsonl"),
     };
     if let Some(i) = list.iter().position(|p| p.is_empty()) {
         bail!(
@@ -203,13 +208,49 @@ pub fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     generate(&model, &o, &prompts, &mut out, |g, prompt, out| {
         if a.json {
             writeln!(out, "{}", serde_json::to_value(&g)?)?;
-        } else if let Some(score) = g.score {
-            writeln!(out, "[score {:.4}] {prompt}{}", f64::from(score), g.text)?;
-        } else if g.batch_seconds.is_some() {
-            writeln!(out, "{prompt}{}", g.text)?;
+            return Ok::<_, anyhow::Error>(());
         }
-        Ok::<_, anyhow::Error>(())
+        // With --chat the reply only, whatever the strategy; else the prompt and its
+        // continuation (one prompt at a time with greedy search or sampling streamed them).
+        let shown = if a.chat { "" } else { prompt };
+        match g.score {
+            Some(score) if !a.chat => {
+                writeln!(out, "[score {:.4}] {shown}{}", f64::from(score), g.text)?
+            }
+            _ if g.score.is_some() || g.batch_seconds.is_some() => {
+                writeln!(out, "{shown}{}", g.text)?
+            }
+            _ => {}
+        }
+        eprintln!("{}", speed(&g));
+        Ok(())
     })
+}
+
+/// The one-line summary text mode prints on stderr after each sequence: prompt and generation
+/// tokens/s when they were timed apart, else the sequence's tokens and seconds.
+fn speed(g: &Generated) -> String {
+    let rate = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.1}"));
+    if let Some(p) = g.prompt_tokens_per_sec {
+        return format!(
+            "prompt: {} tokens, {} tokens/s; generation: {} tokens, {} tokens/s",
+            g.prompt_tokens,
+            rate(Some(p)),
+            g.new_tokens,
+            rate(g.generation_tokens_per_sec)
+        );
+    }
+    let score = g.score.map_or(String::new(), |s| format!(", score {s:.4}"));
+    let secs = g.seconds.or(g.batch_seconds).unwrap_or(0.0);
+    let what = if g.batch_seconds.is_some() {
+        "decoded in a batch"
+    } else {
+        "beam search"
+    };
+    format!(
+        "prompt: {} tokens; generation: {} tokens{score} ({what}, {secs:.2} s)",
+        g.prompt_tokens, g.new_tokens
+    )
 }
 
 /// The model of --model, --dequantize and --adapter (with another tokenizer).

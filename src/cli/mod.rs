@@ -17,9 +17,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use args::ModelArgs;
+pub use args::{Force, ModelArgs};
 pub use generate::{ChatArgs, GenerateArgs};
-pub use tasks::{MergeArgs, TaskArgs, TranslateArgs};
+pub use tasks::{AnswerArgs, MergeArgs, TaskArgs, TranslateArgs};
 pub use train::{FinetuneArgs, QuickstartArgs, TrainArgs};
 
 #[derive(Parser, Debug)]
@@ -51,7 +51,8 @@ pub enum Command {
     Data(DataCmd),
     /// Train a model from a TOML config.
     Train(TrainArgs),
-    /// Generate text from a model directory.
+    /// Generate text from a model: a GGUF file, a Hugging Face Llama or GPT-2 folder, or a
+    /// decodex checkpoint.
     Generate(Box<GenerateArgs>),
     /// Chat with an instruct model: type a message, the reply streams; an empty line or EOF ends.
     Chat(Box<ChatArgs>),
@@ -64,7 +65,9 @@ pub enum Command {
     Bench(BenchCmd),
     /// Write a model's logits for a text to a safetensors file (for parity checks).
     Logits(LogitsArgs),
-    /// Evaluate: a model's perplexity on a text, or translations' BLEU and chrF.
+    /// Evaluate: perplexity of a model on a text, BLEU and chrF of translations, ROUGE of
+    /// summaries, SQuAD exact match and F1 of answers, nDCG@10/MRR@10/Recall@100 of an index,
+    /// STS correlation of embeddings.
     #[command(subcommand)]
     Eval(EvalCmd),
     /// Translate a file, one sentence per line, with a sequence-to-sequence model.
@@ -77,7 +80,7 @@ pub enum Command {
     Summarize(Box<TaskArgs>),
     /// Answer questions from their context: a SQuAD v1.1 file (its first --limit questions;
     /// EM/F1 printed), or one --question with a --context.
-    Answer(Box<TaskArgs>),
+    Answer(Box<AnswerArgs>),
     /// Merge a LoRA adapter into its base and write a Hugging Face Llama folder.
     Merge(MergeArgs),
     /// Embed texts with an encoder (sentence-transformers BERT) or a decoder, into .npy or
@@ -175,6 +178,8 @@ pub enum TokenizerCmd {
         /// Output tokenizer.json.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        #[command(flatten)]
+        force: Force,
     },
     /// Encode text with a tokenizer.json and print the ids.
     Encode {
@@ -226,6 +231,8 @@ pub enum DataCmd {
         /// Output folder: train.bin, val.bin, tokenizer.json, meta.json.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        #[command(flatten)]
+        force: Force,
     },
 }
 
@@ -247,6 +254,8 @@ pub struct ExportArgs {
     /// The output folder.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: Force,
 }
 
 #[derive(Args, Debug)]
@@ -256,6 +265,8 @@ pub struct PlotArgs {
     /// Output .png or .svg.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: Force,
     /// The plot's title.
     #[arg(long, default_value = "decodex training")]
     pub title: String,
@@ -322,6 +333,8 @@ pub struct LogitsArgs {
     /// Output safetensors with `input_ids` (1, T) and `logits` (1, T, V).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: Force,
 }
 
 /// Parses arguments, runs the command and returns the exit code.
@@ -341,6 +354,8 @@ pub fn run() -> i32 {
         Ok(cli) => cli,
         Err(e) => return parse_error(e),
     };
+    // Ctrl-C and SIGTERM remove the temporary files of an interrupted write before exiting.
+    decodex::train::progress::handle_signals();
     // A DECODEX_ISA the CPU cannot run is refused before anything loads.
     if let Err(e) = decodex::kernels::Isa::check() {
         eprintln!("error: {e}");
@@ -426,7 +441,10 @@ fn error_line(e: &clap::Error) -> String {
             Some(ContextValue::String(s)) => s.clone(),
             _ => String::new(),
         };
-        if let Some(ContextValue::Strings(valid)) = e.get(ContextKind::ValidValue) {
+        if let Some(ContextValue::Strings(valid)) = e
+            .get(ContextKind::ValidValue)
+            .filter(|v| !matches!(v, ContextValue::Strings(s) if s.is_empty()))
+        {
             let valid: Vec<String> = valid.iter().map(|v| format!("{v:?}")).collect();
             return format!("error: {flag} {value:?} is not one of {}", valid.join(", "));
         }

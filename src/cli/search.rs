@@ -15,6 +15,7 @@ use decodex::search::{self, load_embedder, open_records, VectorWriter};
 use decodex::train::bench::peak_rss_mb;
 
 use super::commands::emit;
+use super::Force;
 
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
@@ -30,6 +31,8 @@ pub struct EmbedArgs {
     /// the metadata). Rows follow the input's order.
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: Force,
     /// Texts embedded per step.
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub chunk: usize,
@@ -56,9 +59,11 @@ pub struct IndexBuildArgs {
     /// The corpus: records as for `embed --input`.
     #[arg(long, value_name = "FILE", alias = "corpus")]
     pub input: PathBuf,
-    /// The index folder (must not exist, or be empty).
+    /// The index folder (must not exist, or be empty, unless --force).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: Force,
     /// Build an HNSW graph from this many vectors on; smaller indexes search exactly.
     #[arg(long, default_value_t = 20_000)]
     pub hnsw_threshold: usize,
@@ -217,6 +222,7 @@ pub fn embed(a: &EmbedArgs, json: bool) -> Result<()> {
         bail!("--chunk must be at least 1");
     }
     search::VectorFormat::from_path(&a.out)?;
+    a.force.check(&a.out, "--out")?;
     let model = load_embedder(&a.model)?;
     let rows = search::count_records(&a.input)?;
     if rows == 0 {
@@ -289,6 +295,7 @@ pub fn index_cmd(cmd: &IndexCmd, json: bool) -> Result<()> {
             if a.chunk == 0 || a.m < 2 || a.m > 255 || a.ef_construction == 0 {
                 bail!("--chunk and --ef-construction must be at least 1, --m between 2 and 255");
             }
+            a.force.check(&a.out, "--out")?;
             let model = load_embedder(&a.model)?;
             let opts = BuildOptions {
                 hnsw_threshold: a.hnsw_threshold,
@@ -297,6 +304,7 @@ pub fn index_cmd(cmd: &IndexCmd, json: bool) -> Result<()> {
                     ef_construction: a.ef_construction,
                 },
                 chunk: a.chunk,
+                replace: a.force.force,
             };
             let pb = progress_bar(None, json);
             let r = index::build(model.as_ref(), &a.input, &a.out, &opts, &|n| {

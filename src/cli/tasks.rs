@@ -15,7 +15,7 @@ use decodex::eval::{rouge, squad};
 use decodex::models::pretrained::{self, Network, Pretrained};
 use decodex::tasks::{self, TaskDecoding};
 
-use super::args::{self, given, DecodingArgs, ModelArgs, StrategyArg};
+use super::args::{self, given, DecodingArgs, Force, ModelArgs, StrategyArg};
 use super::commands::{check_out_is_not, emit, emit_lines};
 
 #[derive(Args, Debug)]
@@ -26,15 +26,11 @@ pub struct TaskArgs {
     /// summarize: JSONL with "document" (and "summary" for ROUGE); answer: a SQuAD v1.1 JSON.
     #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
-    /// answer: one question (with --context) instead of --input.
-    #[arg(long)]
-    pub question: Option<String>,
-    /// answer: the context --question is answered from.
-    #[arg(long)]
-    pub context: Option<String>,
     /// Write the outputs here: summaries one per line; answers as SQuAD predictions JSON.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub force: Force,
     /// Only the first N documents or questions.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -54,6 +50,19 @@ impl TaskArgs {
     }
 }
 
+/// `decodex answer`: the task flags, and one question instead of a file.
+#[derive(Args, Debug)]
+pub struct AnswerArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// One question (with --context) instead of --input.
+    #[arg(long, conflicts_with = "input")]
+    pub question: Option<String>,
+    /// The context --question is answered from.
+    #[arg(long, requires = "question")]
+    pub context: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct MergeArgs {
     /// The base: a GGUF file or a Hugging Face Llama folder.
@@ -65,6 +74,8 @@ pub struct MergeArgs {
     /// The output folder (config.json, model.safetensors, tokenizer.json).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: Force,
 }
 
 #[derive(Args, Debug)]
@@ -86,6 +97,8 @@ pub struct TranslateArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub attention_line: usize,
     #[command(flatten)]
+    pub force: Force,
+    #[command(flatten)]
     pub decoding: DecodingArgs,
 }
 
@@ -103,6 +116,9 @@ fn load(a: &TaskArgs, command: &str) -> Result<Pretrained> {
 /// The checks of the decoding flags, before any file is read.
 fn check(a: &TaskArgs, command: &str) -> Result<()> {
     a.decoding.check_profile(command, args::TASK)?;
+    if let Some(out) = &a.out {
+        a.force.check(out, "--out")?;
+    }
     if a.strategy() == StrategyArg::Sample {
         bail!("--strategy \"sample\" is not one of greedy, beam");
     }
@@ -198,12 +214,16 @@ pub fn summarize(a: &TaskArgs, json: bool) -> Result<()> {
     emit_lines(json, report, &human)
 }
 
-pub fn answer(a: &TaskArgs, json: bool) -> Result<()> {
+pub fn answer(aa: &AnswerArgs, json: bool) -> Result<()> {
+    let a = &aa.task;
     check(a, "answer")?;
-    let questions = match (&a.input, &a.question) {
+    let questions = match (&a.input, &aa.question) {
         (Some(path), None) => tasks::read_questions(path, a.limit)?,
         (None, Some(q)) => {
-            let c = a.context.as_deref().context("--question needs --context")?;
+            let c = aa
+                .context
+                .as_deref()
+                .context("--question needs --context")?;
             let (id, context, question) = ("question".into(), c.to_string(), q.clone());
             vec![tasks::Question {
                 id,
@@ -219,7 +239,7 @@ pub fn answer(a: &TaskArgs, json: bool) -> Result<()> {
         .map(|q| tasks::answer_prompt(&q.context, &q.question))
         .collect();
     let (answers, secs) = replies(a, "answer", &users, json)?;
-    if a.question.is_some() {
+    if aa.question.is_some() {
         return emit(
             json,
             json!({"answer": answers[0], "seconds": secs}),
@@ -256,6 +276,7 @@ pub fn merge(a: &MergeArgs, json: bool) -> Result<()> {
     use decodex::models::llama::lora::base_shapes;
     use decodex::nn::params::Flat;
     check_out_is_not(&a.out, &a.model)?;
+    a.force.check(&a.out, "--out")?;
     let model = pretrained::load_with_adapter(&a.model, true, None, Some(&a.adapter))?;
     let Network::Llama(llama) = &model.network else {
         bail!("{}: merging needs a Llama-family base", a.model.display());
@@ -289,6 +310,9 @@ pub fn translate(a: &TranslateArgs, json: bool) -> Result<()> {
     }
     if d.do_sample && beam > 1 {
         bail!("--do-sample decodes with --num-beams 1; choose one search");
+    }
+    if let Some(png) = &a.attention_png {
+        a.force.check(png, "--attention-png")?;
     }
     let (model, tok) = decodex::models::seq2seq::load_seq2seq(&a.model, &candle_core::Device::Cpu)?;
     let text =

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use decodex::models::gpt::checkpoint;
 use decodex::train::{self, Event, TrainOptions};
 
-use super::GenerateArgs;
+use super::{Force, GenerateArgs};
 
 #[derive(Args, Debug)]
 pub struct QuickstartArgs {
@@ -43,6 +43,8 @@ pub struct TrainArgs {
     /// Continue from the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    #[command(flatten)]
+    pub force: Force,
 }
 
 /// How `decodex finetune` trains.
@@ -155,6 +157,8 @@ pub struct FinetuneArgs {
     /// Continue the run in --out (weights, optimizer moments, step, data position, elapsed time).
     #[arg(long)]
     pub resume: bool,
+    #[command(flatten)]
+    pub force: Force,
 }
 
 pub(super) fn quickstart(a: QuickstartArgs, json: bool) -> Result<()> {
@@ -166,6 +170,7 @@ pub(super) fn quickstart(a: QuickstartArgs, json: bool) -> Result<()> {
         out: a.out,
         max_steps: a.max_steps,
         resume,
+        force: Force::default(),
     };
     train_cmd(&t, json)?;
     /// The sampling command's arguments, parsed like the command line.
@@ -289,12 +294,14 @@ pub(super) fn train_cmd(a: &TrainArgs, json: bool) -> Result<train::TrainSummary
     if a.max_steps == Some(0) {
         bail!("--max-steps must be at least 1");
     }
+    a.force.check_run(&a.out, a.resume)?;
     train::progress::stop_on_ctrl_c();
     let opts = TrainOptions {
         config: a.config.clone(),
         out: a.out.clone(),
         max_iters: a.max_steps,
         resume: a.resume,
+        overwrite: a.force.force,
     };
     let mut p = Progress::new(json);
     let r = train::train(&opts, |ev| p.show(ev));
@@ -306,6 +313,7 @@ pub(super) fn train_seq2seq_cmd(a: &TrainArgs, json: bool) -> Result<()> {
     if a.resume || a.max_steps.is_some() {
         bail!("--resume and --max-steps apply to language-model configs; a seq2seq config sets epochs and max_minutes");
     }
+    a.force.check(&a.out, "--out")?;
     train::progress::stop_on_ctrl_c();
     let mut p = Progress::new(json);
     let r = train::seq2seq::train_seq2seq(&a.config, &a.out, |ev| p.show(ev));
@@ -315,6 +323,7 @@ pub(super) fn train_seq2seq_cmd(a: &TrainArgs, json: bool) -> Result<()> {
 pub(super) fn finetune_cmd(a: &FinetuneArgs, json: bool) -> Result<()> {
     use decodex::models::llama::lora::{LoraSpec, Proj};
     use decodex::train::finetune::run::{finetune, FinetuneOptions};
+    a.force.check_run(&a.out, a.resume)?;
     decodex::train::progress::stop_on_ctrl_c();
     let lora = match a.method {
         Method::Lora => {

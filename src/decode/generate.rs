@@ -54,8 +54,17 @@ pub struct Generated {
     pub finished: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+    /// Greedy search and sampling of one prompt, timed in two phases as llama.cpp reports
+    /// them: the prompt (the forward pass over its tokens, up to the first new token) and the
+    /// generation (each later token, one step each: `new_tokens - 1` of them).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tokens_per_sec: Option<f64>,
+    pub prompt_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_tokens_per_sec: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_seconds: Option<f64>,
 }
@@ -178,20 +187,28 @@ fn sequences(
             seed: o.sampling.seed.wrapping_add(r as u64),
             ..o.sampling.clone()
         };
-        if o.stream {
-            write!(out, "{}", echo.unwrap_or("")).map_err(io)?;
-        }
         let mut shown = TextStream::new(tok, eos, &o.stop, o.stream);
         let t = Instant::now();
+        let mut prompt_secs = None;
+        // The prompt is echoed with the first new token: a run that fails on the prompt leaves
+        // nothing on stdout.
+        let mut echo = echo.filter(|_| o.stream);
         let g = generate_ids_until(
             model.decoder(),
             ids,
             &cfg,
             strategy,
             o.max_new_tokens,
-            |t, _| shown.push(t, out),
+            |id, _| {
+                prompt_secs.get_or_insert_with(|| t.elapsed().as_secs_f64());
+                let echoed = echo.take().is_none_or(|e| write!(out, "{e}").is_ok());
+                echoed && shown.push(id, out)
+            },
         )?;
         let secs = t.elapsed().as_secs_f64();
+        if let Some(e) = echo {
+            write!(out, "{e}").map_err(io)?;
+        }
         let text = reply_text(tok, eos, &g.tokens, &o.stop)?;
         let stopped_by = match (&g.stopped_by, &shown.hit) {
             (StopReason::Stop, Some(s)) => format!("stop:{s}"),
@@ -205,7 +222,15 @@ fn sequences(
         }
         let mut v = Generated::new(ids.len(), text, g.tokens);
         v.stopped_by = Some(stopped_by);
-        v.tokens_per_sec = Some(v.new_tokens as f64 / secs);
+        if let Some(p) = prompt_secs {
+            // The tokens fed at the first step: a cropping model reads only its last window.
+            let fed = ids.len().min(model.context_len());
+            v.prompt_seconds = Some(p);
+            v.prompt_tokens_per_sec = Some(fed as f64 / p);
+            let steps = v.new_tokens - 1;
+            v.generation_seconds = Some(secs - p);
+            v.generation_tokens_per_sec = (steps > 0).then(|| steps as f64 / (secs - p));
+        }
         v.logprobs = o.logprobs.then_some(g.logprobs);
         results.push(v);
     }

@@ -498,9 +498,17 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The lines of a hypothesis file and of each reference file, which must have as many.
+/// The lines of a hypothesis file and of each reference file, which must have as many; an empty
+/// hypothesis file is refused.
 pub fn read_aligned(hyp: &Path, refs: &[PathBuf]) -> Result<(Vec<String>, Vec<Vec<String>>)> {
     let hyps = read_lines(hyp)?;
+    // sacreBLEU refuses an empty system output too; a score of nothing would read as a result.
+    if hyps.is_empty() {
+        return Err(Error::Data {
+            path: hyp.to_path_buf(),
+            msg: "the hypothesis file is empty; give one line per segment".into(),
+        });
+    }
     let mut streams = Vec::with_capacity(refs.len());
     for r in refs {
         let lines = read_lines(r)?;

@@ -89,6 +89,9 @@ pub struct BuildOptions {
     pub hnsw: HnswParams,
     /// Records embedded per step: what bounds memory while the corpus streams through.
     pub chunk: usize,
+    /// Replace an index (or any folder) already at the output once the new one is complete;
+    /// without it an existing index or non-empty folder is refused.
+    pub replace: bool,
 }
 
 impl Default for BuildOptions {
@@ -97,6 +100,7 @@ impl Default for BuildOptions {
             hnsw_threshold: 20_000,
             hnsw: HnswParams::default(),
             chunk: 8192,
+            replace: false,
         }
     }
 }
@@ -236,15 +240,26 @@ fn make_stage(dir: &Path) -> Result<(PathBuf, Cleanup)> {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let stage = dir.with_file_name(format!(".{name}.tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
+    let registered = crate::error::TempPath::register(&stage);
     std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
-    Ok((stage.clone(), Cleanup(Some(stage))))
+    Ok((
+        stage.clone(),
+        Cleanup {
+            path: Some(stage),
+            _registered: registered,
+        },
+    ))
 }
 
-/// Removes a staging folder when dropped unless disarmed: a failed build leaves nothing behind.
-struct Cleanup(Option<PathBuf>);
+/// Removes a staging folder when dropped unless disarmed (a failed build leaves nothing
+/// behind); registered, so that an interrupted process removes it too.
+struct Cleanup {
+    path: Option<PathBuf>,
+    _registered: crate::error::TempPath,
+}
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
+        if let Some(p) = self.path.take() {
             let _ = std::fs::remove_dir_all(p);
         }
     }
@@ -354,19 +369,23 @@ pub fn build(
     progress: &dyn Fn(usize),
 ) -> Result<BuildReport> {
     let t0 = Instant::now();
-    if dir.join(META).exists() {
+    if dir.join(META).exists() && !opts.replace {
         return Err(data_err(
             dir,
-            "an index already exists here; append with `index add` or choose another folder",
+            "an index already exists here; append with `index add`, replace it with --force or choose another folder",
         ));
     }
-    if dir.exists()
+    if !opts.replace
+        && dir.exists()
         && std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
             .next()
             .is_some()
     {
-        return Err(data_err(dir, "the folder exists and is not empty"));
+        return Err(data_err(
+            dir,
+            "the folder exists and is not empty; pass --force to replace it or choose another folder",
+        ));
     }
     let (stage, mut cleanup) = make_stage(dir)?;
     let empty = IndexMeta {
@@ -383,11 +402,8 @@ pub fn build(
     let (meta, added, embed_s, graph_s) = stage_records(
         embedder, corpus, &stage, None, empty, &mut seen, opts.chunk, progress,
     )?;
-    if dir.exists() {
-        std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&stage, dir).map_err(|e| Error::io(dir, e))?;
-    cleanup.0 = None;
+    swap_in(&stage, dir)?;
+    cleanup.path = None;
     Ok(BuildReport::new(dir, &meta, added, embed_s, graph_s, t0))
 }
 
@@ -424,21 +440,30 @@ pub fn add(
         progress,
     )?;
     drop(old);
-    // Swap: the old folder aside, the new one in, the old one removed.
+    swap_in(&stage, dir)?;
+    cleanup.path = None;
+    Ok(BuildReport::new(dir, &meta, added, embed_s, graph_s, t0))
+}
+
+/// Moves a complete staged folder to `dir`. A folder already there is set aside, the new one
+/// moved in and the old one removed; if the move fails the old one is put back, so a write
+/// either completes or changes nothing.
+fn swap_in(stage: &Path, dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return std::fs::rename(stage, dir).map_err(|e| Error::io(dir, e));
+    }
     let aside = dir.with_file_name(format!(
         ".{}.old{}",
         dir.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
     std::fs::rename(dir, &aside).map_err(|e| Error::io(dir, e))?;
-    if let Err(e) = std::fs::rename(&stage, dir) {
-        // Put the old index back: an append either completes or changes nothing.
+    if let Err(e) = std::fs::rename(stage, dir) {
         let _ = std::fs::rename(&aside, dir);
         return Err(Error::io(dir, e));
     }
-    cleanup.0 = None;
     let _ = std::fs::remove_dir_all(&aside);
-    Ok(BuildReport::new(dir, &meta, added, embed_s, graph_s, t0))
+    Ok(())
 }
 
 impl BuildReport {

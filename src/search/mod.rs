@@ -191,6 +191,8 @@ pub struct VectorWriter {
     rows: usize,
     dim: usize,
     written: usize,
+    /// Removed if the process is interrupted.
+    _registered: crate::error::TempPath,
 }
 
 impl VectorWriter {
@@ -209,6 +211,7 @@ impl VectorWriter {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+        let registered = crate::error::TempPath::register(&tmp);
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
         let header = match format {
@@ -223,6 +226,7 @@ impl VectorWriter {
             rows,
             dim,
             written: 0,
+            _registered: registered,
         })
     }
 

@@ -48,17 +48,46 @@ pub fn json_line(x: &impl serde::Serialize) -> String {
     serde_json::to_string(x).expect("a training record serializes")
 }
 
-/// Set by `stop_on_ctrl_c`'s handler: every loop saves and stops at the end of its current step.
+/// Set by the signal handler once `stop_on_ctrl_c` was called: every loop saves and stops at the
+/// end of its current step.
 pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Set by `stop_on_ctrl_c`: the first signal requests a stop instead of ending the process.
+static GRACEFUL: AtomicBool = AtomicBool::new(false);
 
 /// Whether a stop was requested (Ctrl-C).
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// Makes Ctrl-C request a stop instead of killing the process (a second handler is ignored).
+/// Makes Ctrl-C (and SIGTERM, SIGHUP) request a stop instead of ending the process; a second
+/// signal ends it as [`handle_signals`] does.
 pub fn stop_on_ctrl_c() {
-    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    GRACEFUL.store(true, Ordering::SeqCst);
+    handle_signals();
+}
+
+/// Installs the process's signal handler (once): on SIGINT, SIGTERM or SIGHUP the temporary
+/// files and folders being written are removed (`error::remove_temp_paths`) and the process
+/// exits with 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), unless a trainer
+/// asked for a graceful stop with [`stop_on_ctrl_c`] and this is the first signal.
+pub fn handle_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                if GRACEFUL.load(Ordering::SeqCst) && !STOP.swap(true, Ordering::SeqCst) {
+                    continue;
+                }
+                crate::error::remove_temp_paths();
+                std::process::exit(128 + sig);
+            }
+        });
+    });
 }
 
 /// The wall time of a run, counting the earlier sessions of a resumed run, against an optional

@@ -305,7 +305,8 @@ fn save(dir: &Path, params: &Params, cfg: &ModelConfig, tok: &Tokenizer) -> Resu
         .collect();
     // candle writes the file; a unique temporary name, synced, then renamed over the old one.
     let path = dir.join("model.safetensors");
-    let tmp = dir.join(format!(".model.safetensors.{}.tmp", std::process::id()));
+    let tmp = dir.join(format!(".model.safetensors.tmp{}", std::process::id()));
+    let _registered = crate::error::TempPath::register(&tmp);
     candle_core::safetensors::save(&tensors, &tmp)?;
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())

@@ -29,6 +29,8 @@ pub struct TrainOptions {
     /// Stop after this step without changing the schedule the config defines.
     pub max_iters: Option<usize>,
     pub resume: bool,
+    /// Start a fresh run over a checkpoint already in `out` (else refused, unless `resume`).
+    pub overwrite: bool,
 }
 
 /// One logged step. `val_loss` is present on evaluation steps.
@@ -451,7 +453,7 @@ pub fn accumulate(
 }
 
 /// The run's config, and its trainer state when resuming (which must have been written with the
-/// same config); a fresh run refuses an `out` that already holds a checkpoint.
+/// same config); a fresh run refuses an `out` that already holds a checkpoint unless `overwrite`.
 fn open_run(opts: &TrainOptions) -> Result<(TrainConfig, Option<TrainerState>)> {
     let state_path = opts.out.join(STATE_FILE);
     Ok(if opts.resume {
@@ -473,9 +475,9 @@ fn open_run(opts: &TrainOptions) -> Result<(TrainConfig, Option<TrainerState>)> 
         }
         (cfg, Some(state))
     } else {
-        if state_path.exists() {
+        if state_path.exists() && !opts.overwrite {
             return Err(Error::Invalid(format!(
-                "{} already holds a training checkpoint; pass --resume to continue it or choose another --out",
+                "{} already holds a training checkpoint; pass --resume to continue it, --force to start over, or choose another --out",
                 opts.out.display()
             )));
         }

@@ -66,6 +66,23 @@ pub struct LoadReport {
     pub tokens: usize,
 }
 
+impl std::fmt::Display for LoadReport {
+    /// One human line: "40 examples from 40 lines, 750 tokens (400 in completions), 0 skipped
+    /// as too long, 0 truncated".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} examples from {} lines, {} tokens ({} in completions), {} skipped as too long, {} truncated",
+            self.examples,
+            self.lines,
+            self.tokens,
+            self.completion_tokens,
+            self.skipped_overlong,
+            self.truncated
+        )
+    }
+}
+
 fn bad(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
     Error::Data {
         path: path.to_path_buf(),

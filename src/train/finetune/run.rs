@@ -214,7 +214,7 @@ pub fn finetune(o: &FinetuneOptions, mut on_event: impl FnMut(&Event)) -> Result
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let start = json!({"event": "start", "method": if o.lora.is_some() {"lora"} else {"full"},
         "trainable_params": n_params, "base_params": model.base.data.len(),
-        "train": d.rep, "eval": d.eval_rep, "eval_examples": d.evals.len(), "train_examples": d.train.len(),
+        "train": json!(d.rep), "eval": json!(d.eval_rep), "eval_examples": d.evals.len(), "train_examples": d.train.len(),
         "max_len": d.max_len, "load_seconds": t_load.elapsed().as_secs_f64(), "resumed_at_step": step});
     on_event(&Event::Start {
         done: step,
@@ -224,7 +224,7 @@ pub fn finetune(o: &FinetuneOptions, mut on_event: impl FnMut(&Event)) -> Result
             start["method"].as_str().unwrap_or(""),
             d.train.len(),
             d.evals.len(),
-            start["train"]
+            d.rep
         ),
         json: Some(start.to_string()),
     });
@@ -268,8 +268,8 @@ struct Prepared {
     cfg: LlamaConfig,
     train: Vec<Example>,
     evals: Vec<Example>,
-    rep: Value,
-    eval_rep: Option<Value>,
+    rep: data::LoadReport,
+    eval_rep: Option<data::LoadReport>,
     max_len: usize,
 }
 
@@ -307,7 +307,6 @@ fn prepare(o: &FinetuneOptions) -> Result<Prepared> {
     if let Some(n) = o.train_examples {
         train.truncate(n);
     }
-    let (rep, eval_rep) = (json!(rep), eval_rep.map(|r| json!(r)));
     Ok(Prepared {
         pre,
         base,
