@@ -277,11 +277,7 @@ fn tiled<T: KvValue>(
             }
         });
     };
-    if tasks == 1 {
-        task(0);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
-    }
+    run_tasks(tasks, task);
 }
 
 simd_fn! {
@@ -422,11 +418,7 @@ fn by_rows<T: KvValue>(
             st.finish(&acc[g * hd..(g + 1) * hd], o);
         }
     };
-    if tasks == 1 {
-        task(0);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
-    }
+    run_tasks(tasks, task);
 }
 
 /// The running state of the one-row flash attention over the keys seen so far: max and sum
@@ -634,7 +626,17 @@ fn unflashed<T: KvValue>(
             }
         });
     };
-    (0..s.batch * s.nh).into_par_iter().for_each(task);
+    run_tasks(s.batch * s.nh, task);
+}
+
+/// Runs task(0..tasks) on the pool, or on this thread when there is one task (a decoding
+/// step's attention is often too small to be worth waking the pool).
+fn run_tasks(tasks: usize, task: impl Fn(usize) + Send + Sync) {
+    if tasks == 1 {
+        task(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
