@@ -600,7 +600,8 @@ fn unflashed<T: KvValue>(
     let task = |idx: usize| {
         let (b, h) = (idx / s.nh, idx % s.nh);
         let kh = h / group;
-        let lo0 = s.keys(pads, b, s.start).0.min(pads[b]);
+        // The first key any of the new queries sees.
+        let lo0 = s.start.min(pads[b]);
         let n = end - lo0;
         with_scratch(2 * n * hd + n + hd, |buf| {
             let (keys, rest) = buf.split_at_mut(n * hd);

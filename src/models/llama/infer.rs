@@ -92,11 +92,6 @@ impl<T: KvValue> Pages<T> {
         }
     }
 
-    fn bytes(&self) -> usize {
-        let values: usize = self.k.iter().chain(&self.v).flatten().map(Vec::len).sum();
-        values * std::mem::size_of::<T>()
-    }
-
     /// Keeps rows `rows` (of `old` rows) of the positions held, in that order.
     fn select(&mut self, rows: &[usize], (nkv, hd): (usize, usize)) {
         let per_row = nkv * KV_PAGE * hd;
@@ -160,11 +155,6 @@ impl Cache {
         with_pages!(&mut self.store, p => p.select(rows, dims));
         self.pads = rows.iter().map(|&r| self.pads[r]).collect();
         self.rows = rows.len();
-    }
-
-    /// Bytes the cache holds.
-    pub fn bytes(&self) -> usize {
-        with_pages!(&self.store, p => p.bytes())
     }
 }
 
