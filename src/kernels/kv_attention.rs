@@ -243,11 +243,7 @@ fn tiled<T: KvValue>(
                 // Keys j0..j0 + n widened, transposed into kt; values into vt (the rest 0).
                 k.widen_range(b, kh, (j0, j0 + n), &mut wide[..n * hd]);
                 kt.fill(0.0);
-                for (j, key) in wide[..n * hd].chunks_exact(hd).enumerate() {
-                    for (d, &x) in key.iter().enumerate() {
-                        kt[d * KV_TILE + j] = x;
-                    }
-                }
+                transpose_keys(&wide[..n * hd], hd, kt);
                 v.widen_range(b, kh, (j0, j0 + n), &mut wide[..n * hd]);
                 vt.fill(0.0);
                 for (j, val) in wide[..n * hd].chunks_exact(hd).enumerate() {
@@ -280,30 +276,20 @@ fn tiled<T: KvValue>(
     run_tasks(tasks, task);
 }
 
-simd_fn! {
-    /// c (m, n) += a (m, k) @ b (k, n), row-major, m a multiple of 4 and n of 16: each element an
-    /// FMA chain over k in order from its value in c, as ggml's `simd_gemm` sums it (so the
-    /// bits do not depend on the vector width).
-    fn gemm_acc(c: &mut [f32], a: &[f32], b: &[f32], mkn: (usize, usize, usize)) {
-        let (m, k, n) = mkn;
-        for r0 in (0..m).step_by(4) {
-            for j0 in (0..n).step_by(16) {
-                let mut acc = [[0f32; 16]; 4];
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    acc.copy_from_slice(&c[(r0 + r) * n + j0..(r0 + r) * n + j0 + 16]);
-                }
-                for kk in 0..k {
-                    let bv: &[f32; 16] = b[kk * n + j0..kk * n + j0 + 16].try_into().unwrap();
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let x = a[(r0 + r) * k + kk];
-                        for (acc, &y) in acc.iter_mut().zip(bv) {
-                            *acc = x.mul_add(y, *acc);
-                        }
-                    }
-                }
-                for (r, acc) in acc.iter().enumerate() {
-                    c[(r0 + r) * n + j0..(r0 + r) * n + j0 + 16].copy_from_slice(acc);
-                }
+/// c (m, n) += a (m, k) @ b (k, n), row-major, m a multiple of 4 and n of 16: each element an
+/// FMA chain over k in order from its value in c, as ggml's `simd_gemm` sums it (so the bits
+/// do not depend on the vector width or the blocking).
+fn gemm_acc(c: &mut [f32], a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize)) {
+    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n && n.is_multiple_of(16));
+    #[cfg(target_arch = "x86_64")]
+    if super::isa::Isa::current() >= super::isa::Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA; the slices hold the shapes (asserted).
+        return unsafe { x86::gemm_acc(c, a, b, (m, k, n)) };
+    }
+    for (crow, arow) in c.chunks_exact_mut(n).zip(a.chunks_exact(k)).take(m) {
+        for (j, c) in crow.iter_mut().enumerate() {
+            for (kk, &x) in arow.iter().enumerate() {
+                *c = x.mul_add(b[kk * n + j], *c);
             }
         }
     }
@@ -330,13 +316,7 @@ fn online_softmax(
             row.fill(0.0);
             continue;
         }
-        for (j, x) in row.iter_mut().enumerate() {
-            *x = if (a..b).contains(&(j0 + j)) {
-                *x * scale
-            } else {
-                f32::NEG_INFINITY
-            };
-        }
+        scale_live(row, scale, a - j0, b - j0);
         let m_old = mx[r];
         let m = simd::max(row).max(m_old);
         if m > m_old {
@@ -357,6 +337,35 @@ fn online_softmax(
             sum[r] = (sum[r] as f64 + tile) as f32;
         } else {
             sum[r] += exp_masked(row, m, a - j0, b - j0);
+        }
+    }
+}
+
+simd_fn! {
+    /// row = row · scale for the live keys a..b of a tile, −∞ elsewhere.
+    fn scale_live(row: &mut [f32], scale: f32, a: usize, b: usize) {
+        row[..a].fill(f32::NEG_INFINITY);
+        row[b..].fill(f32::NEG_INFINITY);
+        for x in row[a..b].iter_mut() {
+            *x *= scale;
+        }
+    }
+}
+
+/// kt (hd, KV_TILE) = the keys (n, hd) transposed: kt[d·KV_TILE + j] = keys[j·hd + d].
+fn transpose_keys(keys: &[f32], hd: usize, kt: &mut [f32]) {
+    let n = keys.len() / hd;
+    assert!(n <= KV_TILE && kt.len() >= hd * KV_TILE);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if hd.is_multiple_of(8) && super::isa::Isa::current() >= super::isa::Isa::Avx2 {
+        // SAFETY: the CPU has AVX2; 8-key groups of 8 dimensions lie inside both (asserted).
+        unsafe { x86::transpose_keys(keys, hd, kt) };
+        done = n / 8 * 8;
+    }
+    for (j, key) in keys.chunks_exact(hd).enumerate().skip(done) {
+        for (d, &x) in key.iter().enumerate() {
+            kt[d * KV_TILE + j] = x;
         }
     }
 }
@@ -668,6 +677,75 @@ mod x86 {
         }
         for (d, s) in dst[n..].iter_mut().zip(&src[n..]) {
             *d = f16::from_f32(*s);
+        }
+    }
+
+    /// `super::transpose_keys` for the whole groups of 8 keys, 8 × 8 blocks at a time.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose_keys(keys: &[f32], hd: usize, kt: &mut [f32]) {
+        let n = keys.len() / hd;
+        for j in (0..n / 8 * 8).step_by(8) {
+            for d in (0..hd).step_by(8) {
+                let rows =
+                    std::array::from_fn(|l| _mm256_loadu_ps(keys.as_ptr().add((j + l) * hd + d)));
+                for (t, v) in crate::kernels::sgemm::x86::transpose8(rows)
+                    .into_iter()
+                    .enumerate()
+                {
+                    _mm256_storeu_ps(kt.as_mut_ptr().add((d + t) * super::KV_TILE + j), v);
+                }
+            }
+        }
+    }
+
+    /// `super::gemm_acc`: tiles of 6 rows × 16 columns (12 accumulators, as BLIS's Haswell
+    /// kernel), each loaded from c, fed k FMAs in order, stored back.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm_acc(c: &mut [f32], a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize)) {
+        let (cp, ap, bp) = (c.as_mut_ptr(), a.as_ptr(), b.as_ptr());
+        let mut i = 0;
+        while i < m {
+            let mr = 6.min(m - i);
+            for j in (0..n).step_by(16) {
+                let (c, a, b) = (cp.add(i * n + j), ap.add(i * k), bp.add(j));
+                match mr {
+                    6 => tile::<6>(c, a, b, (k, n)),
+                    5 => tile::<5>(c, a, b, (k, n)),
+                    4 => tile::<4>(c, a, b, (k, n)),
+                    3 => tile::<3>(c, a, b, (k, n)),
+                    2 => tile::<2>(c, a, b, (k, n)),
+                    _ => tile::<1>(c, a, b, (k, n)),
+                }
+            }
+            i += mr;
+        }
+    }
+
+    /// c (M, 16) += a (M, k) @ b (k, 16); rows of a k apart, of b and c n apart.
+    #[inline(always)]
+    unsafe fn tile<const M: usize>(
+        c: *mut f32,
+        a: *const f32,
+        b: *const f32,
+        (k, n): (usize, usize),
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            acc[0] = _mm256_loadu_ps(c.add(r * n));
+            acc[1] = _mm256_loadu_ps(c.add(r * n + 8));
+        }
+        for kk in 0..k {
+            let b0 = _mm256_loadu_ps(b.add(kk * n));
+            let b1 = _mm256_loadu_ps(b.add(kk * n + 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a.add(r * k + kk));
+                acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(c.add(r * n), acc[0]);
+            _mm256_storeu_ps(c.add(r * n + 8), acc[1]);
         }
     }
 
