@@ -14,6 +14,7 @@ pub mod models;
 pub mod nn;
 pub mod plot;
 pub mod search;
+pub mod serve;
 pub mod tasks;
 pub mod tokenizer;
 pub mod train;

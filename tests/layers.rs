@@ -21,7 +21,7 @@ fn level(module: &str) -> Option<u32> {
         "nn" => 3,
         "models" => 4,
         "decode" => 5,
-        "train" | "tasks" | "search" | "eval" => 6,
+        "train" | "tasks" | "search" | "eval" | "serve" => 6,
         "cli" => 7,
         _ => return None,
     })

@@ -417,3 +417,57 @@ fn finetune_forward_matches_the_gguf_model() {
     let (got, _) = ft.forward(&packed, None, false);
     assert!((got - want).abs() < 1e-4 * want, "loss {got} vs {want}");
 }
+
+/// Continuous batching: sequences at different positions in one pass (a prompt joining, two
+/// decoding) give each the same logits, bit for bit, as stepping it alone; for the quantized
+/// model, whose products do not depend on the rows beside them.
+#[test]
+fn step_many_equals_each_sequence_alone() {
+    let model = Llama::from_gguf(&common::smollm2(), false, &Device::Cpu).unwrap();
+    let tok = Tokenizer::from_gguf(&common::smollm2()).unwrap();
+    let prompts: Vec<Vec<u32>> = [
+        "The quick brown fox",
+        "Once upon a time, in a land far",
+        "Hi",
+    ]
+    .iter()
+    .map(|p| tok.encode(p).unwrap())
+    .collect();
+    // Alone: each prompt, then two more tokens.
+    let mut alone = Vec::new();
+    for p in &prompts {
+        let mut c = model.new_cache(1).unwrap();
+        let mut rows = vec![model.step(p, 1, &mut c).unwrap()];
+        for t in [11u32, 42] {
+            rows.push(model.step(&[t], 1, &mut c).unwrap());
+        }
+        alone.push(rows);
+    }
+    // Together: sequence 0 starts first; 1 and 2 join while 0 decodes, then all decode.
+    let mut caches: Vec<_> = (0..3).map(|_| model.new_cache(1).unwrap()).collect();
+    let (c0, rest) = caches.split_first_mut().unwrap();
+    let (c1, c2) = rest.split_first_mut().unwrap();
+    let c2 = &mut c2[0];
+    let first = model.step_many(&mut [(&prompts[0][..], &mut *c0)]).unwrap();
+    assert_eq!(first[0], alone[0][0]);
+    let joined = model
+        .step_many(&mut [
+            (&[11u32][..], &mut *c0),
+            (&prompts[1][..], &mut *c1),
+            (&prompts[2][..], &mut *c2),
+        ])
+        .unwrap();
+    assert_eq!(joined[0], alone[0][1]);
+    assert_eq!(joined[1], alone[1][0]);
+    assert_eq!(joined[2], alone[2][0]);
+    let last = model
+        .step_many(&mut [
+            (&[42u32][..], &mut *c0),
+            (&[11u32][..], &mut *c1),
+            (&[11u32][..], &mut *c2),
+        ])
+        .unwrap();
+    assert_eq!(last[0], alone[0][2]);
+    assert_eq!(last[1], alone[1][1]);
+    assert_eq!(last[2], alone[2][1]);
+}

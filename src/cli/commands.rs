@@ -28,6 +28,7 @@ pub fn dispatch(cmd: Command, json: bool) -> Result<()> {
         Command::Merge(a) => super::tasks::merge(&a, json),
         Command::Embed(a) => super::search::embed(&a, json),
         Command::Index(c) => super::search::index_cmd(&c, json),
+        Command::Serve(a) => super::serve::serve(&a, json),
         Command::Generate(mut a) => {
             a.json = json;
             super::generate::generate_cmd(&a)

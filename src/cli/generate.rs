@@ -254,7 +254,7 @@ fn speed(g: &Generated) -> String {
 }
 
 /// The model of --model, --dequantize and --adapter (with another tokenizer).
-fn load(m: &ModelArgs, tokenizer: Option<&Path>) -> Result<Pretrained> {
+pub(super) fn load(m: &ModelArgs, tokenizer: Option<&Path>) -> Result<Pretrained> {
     let adapter = m.adapter.as_deref();
     let mut model = pretrained::load_with_adapter(&m.model, m.dequantize, tokenizer, adapter)?;
     if let Network::Llama(l) = &mut model.network {

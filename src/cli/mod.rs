@@ -10,6 +10,7 @@ mod args;
 mod commands;
 mod generate;
 mod search;
+mod serve;
 mod tasks;
 mod train;
 
@@ -89,6 +90,9 @@ pub enum Command {
     /// Build, extend, query and measure vector indexes.
     #[command(subcommand)]
     Index(search::IndexCmd),
+    /// Serve a model over the OpenAI HTTP API (chat, completions, embeddings), decoding
+    /// concurrent requests together.
+    Serve(Box<serve::ServeArgs>),
 }
 
 #[derive(Subcommand, Debug)]

@@ -31,7 +31,7 @@ pub fn reply_text(tok: &Tokenizer, eos: &[u32], tokens: &[u32], stop: &[String])
 pub struct TextStream<'a> {
     tok: &'a Tokenizer,
     eos: &'a [u32],
-    stop: &'a [String],
+    stop: Vec<String>,
     /// Write the text out as it comes (human mode), or only watch for stop strings.
     show: bool,
     tokens: Vec<u32>,
@@ -50,11 +50,11 @@ pub struct TextStream<'a> {
 }
 
 impl<'a> TextStream<'a> {
-    pub fn new(tok: &'a Tokenizer, eos: &'a [u32], stop: &'a [String], show: bool) -> Self {
+    pub fn new(tok: &'a Tokenizer, eos: &'a [u32], stop: &[String], show: bool) -> Self {
         TextStream {
             tok,
             eos,
-            stop,
+            stop: stop.to_vec(),
             show,
             tokens: Vec::new(),
             prefix: 0,

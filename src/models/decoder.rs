@@ -44,6 +44,17 @@ pub trait Decoder {
     /// row-major.
     fn step(&self, tokens: &[u32], batch: usize, cache: &mut Cache) -> Result<Vec<f32>>;
 
+    /// Several sequences at once, each (its tokens, its own one-row cache): continuous batching,
+    /// where sequences at different positions join and leave between steps. Returns each
+    /// sequence's next-token logits, the same bits as `step` of that sequence alone. The default
+    /// steps them one by one; models override it to share the forward pass.
+    fn step_many(&self, feeds: &mut [(&[u32], &mut Cache)]) -> Result<Vec<Vec<f32>>> {
+        feeds
+            .iter_mut()
+            .map(|(tokens, cache)| self.step(tokens, 1, cache))
+            .collect()
+    }
+
     /// Replaces the cache rows by rows `rows` of the old cache, in that order (repeats allowed):
     /// how beam search expands one prompt into beams and follows the beams it keeps.
     fn select_rows(&self, cache: &mut Cache, rows: &[usize]) -> Result<()>;

@@ -33,6 +33,8 @@ pub trait Embedder: Send + Sync {
     fn info(&self) -> &ModelInfo;
     /// (texts.len(), dim) row-major.
     fn embed(&self, texts: &[&str]) -> Result<Vec<f32>>;
+    /// The tokens `embed` reads of the texts, in all (the usage an API reports).
+    fn count_tokens(&self, texts: &[&str]) -> Result<usize>;
     fn dim(&self) -> usize {
         self.info().dim
     }
@@ -336,6 +338,10 @@ impl Embedder for SentenceEncoder {
     fn embed(&self, texts: &[&str]) -> Result<Vec<f32>> {
         Ok(self.embed_ids(&self.tokenize(texts)?))
     }
+
+    fn count_tokens(&self, texts: &[&str]) -> Result<usize> {
+        Ok(self.tokenize(texts)?.iter().map(Vec::len).sum())
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -398,5 +404,12 @@ impl Embedder for DecoderEmbedder {
             out.extend(self.embed_one(t)?);
         }
         Ok(out)
+    }
+
+    fn count_tokens(&self, texts: &[&str]) -> Result<usize> {
+        let context = self.model.context_len();
+        texts.iter().try_fold(0, |n, t| {
+            Ok(n + self.model.tokenizer.encode(t)?.len().min(context))
+        })
     }
 }

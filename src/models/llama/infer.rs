@@ -290,7 +290,6 @@ pub const PREFILL_CHUNK: usize = 512;
 /// Feeds `tokens` ((batch, len) row-major) after the cache's positions; returns the logits of
 /// the last position of each row, (batch, vocab).
 pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> Result<Vec<f32>> {
-    let cfg = &model.cfg;
     let t = tokens.len() / batch.max(1);
     if t == 0 || t * batch != tokens.len() || batch != cache.rows {
         return Err(Error::Invalid(format!(
@@ -299,14 +298,7 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
             cache.rows
         )));
     }
-    if cache.pos + t > cfg.max_position_embeddings {
-        return Err(Error::Invalid(format!(
-            "{} positions exceed the model's context of {}",
-            cache.pos + t,
-            cfg.max_position_embeddings
-        )));
-    }
-    cache.reserve(cache.pos + t);
+    check_room(model, cache, t)?;
     let piece = (PREFILL_CHUNK / batch).max(1);
     let mut c0 = 0;
     loop {
@@ -314,27 +306,85 @@ pub fn step(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> R
         let ids: Vec<u32> = (0..batch)
             .flat_map(|b| tokens[b * t + c0..b * t + c0 + n].iter().copied())
             .collect();
-        let x = layers(model, &ids, batch, cache)?;
+        let x = layers(
+            model,
+            &ids,
+            &mut [Seg {
+                cache: &mut *cache,
+                t: n,
+            }],
+        )?;
         c0 += n;
         if c0 == t {
-            return logits(model, &x, batch);
+            let ends: Vec<usize> = (1..=batch).map(|b| b * n).collect();
+            return logits(model, &x, &ends);
         }
     }
 }
 
-/// Runs `tokens` ((batch, t), positions cache.pos.. of each row, room reserved) through the
-/// blocks, appending their keys and values; returns the hidden states (batch·t, hidden).
-fn layers(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> Result<Vec<f32>> {
+/// Several sequences, each with its own one-row cache, through one forward pass (continuous
+/// batching): their tokens share the products; each attends over its own cache. Returns each
+/// sequence's next-token logits. Every row is the same bits as when stepped alone.
+pub fn step_many(model: &Llama, feeds: &mut [(&[u32], &mut Cache)]) -> Result<Vec<Vec<f32>>> {
+    for (tokens, cache) in feeds.iter_mut() {
+        if tokens.is_empty() || cache.rows != 1 {
+            return Err(Error::Invalid(
+                "step_many: each sequence feeds one or more tokens into a one-row cache".into(),
+            ));
+        }
+        check_room(model, cache, tokens.len())?;
+    }
+    let ids: Vec<u32> = feeds.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+    let mut ends = Vec::with_capacity(feeds.len());
+    let mut segs: Vec<Seg> = feeds
+        .iter_mut()
+        .map(|(tokens, cache)| {
+            ends.push(ends.last().copied().unwrap_or(0) + tokens.len());
+            Seg {
+                cache,
+                t: tokens.len(),
+            }
+        })
+        .collect();
+    let x = layers(model, &ids, &mut segs)?;
+    let all = logits(model, &x, &ends)?;
+    Ok(all
+        .chunks_exact(model.cfg.vocab_size)
+        .map(<[f32]>::to_vec)
+        .collect())
+}
+
+/// Refuses `t` more positions past the context; reserves their room.
+fn check_room(model: &Llama, cache: &mut Cache, t: usize) -> Result<()> {
+    let context = model.cfg.max_position_embeddings;
+    if cache.pos + t > context {
+        return Err(Error::Invalid(format!(
+            "{} positions exceed the model's context of {context}",
+            cache.pos + t
+        )));
+    }
+    cache.reserve(cache.pos + t);
+    Ok(())
+}
+
+/// A cache and the t positions of each of its rows that a pass feeds.
+struct Seg<'a> {
+    cache: &'a mut Cache,
+    t: usize,
+}
+
+/// Runs `tokens` (for each segment in turn, (its rows, its t), at positions cache.pos.. of each
+/// row, room reserved) through the blocks, appending their keys and values; returns the
+/// hidden states (tokens, hidden).
+fn layers(model: &Llama, tokens: &[u32], segs: &mut [Seg]) -> Result<Vec<f32>> {
     let cfg = &model.cfg;
-    let t = tokens.len() / batch;
-    let start = cache.pos;
     let (c, nh, nkv, hd) = (
         cfg.hidden_size,
         cfg.num_attention_heads,
         cfg.n_kv_heads(),
         cfg.head_dim(),
     );
-    let (inter, n, eps) = (cfg.intermediate_size, batch * t, cfg.rms_norm_eps as f32);
+    let (inter, n, eps) = (cfg.intermediate_size, tokens.len(), cfg.rms_norm_eps as f32);
     let mut x = model.embed_rows(tokens)?;
     let (mut h, mut rstd, mut tmp) = (vec![0f32; n * c], vec![0f32; n], vec![0f32; n * c]);
     let (mut q, mut k, mut v) = (
@@ -371,27 +421,38 @@ fn layers(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> Res
             n,
             &mut [&mut q, &mut k, &mut v],
         )?;
-        // Rotary position: from each row's first real token (padding sits at 0).
-        let pads = &cache.pads;
-        let pos = |r: usize| (start + r % t).saturating_sub(pads[r / t]);
-        rope(&mut q, nh, hd, model.rope, cos, sin, pos, exact);
-        rope(&mut k, nkv, hd, model.rope, cos, sin, pos, exact);
-        // Append k and v at positions start..start + t of each (row, kv head).
-        let dims = (t, start, nkv, hd);
-        let shape = KvShape {
-            batch,
-            t,
-            start,
-            nh,
-            nkv,
-            hd,
-        };
-        with_pages!(&mut cache.store, p => {
-            p.append(l, false, &k, dims);
-            p.append(l, true, &v, dims);
-            let view = |pages| KvPages { pages, nkv, hd };
-            kv_attention(&mut att, &q, view(&p.k[l]), view(&p.v[l]), shape, &cache.pads, how);
-        });
+        let mut r0 = 0;
+        for seg in segs.iter_mut() {
+            let (cache, t) = (&mut *seg.cache, seg.t);
+            let (batch, start) = (cache.rows, cache.pos);
+            let rows = r0..r0 + batch * t;
+            r0 = rows.end;
+            let q = &mut q[rows.start * nh * hd..rows.end * nh * hd];
+            let k = &mut k[rows.start * nkv * hd..rows.end * nkv * hd];
+            let v = &v[rows.start * nkv * hd..rows.end * nkv * hd];
+            let att = &mut att[rows.start * nh * hd..rows.end * nh * hd];
+            // Rotary position: from each row's first real token (padding sits at 0).
+            let pads = &cache.pads;
+            let pos = |r: usize| (start + r % t).saturating_sub(pads[r / t]);
+            rope(q, nh, hd, model.rope, cos, sin, pos, exact);
+            rope(k, nkv, hd, model.rope, cos, sin, pos, exact);
+            // Append k and v at positions start..start + t of each (row, kv head).
+            let dims = (t, start, nkv, hd);
+            let shape = KvShape {
+                batch,
+                t,
+                start,
+                nh,
+                nkv,
+                hd,
+            };
+            with_pages!(&mut cache.store, p => {
+                p.append(l, false, k, dims);
+                p.append(l, true, v, dims);
+                let view = |pages| KvPages { pages, nkv, hd };
+                kv_attention(att, q, view(&p.k[l]), view(&p.v[l]), shape, &cache.pads, how);
+            });
+        }
         apply(&block.o, &att, n, &mut tmp)?;
         x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
         norm(&mut h, &mut rstd, &x, &block.mlp_norm)?;
@@ -403,20 +464,22 @@ fn layers(model: &Llama, tokens: &[u32], batch: usize, cache: &mut Cache) -> Res
         apply(&block.down, &m, n, &mut tmp)?;
         x.iter_mut().zip(&tmp).for_each(|(x, y)| *x += y);
     }
-    cache.pos += t;
+    for seg in segs.iter_mut() {
+        seg.cache.pos += seg.t;
+    }
     Ok(x)
 }
 
-/// The logits (batch, vocab) of the last position of each row of the hidden states x.
-fn logits(model: &Llama, x: &[f32], batch: usize) -> Result<Vec<f32>> {
-    let (c, t) = (
-        model.cfg.hidden_size,
-        x.len() / model.cfg.hidden_size / batch,
-    );
+/// The logits (rows, vocab) of the hidden states x at positions `ends[i] - 1`: the last
+/// position of each row.
+fn logits(model: &Llama, x: &[f32], ends: &[usize]) -> Result<Vec<f32>> {
+    let c = model.cfg.hidden_size;
     let eps = model.cfg.rms_norm_eps as f32;
+    let batch = ends.len();
     // Only the last position of each row needs logits.
-    let last: Vec<f32> = (0..batch)
-        .flat_map(|b| x[((b + 1) * t - 1) * c..(b + 1) * t * c].iter().copied())
+    let last: Vec<f32> = ends
+        .iter()
+        .flat_map(|&e| x[(e - 1) * c..e * c].iter().copied())
         .collect();
     let mut normed = vec![0f32; batch * c];
     with_f32(&model.norm, |w| match model.quantized {

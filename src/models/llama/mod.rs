@@ -582,6 +582,14 @@ impl Decoder for Llama {
         rayon::scope(|_| infer::step(self, tokens, batch, cache))
     }
 
+    fn step_many(&self, feeds: &mut [(&[u32], &mut Cache)]) -> Result<Vec<Vec<f32>>> {
+        let mut own = Vec::with_capacity(feeds.len());
+        for (tokens, cache) in feeds.iter_mut() {
+            own.push((*tokens, cache.get::<infer::Cache>()?));
+        }
+        rayon::scope(|_| infer::step_many(self, &mut own))
+    }
+
     fn select_rows(&self, cache: &mut Cache, rows: &[usize]) -> Result<()> {
         let cache = cache.get::<infer::Cache>()?;
         cache.select_rows(rows);
