@@ -26,6 +26,15 @@ const SKIPPED: &[(&str, &str)] = &[
         "scripts/fetch_models.sh && cargo test --release",
         "downloads the models with pip, and runs this very test suite",
     ),
+    (
+        "decodex --threads 2 serve --model $M --embedding-model $E --port 8080 --parallel 4",
+        "a server runs until it is stopped: tests/serve.rs starts it on loopback and calls \
+         every route",
+    ),
+    (
+        "curl -s localhost:8080/v1/chat/completions -d '{\"messages\": [{\"role\": \"user\", \"content\": \"What is 2 + 2?\"}], \"temperature\": 0}'",
+        "calls the server above (tests/serve.rs makes the same request)",
+    ),
 ];
 
 /// Text replaced in every command: the README's spelling, what runs.

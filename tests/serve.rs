@@ -297,6 +297,55 @@ fn completions_embeddings_tokenize_and_the_small_routes() {
         .unwrap()
         .starts_with("Once upon a time"));
     assert!(choices[1]["text"].as_str().unwrap().starts_with("The sea"));
+    // Streamed: the chunks' texts join into the plain reply's.
+    let plain = json!({"prompt": "The sea", "max_tokens": 12, "temperature": 0});
+    let (_, p) = post(&srv.addr, "/v1/completions", &plain);
+    let mut streamed = plain.clone();
+    streamed["stream"] = json!(true);
+    let (status, body) = send(
+        &srv.addr,
+        "POST",
+        "/v1/completions",
+        &[],
+        streamed.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200);
+    let evs = events(&body);
+    assert_eq!(evs.last().unwrap(), "[DONE]");
+    let joined: String = evs[..evs.len() - 1]
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(joined, p["choices"][0]["text"].as_str().unwrap());
+    // The load generator against this server: every request answered, exactly the tokens asked
+    // (EOS ignored).
+    let url = format!("http://{}", srv.addr);
+    let b = common::decodex_json(&[
+        "--json",
+        "bench",
+        "serve",
+        "--url",
+        &url,
+        "--concurrency",
+        "2",
+        "--requests",
+        "4",
+        "--prompt-tokens",
+        "32",
+        "--max-tokens",
+        "8",
+    ]);
+    assert_eq!(
+        (b["failed"].as_u64(), b["output_tokens"].as_u64()),
+        (Some(0), Some(32)),
+        "{b}"
+    );
+    assert!(b["ttft_ms_p50"].as_f64().unwrap() > 0.0 && b["itl_ms_p50"].as_f64().unwrap() > 0.0);
     let (_, l) = post(
         &srv.addr,
         "/v1/completions",

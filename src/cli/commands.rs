@@ -65,6 +65,7 @@ fn bench(cmd: BenchCmd, json: bool) -> Result<()> {
     match cmd {
         BenchCmd::Decode(a) => super::generate::bench_decode(&a, json),
         BenchCmd::Embed(a) => super::search::bench_embed(&a, json),
+        BenchCmd::Serve(a) => super::serve::bench_serve(&a, json),
         BenchCmd::Train {
             config,
             max_steps,

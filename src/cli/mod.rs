@@ -283,6 +283,10 @@ pub enum BenchCmd {
     Decode(BenchDecodeArgs),
     /// Sentences per second of an embedding model on a file of texts.
     Embed(search::BenchEmbedArgs),
+    /// Load an OpenAI-compatible server (decodex serve, llama-server, vLLM) with concurrent
+    /// streamed completions: requests/s, output tokens/s, time to first token and
+    /// inter-token latency (p50, p99), as vLLM's benchmark_serving measures them.
+    Serve(serve::BenchServeArgs),
     /// Median training tokens/s of full optimizer steps, and peak memory.
     Train {
         /// TOML config (see configs/).

@@ -7,6 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use decodex::search::embed::load_embedder;
+use decodex::serve::bench::{bench_serve as run_bench, BenchServeOptions};
 use decodex::serve::{serve as run, ServeOptions};
 
 use super::args::ModelArgs;
@@ -87,5 +88,68 @@ pub fn serve(a: &ServeArgs, json: bool) -> Result<()> {
             eprintln!("decodex: listening on http://{addr} (Ctrl-C stops)");
         }
     })?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct BenchServeArgs {
+    /// The server's base URL (`/v1/completions` is added).
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub url: String,
+    /// The `model` field of the requests (llama-server and decodex ignore it).
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    pub model: String,
+    /// Clients sending at once.
+    #[arg(long, default_value_t = 1, value_name = "C")]
+    pub concurrency: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub requests: usize,
+    /// Tokens per prompt (counted by the server's /tokenize where it has one, else words).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub prompt_tokens: usize,
+    /// New tokens per request (EOS ignored).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub max_tokens: usize,
+}
+
+pub fn bench_serve(a: &BenchServeArgs, json: bool) -> Result<()> {
+    // Real text: Tiny Shakespeare when the data folder is there.
+    let corpus = decodex::train::config::resolve_data_path(std::path::Path::new(
+        "lm/tinyshakespeare/input.txt",
+    ));
+    let text = std::fs::read_to_string(&corpus)
+        .unwrap_or_else(|_| "The quick brown fox jumps over the lazy dog. ".repeat(2000));
+    let r = run_bench(&BenchServeOptions {
+        url: a.url.clone(),
+        model: a.model.clone(),
+        concurrency: a.concurrency,
+        requests: a.requests,
+        prompt_tokens: a.prompt_tokens,
+        max_tokens: a.max_tokens,
+        text,
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} requests ({} failed) at concurrency {} in {:.1} s: {:.2} requests/s, {:.1} output \
+             tokens/s; time to first token p50 {:.0} ms, p99 {:.0} ms; inter-token latency p50 \
+             {:.1} ms, p99 {:.1} ms",
+            r.requests,
+            r.failed,
+            r.concurrency,
+            r.duration_s,
+            r.requests_per_s,
+            r.output_tokens_per_s,
+            r.ttft_ms_p50,
+            r.ttft_ms_p99,
+            r.itl_ms_p50,
+            r.itl_ms_p99
+        );
+    }
+    if let Some(e) = &r.first_error {
+        eprintln!("decodex: first failure: {e}");
+    }
     Ok(())
 }

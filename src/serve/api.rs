@@ -35,6 +35,7 @@ pub const SAMPLING_FIELDS: &[&str] = &[
     "presence_penalty",
     "frequency_penalty",
     "repetition_penalty",
+    "ignore_eos",
     "stream",
     "stream_options",
     "user",
@@ -71,6 +72,8 @@ pub struct Sampling {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    /// Go on past EOS tokens (vLLM's and llama-server's extension, for benchmarks).
+    pub ignore_eos: Option<bool>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,

@@ -189,7 +189,10 @@ pub(super) fn decoding(s: &Shared, o: Sampling) -> std::result::Result<Decoding,
         presence_penalty: o.presence_penalty.unwrap_or(0.0),
         frequency_penalty: o.frequency_penalty.unwrap_or(0.0),
         repetition_penalty,
-        eos_ids: s.model.eos_ids.clone(),
+        eos_ids: match o.ignore_eos {
+            Some(true) => vec![],
+            _ => s.model.eos_ids.clone(),
+        },
         seed,
         ..SamplingConfig::default()
     };

@@ -193,7 +193,7 @@ pub fn run(
                     continue;
                 }
             }
-            if let Some(finish) = s.next_token(model, row, context, metrics) {
+            if let Some(finish) = s.next_token(row, context, metrics) {
                 done.push((i, finish));
             }
         }
@@ -225,7 +225,6 @@ impl Slot<'_> {
     /// reason to stop, if this token ends the sequence.
     fn next_token(
         &mut self,
-        model: &Pretrained,
         mut logits: Vec<f32>,
         context: usize,
         metrics: &Metrics,
@@ -269,7 +268,7 @@ impl Slot<'_> {
         let stop_text = !self.text.push(id, &mut delta);
         let delta = String::from_utf8_lossy(&delta).into_owned();
         self.job.send(Event::Token { id, delta, logprob });
-        if model.eos_ids.contains(&id) || stop_text {
+        if self.job.sampling.eos_ids.contains(&id) || stop_text {
             Some(Finish::Stop)
         } else if self.generated.len() >= self.job.max_new || self.context.len() >= context {
             Some(Finish::Length)

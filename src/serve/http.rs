@@ -20,7 +20,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use super::api::{self, *};
 use super::check::{decoding, max_new, parse, ApiError, Decoding, Reply, MAX_N, MAX_TOP_LOGPROBS};
 use super::engine::{Event, Finish, Job};
-use super::stream::chat_stream;
+use super::stream::{reply, ChatChunks, CompletionChunks};
 use super::Shared;
 use crate::decode::SamplingConfig;
 
@@ -109,7 +109,7 @@ fn jobs(
 }
 
 /// A chosen token, its log-probability and the best alternatives (id, log-probability).
-type Scored = (u32, f32, Vec<(u32, f32)>);
+pub(super) type Scored = (u32, f32, Vec<(u32, f32)>);
 
 /// One choice as its events build it.
 #[derive(Default)]
@@ -307,14 +307,10 @@ async fn chat(State(s): S, body: std::result::Result<Bytes, BytesRejection>) -> 
     s.submit(jobs)?;
     let model = req.model.unwrap_or_else(|| s.opts.model_id.clone());
     if d.stream {
-        return Ok(chat_stream(
-            s,
-            rx,
-            d.n,
-            model,
-            prompts[0].len(),
-            d.include_usage,
-        ));
+        let chunks = ChatChunks::new(model);
+        let opening = chunks.opening(d.n);
+        let how = (d.n, prompts[0].len(), d.include_usage);
+        return Ok(reply(s, rx, how, chunks, opening));
     }
     let choices = collect(&s, rx, d.n).await?;
     let usage = usage(&choices, &prompts);
@@ -362,10 +358,6 @@ async fn completions(State(s): S, body: std::result::Result<Bytes, BytesRejectio
         return Err(ApiError::invalid("echo", msg));
     }
     let d = decoding(&s, req.sampling)?;
-    if d.stream {
-        let msg = "streamed completions are not supported; use /v1/chat/completions";
-        return Err(ApiError::invalid("stream", msg));
-    }
     let mut prompts = Vec::new();
     let mut limits = Vec::new();
     for t in &texts {
@@ -384,6 +376,24 @@ async fn completions(State(s): S, body: std::result::Result<Bytes, BytesRejectio
     let count = prompts.len() * d.n;
     let (jobs, rx) = jobs(&prompts, &d, &limits, req.logprobs);
     s.submit(jobs)?;
+    let model = req.model.unwrap_or_else(|| s.opts.model_id.clone());
+    if d.stream {
+        let chunks = CompletionChunks::new(model);
+        let opening = match req.echo {
+            true => (0..count)
+                .map(|i| chunks.plain(i, texts[i / d.n].clone()))
+                .collect(),
+            false => vec![],
+        };
+        let prompt_tokens = prompts.iter().map(Vec::len).sum();
+        return Ok(reply(
+            s,
+            rx,
+            (count, prompt_tokens, d.include_usage),
+            chunks,
+            opening,
+        ));
+    }
     let choices = collect(&s, rx, count).await?;
     let usage = usage(&choices, &prompts);
     let choices = choices
@@ -411,7 +421,7 @@ async fn completions(State(s): S, body: std::result::Result<Bytes, BytesRejectio
         id: id("cmpl"),
         object: "text_completion",
         created: now(),
-        model: req.model.unwrap_or_else(|| s.opts.model_id.clone()),
+        model,
         choices,
         usage: Some(usage),
     })
@@ -419,7 +429,11 @@ async fn completions(State(s): S, body: std::result::Result<Bytes, BytesRejectio
 }
 
 impl Shared {
-    fn completion_logprobs(&self, tokens: &[Scored], start: usize) -> CompletionLogprobs {
+    pub(super) fn completion_logprobs(
+        &self,
+        tokens: &[Scored],
+        start: usize,
+    ) -> CompletionLogprobs {
         let mut out = CompletionLogprobs::default();
         let mut offset = start;
         for (id, lp, top) in tokens {

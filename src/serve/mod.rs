@@ -4,6 +4,7 @@
 //! jobs and turns their events into responses or server-sent events.
 
 pub mod api;
+pub mod bench;
 mod check;
 pub mod engine;
 mod http;

@@ -1,4 +1,7 @@
-//! Chat replies as server-sent events.
+//! Replies as server-sent events: chat chunks (`chat.completion.chunk`) and completion chunks
+//! (`text_completion`), from one event loop: a chunk per token that shows text (or carries
+//! log-probabilities), a last chunk per choice with its finish reason, the usage when asked,
+//! then `data: [DONE]`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,82 +14,187 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::api::*;
 use super::engine::Event;
-use super::http::{id, now};
+use super::http::{id, now, Scored};
 use super::Shared;
 
-/// Chat as server-sent events: a first chunk with the role per choice, a chunk per token with
-/// text (or log-probabilities), a last chunk per choice with its finish reason, the usage when
-/// asked, then `[DONE]`.
-pub(super) fn chat_stream(
-    s: Arc<Shared>,
-    rx: UnboundedReceiver<(usize, Event)>,
-    n: usize,
-    model: String,
-    prompt_tokens: usize,
-    include_usage: bool,
-) -> Response {
-    let (id, created) = (id("chatcmpl"), now());
-    let chunk = move |choices: Vec<ChunkChoice>, usage: Option<Usage>| {
+/// How a route words its chunks.
+pub(super) trait Chunks: Send + Sync + 'static {
+    /// Choice `index`'s new text (may be empty) and, when asked, its token's log-probabilities.
+    fn text(&self, s: &Shared, index: usize, text: String, scored: Option<Scored>) -> Sse;
+    fn finish(&self, index: usize, reason: &'static str) -> Sse;
+    fn usage(&self, usage: Usage) -> Sse;
+}
+
+/// Chat chunks; the stream opens with the assistant's role for each choice.
+pub(super) struct ChatChunks {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl ChatChunks {
+    pub fn new(model: String) -> Self {
+        ChatChunks {
+            id: id("chatcmpl"),
+            created: now(),
+            model,
+        }
+    }
+
+    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Sse {
         let c = ChatChunk {
-            id: id.clone(),
+            id: self.id.clone(),
             object: "chat.completion.chunk",
-            created,
-            model: model.clone(),
+            created: self.created,
+            model: self.model.clone(),
             choices,
             usage,
         };
         Sse::default().data(serde_json::to_string(&c).unwrap_or_default())
-    };
-    let first: Vec<Sse> = (0..n)
-        .map(|index| {
-            let delta = Delta {
-                role: Some("assistant"),
-                content: Some(String::new()),
-            };
-            let c = ChunkChoice {
-                index,
-                delta,
-                logprobs: None,
-                finish_reason: None,
-            };
-            chunk(vec![c], None)
-        })
-        .collect();
+    }
+
+    fn one(
+        &self,
+        index: usize,
+        delta: Delta,
+        logprobs: Option<ChatLogprobs>,
+        finish: Option<&'static str>,
+    ) -> Sse {
+        let choice = ChunkChoice {
+            index,
+            delta,
+            logprobs,
+            finish_reason: finish,
+        };
+        self.chunk(vec![choice], None)
+    }
+
+    /// The first chunk of each of `n` choices: the role, and empty content.
+    pub fn opening(&self, n: usize) -> Vec<Sse> {
+        (0..n)
+            .map(|index| {
+                let delta = Delta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                };
+                self.one(index, delta, None, None)
+            })
+            .collect()
+    }
+}
+
+impl Chunks for ChatChunks {
+    fn text(&self, s: &Shared, index: usize, text: String, scored: Option<Scored>) -> Sse {
+        let logprobs = scored.map(|t| s.chat_logprobs(&[t]));
+        let delta = Delta {
+            role: None,
+            content: Some(text),
+        };
+        self.one(index, delta, logprobs, None)
+    }
+
+    fn finish(&self, index: usize, reason: &'static str) -> Sse {
+        self.one(index, Delta::default(), None, Some(reason))
+    }
+
+    fn usage(&self, usage: Usage) -> Sse {
+        self.chunk(vec![], Some(usage))
+    }
+}
+
+/// Completion chunks.
+pub(super) struct CompletionChunks {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl CompletionChunks {
+    pub fn new(model: String) -> Self {
+        CompletionChunks {
+            id: id("cmpl"),
+            created: now(),
+            model,
+        }
+    }
+
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Sse {
+        let c = CompletionResponse {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        };
+        Sse::default().data(serde_json::to_string(&c).unwrap_or_default())
+    }
+
+    pub fn plain(&self, index: usize, text: String) -> Sse {
+        let choice = CompletionChoice {
+            index,
+            text,
+            logprobs: None,
+            finish_reason: None,
+        };
+        self.chunk(vec![choice], None)
+    }
+}
+
+impl Chunks for CompletionChunks {
+    fn text(&self, s: &Shared, index: usize, text: String, scored: Option<Scored>) -> Sse {
+        let logprobs = scored.map(|t| s.completion_logprobs(&[t], 0));
+        let choice = CompletionChoice {
+            index,
+            text,
+            logprobs,
+            finish_reason: None,
+        };
+        self.chunk(vec![choice], None)
+    }
+
+    fn finish(&self, index: usize, reason: &'static str) -> Sse {
+        let choice = CompletionChoice {
+            index,
+            text: String::new(),
+            logprobs: None,
+            finish_reason: Some(reason),
+        };
+        self.chunk(vec![choice], None)
+    }
+
+    fn usage(&self, usage: Usage) -> Sse {
+        self.chunk(vec![], Some(usage))
+    }
+}
+
+/// The reply of `n` choices as server-sent events: `opening` first, then each job event's
+/// chunks as it comes.
+pub(super) fn reply<C: Chunks>(
+    s: Arc<Shared>,
+    rx: UnboundedReceiver<(usize, Event)>,
+    (n, prompt_tokens, include_usage): (usize, usize, bool),
+    chunks: C,
+    opening: Vec<Sse>,
+) -> Response {
+    let chunks = Arc::new(chunks);
     let state = (rx, n, 0usize, false);
     let body = stream::unfold(state, move |(mut rx, left, generated, ended)| {
-        let (s, chunk) = (s.clone(), chunk.clone());
+        let (s, c) = (s.clone(), chunks.clone());
         async move {
             if ended {
                 return None;
             }
             let Some((index, e)) = rx.recv().await else {
-                let err =
-                    json!({"error": {"message": "the engine stopped", "type": "server_error"}});
-                let out = vec![Sse::default().data(err.to_string())];
+                let out = vec![error("the engine stopped")];
                 return Some((out, (rx, left, generated, true)));
-            };
-            let one = |delta: Delta, logprobs, finish_reason| {
-                chunk(
-                    vec![ChunkChoice {
-                        index,
-                        delta,
-                        logprobs,
-                        finish_reason,
-                    }],
-                    None,
-                )
             };
             match e {
                 Event::Token { id, delta, logprob } => {
-                    let lp = logprob.map(|(l, top)| s.chat_logprobs(&[(id, l, top)]));
-                    let out = if delta.is_empty() && lp.is_none() {
-                        vec![]
-                    } else {
-                        let d = Delta {
-                            role: None,
-                            content: Some(delta),
-                        };
-                        vec![one(d, lp, None)]
+                    let scored = logprob.map(|(l, top)| (id, l, top));
+                    let out = match (delta.is_empty(), &scored) {
+                        (true, None) => vec![],
+                        _ => vec![c.text(&s, index, delta, scored)],
                     };
                     Some((out, (rx, left, generated, false)))
                 }
@@ -98,36 +206,32 @@ pub(super) fn chat_stream(
                 } => {
                     let mut out = Vec::new();
                     if !tail.is_empty() {
-                        let d = Delta {
-                            role: None,
-                            content: Some(tail),
-                        };
-                        out.push(one(d, None, None));
+                        out.push(c.text(&s, index, tail, None));
                     }
-                    out.push(one(Delta::default(), None, Some(finish.as_str())));
+                    out.push(c.finish(index, finish.as_str()));
                     let (left, generated) = (left - 1, generated + completion_tokens);
                     if left == 0 {
                         if include_usage {
-                            let u = Usage {
+                            out.push(c.usage(Usage {
                                 prompt_tokens,
                                 completion_tokens: generated,
                                 total_tokens: prompt_tokens + generated,
-                            };
-                            out.push(chunk(vec![], Some(u)));
+                            }));
                         }
                         out.push(Sse::default().data("[DONE]"));
                     }
                     Some((out, (rx, left, generated, left == 0)))
                 }
-                Event::Failed(msg) => {
-                    let err = json!({"error": {"message": msg, "type": "server_error"}});
-                    let out = vec![Sse::default().data(err.to_string())];
-                    Some((out, (rx, left, generated, true)))
-                }
+                Event::Failed(msg) => Some((vec![error(&msg)], (rx, left, generated, true))),
             }
         }
     });
-    sse(stream::iter(first).chain(body.flat_map(stream::iter)))
+    sse(stream::iter(opening).chain(body.flat_map(stream::iter)))
+}
+
+fn error(msg: &str) -> Sse {
+    let err = json!({"error": {"message": msg, "type": "server_error"}});
+    Sse::default().data(err.to_string())
 }
 
 fn sse(events: impl Stream<Item = Sse> + Send + 'static) -> Response {
