@@ -74,8 +74,10 @@ pub fn bench_serve(o: &BenchServeOptions) -> Result<BenchServeReport> {
 }
 
 async fn run(o: &BenchServeOptions) -> Result<BenchServeReport> {
+    // A new connection a request, as vLLM's benchmark opens them: a pooled connection that the
+    // server has closed meanwhile (llama-server does) would fail the next request sent on it.
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(o.concurrency)
+        .pool_max_idle_per_host(0)
         .build()
         .map_err(|e| Error::Invalid(format!("cannot make an HTTP client: {e}")))?;
     let base = o.url.trim_end_matches('/').to_string();
