@@ -170,30 +170,24 @@ async fn prompts(
             .collect();
         let text = piece.join(" ");
         let cut = async {
-            let t: Value = client
-                .post(format!("{base}/tokenize"))
-                .json(&json!({"content": text}))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let t = post_json(
+                client,
+                &format!("{base}/tokenize"),
+                &json!({"content": text}),
+            )
+            .await?;
             let ids: Vec<Value> = t["tokens"]
                 .as_array()?
                 .iter()
                 .take(o.prompt_tokens)
                 .cloned()
                 .collect();
-            let d: Value = client
-                .post(format!("{base}/detokenize"))
-                .json(&json!({"tokens": ids}))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let d = post_json(
+                client,
+                &format!("{base}/detokenize"),
+                &json!({"tokens": ids}),
+            )
+            .await?;
             d["content"].as_str().map(str::to_string)
         };
         out.push(match cut.await {
@@ -202,6 +196,12 @@ async fn prompts(
         });
     }
     Ok(out)
+}
+
+/// The JSON answer to a POST of `body`, if the server gives one.
+async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> Option<Value> {
+    let resp = client.post(url).json(body).send().await.ok()?;
+    resp.json().await.ok()
 }
 
 /// Sends one streamed request and times its chunks.
