@@ -31,10 +31,13 @@ pub struct ModelInfo {
 /// A text embedding model: `embed` gives one row of `dim` floats per text.
 pub trait Embedder: Send + Sync {
     fn info(&self) -> &ModelInfo;
+    /// (texts.len(), dim) row-major, and the tokens read of the texts in all (the usage an
+    /// API reports).
+    fn embed_counted(&self, texts: &[&str]) -> Result<(Vec<f32>, usize)>;
     /// (texts.len(), dim) row-major.
-    fn embed(&self, texts: &[&str]) -> Result<Vec<f32>>;
-    /// The tokens `embed` reads of the texts, in all (the usage an API reports).
-    fn count_tokens(&self, texts: &[&str]) -> Result<usize>;
+    fn embed(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        Ok(self.embed_counted(texts)?.0)
+    }
     fn dim(&self) -> usize {
         self.info().dim
     }
@@ -335,12 +338,10 @@ impl Embedder for SentenceEncoder {
         &self.info
     }
 
-    fn embed(&self, texts: &[&str]) -> Result<Vec<f32>> {
-        Ok(self.embed_ids(&self.tokenize(texts)?))
-    }
-
-    fn count_tokens(&self, texts: &[&str]) -> Result<usize> {
-        Ok(self.tokenize(texts)?.iter().map(Vec::len).sum())
+    fn embed_counted(&self, texts: &[&str]) -> Result<(Vec<f32>, usize)> {
+        let ids = self.tokenize(texts)?;
+        let tokens = ids.iter().map(Vec::len).sum();
+        Ok((self.embed_ids(&ids), tokens))
     }
 }
 
@@ -376,12 +377,13 @@ impl DecoderEmbedder {
         Ok(Self { model, info })
     }
 
-    fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
+    /// The text's embedding and the tokens it read.
+    fn embed_one(&self, text: &str) -> Result<(Vec<f32>, usize)> {
         let mut ids = self.model.tokenizer.encode(text)?;
         ids.truncate(self.model.context_len());
         let dim = self.info.dim;
         if ids.is_empty() {
-            return Ok(vec![0f32; dim]);
+            return Ok((vec![0f32; dim], 0));
         }
         let t = ids.len();
         let idx = Tensor::from_vec(ids, (1, t), &Device::Cpu)?;
@@ -389,7 +391,7 @@ impl DecoderEmbedder {
         // (1, T, C) -> (C): the mean over the tokens.
         let mut v = hidden.squeeze(0)?.mean(0)?.to_vec1::<f32>()?;
         l2_normalize(&mut v, dim);
-        Ok(v)
+        Ok((v, t))
     }
 }
 
@@ -398,18 +400,14 @@ impl Embedder for DecoderEmbedder {
         &self.info
     }
 
-    fn embed(&self, texts: &[&str]) -> Result<Vec<f32>> {
+    fn embed_counted(&self, texts: &[&str]) -> Result<(Vec<f32>, usize)> {
         let mut out = Vec::with_capacity(texts.len() * self.info.dim);
+        let mut tokens = 0;
         for t in texts {
-            out.extend(self.embed_one(t)?);
+            let (v, n) = self.embed_one(t)?;
+            out.extend(v);
+            tokens += n;
         }
-        Ok(out)
-    }
-
-    fn count_tokens(&self, texts: &[&str]) -> Result<usize> {
-        let context = self.model.context_len();
-        texts.iter().try_fold(0, |n, t| {
-            Ok(n + self.model.tokenizer.encode(t)?.len().min(context))
-        })
+        Ok((out, tokens))
     }
 }

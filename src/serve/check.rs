@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::api::{self, *};
 use super::Shared;
-use crate::decode::{SamplingConfig, Strategy};
+use crate::decode::SamplingConfig;
 
 /// The most choices (`n`) and alternatives (`top_logprobs`) a request may ask for.
 pub(super) const MAX_N: usize = 16;
@@ -126,7 +126,6 @@ pub(super) fn parse<T: DeserializeOwned>(
 /// What a chat or completions request asks of decoding, checked.
 pub(super) struct Decoding {
     pub sampling: SamplingConfig,
-    pub strategy: Strategy,
     pub n: usize,
     pub stop: Vec<String>,
     pub stream: bool,
@@ -196,10 +195,6 @@ pub(super) fn decoding(s: &Shared, o: Sampling) -> std::result::Result<Decoding,
         seed,
         ..SamplingConfig::default()
     };
-    let strategy = match temperature {
-        0.0 => Strategy::Greedy,
-        _ => Strategy::Sample,
-    };
     let stream = o.stream.unwrap_or(false);
     if o.stream_options.is_some() && !stream {
         let msg = "stream_options is only allowed when stream is true";
@@ -207,7 +202,6 @@ pub(super) fn decoding(s: &Shared, o: Sampling) -> std::result::Result<Decoding,
     }
     Ok(Decoding {
         sampling,
-        strategy,
         n,
         stop,
         stream,

@@ -22,7 +22,7 @@ use super::check::{decoding, max_new, parse, ApiError, Decoding, Reply, MAX_N, M
 use super::engine::{Event, Finish, Job};
 use super::stream::{reply, ChatChunks, CompletionChunks};
 use super::Shared;
-use crate::decode::SamplingConfig;
+use crate::decode::{SamplingConfig, Strategy};
 
 type S = State<Arc<Shared>>;
 
@@ -95,7 +95,8 @@ fn jobs(
                     seed: d.sampling.seed.wrapping_add(i as u64),
                     ..d.sampling.clone()
                 },
-                strategy: d.strategy,
+                // Temperature 0 is greedy (`SamplingConfig::effective_strategy`).
+                strategy: Strategy::Sample,
                 max_new: max_new[p],
                 stop: d.stop.clone(),
                 top_logprobs,
@@ -129,11 +130,8 @@ async fn collect(
 ) -> std::result::Result<Vec<Choice>, ApiError> {
     let mut choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
     let mut left = count;
-    let limit = match s.opts.timeout_s {
-        0 => Duration::MAX,
-        t => Duration::from_secs(t),
-    };
-    let deadline = tokio::time::Instant::now().checked_add(limit);
+    let t = s.opts.timeout_s;
+    let deadline = (t > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(t));
     while left > 0 {
         let next = match deadline {
             Some(d) => tokio::time::timeout_at(d, rx.recv()).await.map_err(|_| {
@@ -238,8 +236,7 @@ impl Shared {
 
 async fn chat(State(s): S, body: std::result::Result<Bytes, BytesRejection>) -> Reply {
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let own: Vec<&str> = api::CHAT_FIELDS.to_vec();
-    let req: ChatRequest = parse(body, Some(&own))?;
+    let req: ChatRequest = parse(body, Some(api::CHAT_FIELDS))?;
     if let Some(f) = &req.response_format {
         if f.get("type").and_then(Value::as_str) != Some("text") {
             return Err(ApiError::invalid(
@@ -340,8 +337,7 @@ async fn chat(State(s): S, body: std::result::Result<Bytes, BytesRejection>) -> 
 
 async fn completions(State(s): S, body: std::result::Result<Bytes, BytesRejection>) -> Reply {
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let own: Vec<&str> = api::COMPLETION_FIELDS.to_vec();
-    let req: CompletionRequest = parse(body, Some(&own))?;
+    let req: CompletionRequest = parse(body, Some(api::COMPLETION_FIELDS))?;
     let texts = req.prompt.into_vec();
     if texts.is_empty() || texts.len() > MAX_N {
         let msg = format!("prompt takes from 1 to {MAX_N} strings");
@@ -484,9 +480,9 @@ async fn embeddings(State(s): S, body: std::result::Result<Bytes, BytesRejection
         return Err(ApiError::invalid("dimensions", msg));
     }
     let name = embedder.info().name.clone();
-    let (vectors, tokens) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        Ok((embedder.embed(&refs)?, embedder.count_tokens(&refs)?))
+        embedder.embed_counted(&refs)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?

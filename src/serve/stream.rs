@@ -25,28 +25,37 @@ pub(super) trait Chunks: Send + Sync + 'static {
     fn usage(&self, usage: Usage) -> Sse;
 }
 
-/// Chat chunks; the stream opens with the assistant's role for each choice.
-pub(super) struct ChatChunks {
-    pub id: String,
-    pub created: u64,
-    pub model: String,
+/// What every chunk of one reply repeats: its id, creation time and model.
+struct Head {
+    id: String,
+    created: u64,
+    model: String,
 }
 
-impl ChatChunks {
-    pub fn new(model: String) -> Self {
-        ChatChunks {
-            id: id("chatcmpl"),
+impl Head {
+    fn new(prefix: &str, model: String) -> Self {
+        Head {
+            id: id(prefix),
             created: now(),
             model,
         }
     }
+}
+
+/// Chat chunks; the stream opens with the assistant's role for each choice.
+pub(super) struct ChatChunks(Head);
+
+impl ChatChunks {
+    pub fn new(model: String) -> Self {
+        ChatChunks(Head::new("chatcmpl", model))
+    }
 
     fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Sse {
         let c = ChatChunk {
-            id: self.id.clone(),
+            id: self.0.id.clone(),
             object: "chat.completion.chunk",
-            created: self.created,
-            model: self.model.clone(),
+            created: self.0.created,
+            model: self.0.model.clone(),
             choices,
             usage,
         };
@@ -103,27 +112,19 @@ impl Chunks for ChatChunks {
 }
 
 /// Completion chunks.
-pub(super) struct CompletionChunks {
-    pub id: String,
-    pub created: u64,
-    pub model: String,
-}
+pub(super) struct CompletionChunks(Head);
 
 impl CompletionChunks {
     pub fn new(model: String) -> Self {
-        CompletionChunks {
-            id: id("cmpl"),
-            created: now(),
-            model,
-        }
+        CompletionChunks(Head::new("cmpl", model))
     }
 
     fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Sse {
         let c = CompletionResponse {
-            id: self.id.clone(),
+            id: self.0.id.clone(),
             object: "text_completion",
-            created: self.created,
-            model: self.model.clone(),
+            created: self.0.created,
+            model: self.0.model.clone(),
             choices,
             usage,
         };

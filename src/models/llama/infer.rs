@@ -335,15 +335,19 @@ pub fn step_many(model: &Llama, feeds: &mut [(&[u32], &mut Cache)]) -> Result<Ve
         check_room(model, cache, tokens.len())?;
     }
     let ids: Vec<u32> = feeds.iter().flat_map(|(t, _)| t.iter().copied()).collect();
-    let mut ends = Vec::with_capacity(feeds.len());
+    // Each sequence's last row in the pass.
+    let ends: Vec<usize> = feeds
+        .iter()
+        .scan(0, |end, (tokens, _)| {
+            *end += tokens.len();
+            Some(*end)
+        })
+        .collect();
     let mut segs: Vec<Seg> = feeds
         .iter_mut()
-        .map(|(tokens, cache)| {
-            ends.push(ends.last().copied().unwrap_or(0) + tokens.len());
-            Seg {
-                cache,
-                t: tokens.len(),
-            }
+        .map(|(tokens, cache)| Seg {
+            cache,
+            t: tokens.len(),
         })
         .collect();
     let x = layers(model, &ids, &mut segs)?;
